@@ -1,0 +1,194 @@
+//! A balancer member: its validated settings plus live state in atomics.
+//!
+//! Everything the data path touches per request — flags, `lbstatus`, `busy`, byte counters,
+//! `elected` — is an atomic, so picking and accounting never lock. A member's identity is its URL;
+//! a later config reload keeps the `Member` (and its counters) when the URL is unchanged.
+use super::flags::{self, StatusFlags};
+use crate::config::MemberConfig;
+use arc_swap::ArcSwapOption;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::time::Instant;
+
+/// Monotonic milliseconds since the process's clock origin; all member timestamps use it.
+pub fn now_ms() -> u64 {
+    static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let origin = *ORIGIN.get_or_init(Instant::now);
+    origin.elapsed().as_millis() as u64 + 1
+}
+
+/// The last error seen on a member, for the status page.
+#[derive(Debug, Clone)]
+pub struct LastError {
+    pub at_ms: u64,
+    pub message: String,
+}
+
+#[derive(Debug)]
+pub struct Member {
+    /// Position in the balancer (config order); ties go to the lowest.
+    pub index: usize,
+    pub config: MemberConfig,
+    status: AtomicU32,
+    /// When E was last set (`now_ms`).
+    error_time_ms: AtomicU64,
+    /// Apache's running score for byrequests/bybusyness.
+    lbstatus: AtomicI64,
+    /// Requests in flight (L7) / open connections (L4).
+    busy: AtomicU64,
+    /// Times picked.
+    elected: AtomicU64,
+    /// Bytes sent to the member (Apache `transferred`).
+    transferred: AtomicU64,
+    /// Bytes read from the member (Apache `read`).
+    read: AtomicU64,
+    /// How many times E was cleared by the retry timer or forced recovery.
+    retries: AtomicU64,
+    last_error: ArcSwapOption<LastError>,
+}
+
+impl Member {
+    pub fn new(index: usize, config: MemberConfig) -> Member {
+        Member {
+            index,
+            status: AtomicU32::new(config.status.0),
+            config,
+            error_time_ms: AtomicU64::new(0),
+            lbstatus: AtomicI64::new(0),
+            busy: AtomicU64::new(0),
+            elected: AtomicU64::new(0),
+            transferred: AtomicU64::new(0),
+            read: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            last_error: ArcSwapOption::empty(),
+        }
+    }
+
+    pub fn name(&self) -> String {
+        self.config.url.base()
+    }
+
+    pub fn flags(&self) -> StatusFlags {
+        StatusFlags(self.status.load(Relaxed))
+    }
+    pub fn usable(&self) -> bool {
+        self.flags().usable()
+    }
+    pub fn set_flags(&self, f: u32) {
+        self.status.fetch_or(f, Relaxed);
+    }
+    pub fn clear_flags(&self, f: u32) {
+        self.status.fetch_and(!f, Relaxed);
+    }
+
+    pub fn lbfactor(&self) -> i64 {
+        i64::from(self.config.lbfactor)
+    }
+    pub fn lbstatus(&self) -> i64 {
+        self.lbstatus.load(Relaxed)
+    }
+    pub(crate) fn add_lbstatus(&self, d: i64) -> i64 {
+        self.lbstatus.fetch_add(d, Relaxed) + d
+    }
+    pub fn reset_lbstatus(&self) {
+        self.lbstatus.store(0, Relaxed);
+    }
+
+    pub fn busy(&self) -> u64 {
+        self.busy.load(Relaxed)
+    }
+    pub fn elected(&self) -> u64 {
+        self.elected.load(Relaxed)
+    }
+    pub(crate) fn note_elected(&self) {
+        self.elected.fetch_add(1, Relaxed);
+    }
+    pub fn transferred(&self) -> u64 {
+        self.transferred.load(Relaxed)
+    }
+    pub fn read(&self) -> u64 {
+        self.read.load(Relaxed)
+    }
+    pub fn add_transferred(&self, n: u64) {
+        self.transferred.fetch_add(n, Relaxed);
+    }
+    pub fn add_read(&self, n: u64) {
+        self.read.fetch_add(n, Relaxed);
+    }
+    pub fn retries(&self) -> u64 {
+        self.retries.load(Relaxed)
+    }
+    pub fn error_time_ms(&self) -> u64 {
+        self.error_time_ms.load(Relaxed)
+    }
+    pub fn last_error(&self) -> Option<Arc<LastError>> {
+        self.last_error.load_full()
+    }
+
+    /// Count one more request (or connection) in flight until the guard drops.
+    pub fn begin(self: &Arc<Self>) -> InFlight {
+        self.busy.fetch_add(1, Relaxed);
+        InFlight(Arc::clone(self))
+    }
+
+    /// Record an error; unless the member has `I`, put it in error state (E) as of `now`.
+    /// Returns whether E was set.
+    pub fn mark_error(&self, now: u64, message: String) -> bool {
+        self.last_error.store(Some(Arc::new(LastError {
+            at_ms: now,
+            message,
+        })));
+        if self.flags().contains(flags::IGNORE_ERRORS) {
+            return false;
+        }
+        self.error_time_ms.store(now, Relaxed);
+        self.set_flags(flags::IN_ERROR);
+        true
+    }
+
+    /// Record an error for the status page without changing state (e.g. a client-side abort).
+    pub fn note_error(&self, now: u64, message: String) {
+        self.last_error.store(Some(Arc::new(LastError {
+            at_ms: now,
+            message,
+        })));
+    }
+
+    /// Apache's `ap_proxy_retry_worker`: clear E once `retry` has passed since the error (or at
+    /// once with `I` or `retry = 0`). S, D and C are never cleared here.
+    pub fn retry_check(&self, now: u64) {
+        let f = self.flags();
+        if !f.contains(flags::IN_ERROR) {
+            return;
+        }
+        let retry = self.config.retry.as_millis() as u64;
+        if f.contains(flags::IGNORE_ERRORS) || retry == 0 || now > self.error_time_ms() + retry {
+            self.clear_flags(flags::IN_ERROR);
+            self.retries.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Forced recovery: clear E regardless of the retry timer.
+    pub(crate) fn force_recover(&self) {
+        if self.flags().contains(flags::IN_ERROR) {
+            self.clear_flags(flags::IN_ERROR);
+            self.retries.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+/// A request (or connection) in flight to a member; dropping it decrements `busy`.
+#[derive(Debug)]
+pub struct InFlight(Arc<Member>);
+
+impl InFlight {
+    pub fn member(&self) -> &Arc<Member> {
+        &self.0
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.busy.fetch_sub(1, Relaxed);
+    }
+}

@@ -1,0 +1,284 @@
+//! The balancer: which member serves the next request or connection.
+//!
+//! It knows nothing of HTTP. The protocol layer hands it a [`PickContext`] and gets back a
+//! [`Pick`] holding an [`InFlight`] guard; it reports the outcome on the member (`mark_error`,
+//! byte counters). The same balancer will serve TCP listeners.
+//!
+//! Picking follows Apache's mod_proxy_balancer: forced recovery when every member is in error,
+//! the shared candidate loop in [`method`], and the method's arithmetic on the members' atomics.
+//! Nothing here takes a lock.
+pub mod flags;
+pub mod member;
+pub mod method;
+
+use crate::config::{BalancerConfig, LbMethod};
+pub use member::{InFlight, Member, now_ms};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What the protocol layer knows about the request when it asks for a member.
+#[derive(Debug, Default, Clone)]
+pub struct PickContext {
+    pub client: Option<SocketAddr>,
+}
+
+/// A picked member, counted in flight until dropped.
+#[derive(Debug)]
+pub struct Pick {
+    pub guard: InFlight,
+}
+
+impl Pick {
+    pub fn member(&self) -> &Arc<Member> {
+        self.guard.member()
+    }
+}
+
+#[derive(Debug)]
+pub struct Balancer {
+    pub config: BalancerConfig,
+    pub members: Vec<Arc<Member>>,
+    /// True for the implicit one-member balancer behind a plain `http://` ProxyPass.
+    pub implicit: bool,
+}
+
+impl Balancer {
+    pub fn new(config: BalancerConfig, implicit: bool) -> Balancer {
+        let members = config
+            .members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| Arc::new(Member::new(i, m.clone())))
+            .collect();
+        Balancer {
+            config,
+            members,
+            implicit,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    pub fn method(&self) -> LbMethod {
+        self.config.lbmethod
+    }
+
+    /// Pick a member now, or None when no member is usable.
+    pub fn pick(&self, ctx: &PickContext) -> Option<Pick> {
+        let now = now_ms();
+        self.force_recovery(now);
+        let mut acc = method::Acc::default();
+        let method = self.method();
+        let winner = method::best_member(method, &self.members, now, &mut acc)?;
+        method::settle(method, winner, &acc);
+        winner.note_elected();
+        let guard = winner.begin();
+        tracing::debug!(
+            balancer = %self.name(),
+            method = method.as_str(),
+            member = %winner.config.url,
+            lbstatus = winner.lbstatus(),
+            busy = winner.busy(),
+            total = acc.total,
+            client = ?ctx.client,
+            "picked member"
+        );
+        Some(Pick { guard })
+    }
+
+    /// Pick a member, waiting up to the balancer `timeout` for one to become usable (Apache polls
+    /// in timeout/100 steps).
+    pub async fn pick_wait(&self, ctx: &PickContext) -> Option<Pick> {
+        if let Some(p) = self.pick(ctx) {
+            return Some(p);
+        }
+        let timeout = self.config.timeout;
+        if timeout.is_zero() {
+            return None;
+        }
+        let step = (timeout / 100).max(Duration::from_millis(1));
+        let deadline = tokio::time::Instant::now() + timeout;
+        while tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(step).await;
+            if let Some(p) = self.pick(ctx) {
+                return Some(p);
+            }
+        }
+        None
+    }
+
+    /// Apache's `force_recovery`: when every member is in error (E), and `forcerecovery` is on,
+    /// clear E on all of them rather than fail every request. Returns true when it did.
+    fn force_recovery(&self, now: u64) -> bool {
+        let all_in_error = self.members.iter().all(|m| {
+            if !m.flags().contains(flags::IN_ERROR) {
+                return false;
+            }
+            m.retry_check(now);
+            m.flags().contains(flags::IN_ERROR)
+        });
+        if all_in_error && self.config.forcerecovery && !self.members.is_empty() {
+            tracing::warn!(balancer = %self.name(), "every member is in error: forcing recovery of all");
+            for m in &self.members {
+                m.force_recover();
+            }
+            return true;
+        }
+        false
+    }
+
+    /// One line on why nothing could be picked, for the 503 body and the log.
+    pub fn unavailable_reason(&self) -> String {
+        let mut counts = std::collections::BTreeMap::<String, usize>::new();
+        for m in &self.members {
+            *counts.entry(m.flags().letters()).or_default() += 1;
+        }
+        let parts: Vec<String> = counts.iter().map(|(k, v)| format!("{v} {k}")).collect();
+        format!(
+            "no usable member in balancer \"{}\" ({} members by status: {})",
+            self.name(),
+            self.members.len(),
+            parts.join(", ")
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{MemberConfig, parse_member_url};
+    use flags::StatusFlags;
+
+    fn member(port: u16, factor: u32, status: &str) -> MemberConfig {
+        MemberConfig {
+            url: parse_member_url(&format!("http://127.0.0.1:{port}")).unwrap(),
+            lbfactor: factor * 100,
+            lbset: 0,
+            route: None,
+            redirect: None,
+            status: StatusFlags::default().apply(status).unwrap(),
+            retry: Duration::from_secs(60),
+            connectiontimeout: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            max: None,
+            ttl: None,
+            acquire: None,
+            disablereuse: false,
+            keepalive: false,
+        }
+    }
+
+    fn balancer(method: LbMethod, members: Vec<MemberConfig>) -> Balancer {
+        Balancer::new(
+            BalancerConfig {
+                name: "t".into(),
+                lbmethod: method,
+                maxattempts: 1,
+                nofailover: false,
+                timeout: Duration::ZERO,
+                failonstatus: vec![],
+                failontimeout: false,
+                forcerecovery: true,
+                growth: 0,
+                members,
+            },
+            false,
+        )
+    }
+
+    fn seq(b: &Balancer, n: usize) -> Vec<usize> {
+        (0..n)
+            .map(|_| b.pick(&PickContext::default()).unwrap().member().index)
+            .collect()
+    }
+
+    #[test]
+    fn byrequests_weights_1_1_1_2() {
+        let b = balancer(
+            LbMethod::ByRequests,
+            vec![
+                member(1, 1, ""),
+                member(2, 1, ""),
+                member(3, 1, ""),
+                member(4, 2, ""),
+            ],
+        );
+        // Worked by hand from Apache's arithmetic: d a b c d, repeating.
+        assert_eq!(seq(&b, 10), vec![3, 0, 1, 2, 3, 3, 0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn byrequests_skips_disabled() {
+        let b = balancer(
+            LbMethod::ByRequests,
+            vec![
+                member(1, 1, ""),
+                member(2, 1, "D"),
+                member(3, 1, ""),
+                member(4, 1, ""),
+            ],
+        );
+        assert_eq!(seq(&b, 6), vec![0, 2, 3, 0, 2, 3]);
+    }
+
+    #[test]
+    fn bybusyness_prefers_fewest_in_flight() {
+        let b = balancer(
+            LbMethod::ByBusyness,
+            vec![member(1, 1, ""), member(2, 1, "")],
+        );
+        let first = b.pick(&PickContext::default()).unwrap();
+        assert_eq!(first.member().index, 0);
+        // While member 0 is busy, member 1 wins every time.
+        let second = b.pick(&PickContext::default()).unwrap();
+        assert_eq!(second.member().index, 1);
+        drop(second);
+        assert_eq!(b.pick(&PickContext::default()).unwrap().member().index, 1);
+    }
+
+    #[test]
+    fn standby_only_when_nothing_else_and_spare_replaces_unusable() {
+        let b = balancer(
+            LbMethod::ByRequests,
+            vec![member(1, 1, ""), member(2, 1, "H"), member(3, 1, "R")],
+        );
+        assert!(seq(&b, 4).iter().all(|&i| i == 0));
+        b.members[0].mark_error(now_ms(), "down".into());
+        // The spare stands in for the one unusable plain member before the standby is used.
+        assert_eq!(seq(&b, 2), vec![2, 2]);
+        b.members[2].set_flags(flags::DISABLED);
+        assert_eq!(seq(&b, 2), vec![1, 1]);
+    }
+
+    #[test]
+    fn force_recovery_clears_all_errors() {
+        let b = balancer(
+            LbMethod::ByRequests,
+            vec![member(1, 1, ""), member(2, 1, "")],
+        );
+        for m in &b.members {
+            m.mark_error(now_ms(), "down".into());
+        }
+        assert!(b.pick(&PickContext::default()).is_some());
+        assert!(b.members.iter().all(|m| m.usable()));
+    }
+
+    #[test]
+    fn retry_timer_returns_member() {
+        let mut cfg = member(1, 1, "");
+        cfg.retry = Duration::ZERO;
+        let m = Member::new(0, cfg);
+        m.mark_error(now_ms(), "x".into());
+        assert!(!m.usable());
+        m.retry_check(now_ms());
+        assert!(m.usable());
+        let mut cfg = member(1, 1, "I");
+        cfg.retry = Duration::from_secs(60);
+        let m = Member::new(0, cfg);
+        assert!(!m.mark_error(now_ms(), "x".into()));
+        assert!(m.usable());
+    }
+}

@@ -1,0 +1,113 @@
+//! Stage one of config loading: the TOML file exactly as written.
+//!
+//! These structs mirror the file's shape and reject unknown keys; they hold no meaning yet.
+//! [`super::validate`] turns them into the typed [`super::Config`], reporting every semantic error
+//! with the key path it came from. Key names follow Apache's parameter names wherever Apache has
+//! one, so `lb import-apache` can map directives one to one.
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub admin: Option<RawAdmin>,
+    #[serde(default)]
+    pub listener: Vec<RawListener>,
+    #[serde(default)]
+    pub balancer: BTreeMap<String, RawBalancer>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub bind: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    pub name: String,
+    pub bind: String,
+    pub protocol: Option<String>,
+    pub timeout: Option<RawDuration>,
+    pub keepalive: Option<bool>,
+    pub keepalive_timeout: Option<RawDuration>,
+    pub max_keepalive_requests: Option<u64>,
+    pub limit_request_fields_size: Option<u64>,
+    pub access_log: Option<bool>,
+    #[serde(default)]
+    pub proxy_pass: Vec<RawProxyPass>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProxyPass {
+    pub path: String,
+    pub to: String,
+    #[serde(default)]
+    pub reverse: bool,
+    #[serde(default)]
+    pub preserve_host: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBalancer {
+    pub lbmethod: Option<String>,
+    pub maxattempts: Option<u32>,
+    pub nofailover: Option<bool>,
+    pub timeout: Option<RawDuration>,
+    pub failonstatus: Option<RawStatusList>,
+    pub failontimeout: Option<bool>,
+    pub forcerecovery: Option<bool>,
+    pub growth: Option<u32>,
+    pub stickysession: Option<String>,
+    pub stickysessionsep: Option<String>,
+    pub scolonpathdelim: Option<bool>,
+    #[serde(default)]
+    pub member: Vec<RawMember>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMember {
+    pub url: String,
+    pub loadfactor: Option<RawNumber>,
+    pub lbset: Option<i64>,
+    pub route: Option<String>,
+    pub redirect: Option<String>,
+    pub status: Option<String>,
+    pub retry: Option<RawDuration>,
+    pub connectiontimeout: Option<RawDuration>,
+    pub timeout: Option<RawDuration>,
+    pub max: Option<u32>,
+    pub ttl: Option<RawDuration>,
+    pub acquire: Option<RawDuration>,
+    pub disablereuse: Option<bool>,
+    pub keepalive: Option<bool>,
+}
+
+/// Apache writes durations as plain seconds; lb also takes "250ms", "5s", "2m", "1h".
+#[derive(Debug, Deserialize, Clone)]
+#[serde(untagged)]
+pub enum RawDuration {
+    Seconds(i64),
+    FractionalSeconds(f64),
+    Text(String),
+}
+
+/// A number written either as an integer or a float (`loadfactor = 1` or `1.5`).
+#[derive(Debug, Deserialize, Clone, Copy)]
+#[serde(untagged)]
+pub enum RawNumber {
+    Int(i64),
+    Float(f64),
+}
+
+/// `failonstatus = [500, 503]` or Apache's `failonstatus = "500,503"`.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(untagged)]
+pub enum RawStatusList {
+    List(Vec<i64>),
+    Text(String),
+}

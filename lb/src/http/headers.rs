@@ -1,0 +1,140 @@
+//! Header rewriting on the way through: hop-by-hop removal, X-Forwarded-*, Via.
+use http::Version;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use std::net::IpAddr;
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// The `Upgrade` value of an HTTP/1.1 upgrade request (`Connection: upgrade` + `Upgrade: x`).
+pub fn upgrade_request(version: Version, h: &HeaderMap) -> Option<HeaderValue> {
+    if version != Version::HTTP_11 || !connection_has(h, "upgrade") {
+        return None;
+    }
+    h.get(header::UPGRADE).cloned()
+}
+
+fn connection_has(h: &HeaderMap, token: &str) -> bool {
+    h.get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Remove hop-by-hop headers: the fixed set plus every header named in `Connection`. With
+/// `upgrade` (a WebSocket or other upgrade being passed through), `Connection: upgrade` and the
+/// `Upgrade` header are kept.
+pub fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: Option<&HeaderValue>) {
+    if h.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = h
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for n in named {
+            h.remove(n);
+        }
+        h.remove(header::CONNECTION);
+    }
+    for n in [
+        &KEEP_ALIVE,
+        &header::PROXY_AUTHENTICATE,
+        &header::PROXY_AUTHORIZATION,
+        &header::TE,
+        &header::TRAILER,
+        &header::TRANSFER_ENCODING,
+        &header::UPGRADE,
+        &PROXY_CONNECTION,
+    ] {
+        h.remove(n);
+    }
+    if let Some(u) = upgrade {
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        h.insert(header::UPGRADE, u.clone());
+    }
+}
+
+/// Add `X-Forwarded-For` (appended to any the client sent), `X-Forwarded-Host` (the Host the
+/// client asked for) and `X-Forwarded-Proto`, as Apache's mod_proxy does.
+pub fn add_forwarded(
+    h: &mut HeaderMap,
+    client: IpAddr,
+    host: Option<&HeaderValue>,
+    proto: &'static str,
+) {
+    let mut xff = String::new();
+    for v in h
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+    {
+        xff.push_str(v);
+        xff.push_str(", ");
+    }
+    xff.push_str(&client.to_string());
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        h.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    if let Some(host) = host {
+        h.insert(X_FORWARDED_HOST.clone(), host.clone());
+    }
+    h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+}
+
+/// Append this hop to `Via` (`1.1 lb`, `2.0 lb`), keeping earlier hops.
+pub fn add_via(h: &mut HeaderMap, version: Version) {
+    let hop = match version {
+        Version::HTTP_10 => "1.0 lb",
+        Version::HTTP_2 => "2.0 lb",
+        _ => "1.1 lb",
+    };
+    match h.get(header::VIA).and_then(|v| v.to_str().ok()) {
+        Some(prev) => {
+            if let Ok(v) = HeaderValue::from_str(&format!("{prev}, {hop}")) {
+                h.insert(header::VIA, v);
+            }
+        }
+        None => {
+            h.insert(header::VIA, HeaderValue::from_static(hop));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_fixed_and_connection_named_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, None);
+        assert!(h.get("x-secret").is_none() && h.get("keep-alive").is_none());
+        assert!(h.get(header::CONNECTION).is_none() && h.get(header::TE).is_none());
+        assert!(h.get("x-kept").is_some());
+    }
+
+    #[test]
+    fn forwarded_for_appends() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        add_forwarded(&mut h, "127.0.0.1".parse().unwrap(), None, "http");
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
+        add_via(&mut h, Version::HTTP_11);
+        add_via(&mut h, Version::HTTP_2);
+        assert_eq!(h["via"], "1.1 lb, 2.0 lb");
+    }
+}

@@ -1,0 +1,449 @@
+//! One request's way through lb: route → pick → pooled exchange → response, with failover.
+//!
+//! Failover follows Apache's rules, made safe: a member that cannot be reached (resolve, connect,
+//! handshake failure — nothing of the request sent) is put in error (E) and the request goes to
+//! another member while attempts ≤ `maxattempts`. A failure after the request was sent marks the
+//! member E and is retried on another member only when the request can be replayed (an idempotent
+//! method with no body). A stale pooled keep-alive connection is retried once on a fresh connection
+//! to the same member without blaming it. Statuses: no usable member 503, member timeout 504,
+//! a broken or garbled exchange 502; each body says what happened.
+use super::access::AccessRecord;
+use super::body::{RequestBody, ResponseBody, UpstreamBody};
+use super::headers;
+use super::route::{Route, RouteTable, Upstream};
+use crate::balancer::{Member, Pick, PickContext, now_ms};
+use crate::upstream::UpstreamError;
+use crate::upstream::pool::Lease;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::{Body, Incoming};
+use hyper_util::rt::TokioIo;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Instant;
+
+/// The HTTP side of one listener.
+pub struct HttpProxy {
+    pub name: Arc<str>,
+    pub routes: RouteTable,
+    pub access_log: bool,
+    pub keepalive: bool,
+    pub max_keepalive_requests: u64,
+}
+
+/// Per downstream connection.
+pub struct ConnState {
+    pub peer: SocketAddr,
+    requests: AtomicU64,
+}
+
+impl ConnState {
+    pub fn new(peer: SocketAddr) -> ConnState {
+        ConnState {
+            peer,
+            requests: AtomicU64::new(0),
+        }
+    }
+}
+
+/// What every attempt of one request shares.
+struct Outgoing<'a> {
+    /// Path and query after the member's own path prefix.
+    path_and_query: String,
+    client_host: Option<HeaderValue>,
+    route: &'a Route,
+    /// Method and headers to rebuild the request for another attempt, when replay is safe.
+    replay: Option<(Method, HeaderMap)>,
+}
+
+impl Outgoing<'_> {
+    fn retarget(&self, req: &mut Request<RequestBody>, member: &Arc<Member>) -> Result<(), String> {
+        let mp = &member.config.url.path;
+        let uri = if mp.is_empty() {
+            Uri::try_from(self.path_and_query.as_str())
+        } else {
+            Uri::try_from(format!("{mp}{}", self.path_and_query))
+        };
+        *req.uri_mut() = uri.map_err(|e| format!("cannot form the member URI: {e}"))?;
+        let host = match (&self.client_host, self.route.preserve_host) {
+            (Some(h), true) => h.clone(),
+            _ => self.route.upstream.hosts[member.index].clone(),
+        };
+        req.headers_mut().insert(header::HOST, host);
+        req.body_mut().count_for(member);
+        Ok(())
+    }
+
+    fn rebuild(&self, member: &Arc<Member>) -> Option<Request<RequestBody>> {
+        let (method, headers) = self.replay.as_ref()?;
+        let mut req = Request::new(RequestBody::empty());
+        *req.method_mut() = method.clone();
+        *req.headers_mut() = headers.clone();
+        self.retarget(&mut req, member).ok()?;
+        Some(req)
+    }
+}
+
+struct Failed {
+    error: UpstreamError,
+    /// The request, when nothing of it reached the member.
+    back: Option<Request<RequestBody>>,
+}
+
+fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+impl HttpProxy {
+    /// Serve one request from a downstream connection.
+    pub async fn handle(&self, req: Request<Incoming>, conn: &ConnState) -> Response<ResponseBody> {
+        let n = conn.requests.fetch_add(1, Relaxed) + 1;
+        let h1 = req.version() <= Version::HTTP_11;
+        let mut resp = self.forward(req, conn.peer).await;
+        let last = !self.keepalive
+            || (self.max_keepalive_requests > 0 && n >= self.max_keepalive_requests);
+        if h1 && last && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        resp
+    }
+
+    fn record(
+        &self,
+        peer: SocketAddr,
+        method: &Method,
+        path: &str,
+        start: Instant,
+    ) -> Option<AccessRecord> {
+        self.access_log.then(|| AccessRecord {
+            listener: Arc::clone(&self.name),
+            client: peer,
+            method: method.clone(),
+            path: path.to_owned(),
+            status: StatusCode::OK,
+            balancer: None,
+            member: None,
+            attempts: 0,
+            start,
+            head_us: 0,
+        })
+    }
+
+    /// A response made by lb itself; its body says what happened.
+    fn local(
+        &self,
+        mut rec: Option<AccessRecord>,
+        status: StatusCode,
+        msg: &str,
+    ) -> Response<ResponseBody> {
+        let body = format!(
+            "{} {}: {msg}\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or("")
+        );
+        if let Some(r) = rec.as_mut() {
+            r.status = status;
+            r.head_us = r.start.elapsed().as_micros() as u64;
+        }
+        if let Some(r) = rec {
+            r.emit(body.len() as u64, true);
+        }
+        let mut resp = Response::new(ResponseBody::text(body));
+        *resp.status_mut() = status;
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        resp
+    }
+
+    async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<ResponseBody> {
+        let start = Instant::now();
+        let mut rec = self.record(peer, req.method(), req.uri().path(), start);
+        let Some((route, rest)) = self.routes.find(req.uri().path()) else {
+            let msg = format!("no proxy_pass path matches {}", req.uri().path());
+            return self.local(rec, StatusCode::NOT_FOUND, &msg);
+        };
+        let mut path_and_query = String::with_capacity(route.target_path.len() + rest.len() + 32);
+        if !route.target_path.starts_with('/') && !rest.starts_with('/') {
+            path_and_query.push('/');
+        }
+        path_and_query.push_str(&route.target_path);
+        path_and_query.push_str(rest);
+        if let Some(q) = req.uri().query() {
+            path_and_query.push('?');
+            path_and_query.push_str(q);
+        }
+
+        let version = req.version();
+        let upgrade = headers::upgrade_request(version, req.headers());
+        let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+        let (mut parts, body) = req.into_parts();
+        let client_host = parts.headers.get(header::HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        headers::strip_hop_by_hop(&mut parts.headers, upgrade.as_ref());
+        headers::add_forwarded(&mut parts.headers, peer.ip(), client_host.as_ref(), "http");
+        headers::add_via(&mut parts.headers, version);
+        parts.version = Version::HTTP_11;
+        let replayable = upgrade.is_none() && is_idempotent(&parts.method) && body.is_end_stream();
+        let out = Outgoing {
+            path_and_query,
+            client_host,
+            route,
+            replay: replayable.then(|| (parts.method.clone(), parts.headers.clone())),
+        };
+        let mut pending = Some(Request::from_parts(parts, RequestBody::new(body)));
+
+        let upstream = &route.upstream;
+        let balancer = &upstream.balancer;
+        if let Some(r) = rec.as_mut() {
+            r.balancer = Some(Arc::clone(&upstream.name));
+        }
+        let ctx = PickContext { client: Some(peer) };
+        let mut attempts = 0u32;
+        let mut last: Option<(String, bool)> = None; // (error, whether the request had been sent)
+        loop {
+            let Some(pick) = balancer.pick_wait(&ctx).await else {
+                let mut msg = balancer.unavailable_reason();
+                if let Some((e, _)) = &last {
+                    msg.push_str("; last error: ");
+                    msg.push_str(e);
+                }
+                return self.local(rec, StatusCode::SERVICE_UNAVAILABLE, &msg);
+            };
+            attempts += 1;
+            let member = Arc::clone(pick.member());
+            let req = match pending.take() {
+                Some(mut r) => match out.retarget(&mut r, &member) {
+                    Ok(()) => r,
+                    Err(e) => return self.local(rec, StatusCode::BAD_GATEWAY, &e),
+                },
+                None => match out.rebuild(&member) {
+                    Some(r) => r,
+                    None => {
+                        return self.local(
+                            rec,
+                            StatusCode::BAD_GATEWAY,
+                            "request cannot be replayed",
+                        );
+                    }
+                },
+            };
+            if let Some(r) = rec.as_mut() {
+                r.member = Some(member.name());
+                r.attempts = attempts;
+            }
+            match self.exchange(upstream, &out, &member, req).await {
+                Ok((resp, lease)) => {
+                    return self.respond(route, &out, resp, lease, pick, client_upgrade, rec);
+                }
+                Err(Failed { error, back }) => {
+                    let now = now_ms();
+                    let msg = format!("member {}: {error}", member.config.url);
+                    match &error {
+                        UpstreamError::ResponseTimeout { .. } => {
+                            if balancer.config.failontimeout {
+                                member.mark_error(now, msg.clone());
+                            } else {
+                                member.note_error(now, msg.clone());
+                            }
+                            tracing::warn!(balancer = %balancer.name(), error = %msg, "member timed out");
+                            return self.local(rec, StatusCode::GATEWAY_TIMEOUT, &msg);
+                        }
+                        // A full connection pool means busy, not broken: fail over without E.
+                        UpstreamError::PoolExhausted { .. } => member.note_error(now, msg.clone()),
+                        _ => {
+                            member.mark_error(now, msg.clone());
+                        }
+                    }
+                    let sent = back.is_none();
+                    tracing::warn!(
+                        balancer = %balancer.name(), member = %member.config.url, attempt = attempts,
+                        sent, error = %error, "member failed"
+                    );
+                    drop(pick);
+                    if sent && out.replay.is_none() {
+                        let m = format!("{msg} (after the request was sent; not retried)");
+                        return self.local(rec, StatusCode::BAD_GATEWAY, &m);
+                    }
+                    last = Some((msg, sent));
+                    pending = back;
+                    if attempts > balancer.config.maxattempts {
+                        let (msg, sent) = last.unwrap_or_default();
+                        let status = if sent {
+                            StatusCode::BAD_GATEWAY
+                        } else {
+                            StatusCode::SERVICE_UNAVAILABLE
+                        };
+                        let m = format!("all {attempts} attempt(s) failed; last: {msg}");
+                        return self.local(rec, status, &m);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Send to one member over a pooled connection, retrying once on a fresh connection when a
+    /// reused keep-alive connection turned out dead.
+    async fn exchange(
+        &self,
+        upstream: &Upstream,
+        out: &Outgoing<'_>,
+        member: &Arc<Member>,
+        mut req: Request<RequestBody>,
+    ) -> Result<(Response<Incoming>, Lease<RequestBody>), Failed> {
+        let pool = &upstream.pools[member.index];
+        let mut fresh = false;
+        loop {
+            let mut lease = match pool.checkout(fresh).await {
+                Ok(l) => l,
+                Err(error) => {
+                    return Err(Failed {
+                        error,
+                        back: Some(req),
+                    });
+                }
+            };
+            let stale_may_retry = lease.reused && !fresh;
+            let wait = lease.response_timeout();
+            let addr = member.config.url.authority();
+            match tokio::time::timeout(wait, lease.sender.try_send_request(req)).await {
+                Err(_) => {
+                    return Err(Failed {
+                        error: UpstreamError::ResponseTimeout { addr, after: wait },
+                        back: None,
+                    });
+                }
+                Ok(Ok(resp)) => return Ok((resp, lease)),
+                Ok(Err(mut e)) => {
+                    let back = e.take_message();
+                    let source = e.into_error();
+                    match back {
+                        Some(r) if stale_may_retry => req = r,
+                        back @ Some(_) => {
+                            return Err(Failed {
+                                error: UpstreamError::Exchange { addr, source },
+                                back,
+                            });
+                        }
+                        None => match out.rebuild(member) {
+                            Some(r) if stale_may_retry && !source.is_parse() => req = r,
+                            _ => {
+                                return Err(Failed {
+                                    error: UpstreamError::Exchange { addr, source },
+                                    back: None,
+                                });
+                            }
+                        },
+                    }
+                    tracing::debug!(member = %member.config.url, "stale pooled connection; retrying on a fresh one");
+                    fresh = true;
+                }
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn respond(
+        &self,
+        route: &Route,
+        out: &Outgoing<'_>,
+        mut resp: Response<Incoming>,
+        lease: Lease<RequestBody>,
+        pick: Pick,
+        client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+        mut rec: Option<AccessRecord>,
+    ) -> Response<ResponseBody> {
+        let member = Arc::clone(pick.member());
+        let status = resp.status();
+        let balancer = &route.upstream.balancer;
+        if balancer.config.failonstatus.contains(&status.as_u16()) {
+            let msg = format!(
+                "member {} answered {status} (failonstatus)",
+                member.config.url
+            );
+            member.mark_error(now_ms(), msg);
+        }
+        if let Some(r) = rec.as_mut() {
+            r.status = status;
+            r.head_us = r.start.elapsed().as_micros() as u64;
+        }
+        if status == StatusCode::SWITCHING_PROTOCOLS
+            && let Some(client_up) = client_upgrade
+        {
+            let member_up = hyper::upgrade::on(&mut resp);
+            let (mut parts, _) = resp.into_parts();
+            let proto = parts.headers.get(header::UPGRADE).cloned();
+            headers::strip_hop_by_hop(&mut parts.headers, proto.as_ref());
+            headers::add_via(&mut parts.headers, Version::HTTP_11);
+            tokio::spawn(tunnel(client_up, member_up, pick, lease));
+            if let Some(r) = rec {
+                r.emit(0, true);
+            }
+            return Response::from_parts(parts, ResponseBody::empty());
+        }
+        let (mut parts, body) = resp.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers, None);
+        if let Some(rev) = &route.reverse {
+            let host = out.client_host.as_ref().and_then(|h| h.to_str().ok());
+            for name in [
+                header::LOCATION,
+                header::CONTENT_LOCATION,
+                http::HeaderName::from_static("uri"),
+            ] {
+                if let Some(v) = parts.headers.get(&name)
+                    && let Some(nv) = rev.rewrite(v, host, "http")
+                {
+                    parts.headers.insert(name, nv);
+                }
+            }
+        }
+        headers::add_via(&mut parts.headers, parts.version);
+        Response::from_parts(
+            parts,
+            ResponseBody::Upstream(UpstreamBody::new(body, lease, pick.guard, rec)),
+        )
+    }
+}
+
+/// Splice an upgraded client connection (WebSocket …) to the member's, byte for byte.
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    member: hyper::upgrade::OnUpgrade,
+    pick: Pick,
+    lease: Lease<RequestBody>,
+) {
+    let m = Arc::clone(pick.member());
+    match tokio::try_join!(client, member) {
+        Ok((c, u)) => {
+            let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
+            match tokio::io::copy_bidirectional(&mut c, &mut u).await {
+                Ok((to_member, to_client)) => {
+                    m.add_transferred(to_member);
+                    m.add_read(to_client);
+                }
+                Err(e) => {
+                    tracing::debug!(member = %m.config.url, error = %e, "upgraded connection ended")
+                }
+            }
+        }
+        Err(e) => tracing::debug!(member = %m.config.url, error = %e, "upgrade did not complete"),
+    }
+    drop(lease);
+    drop(pick);
+}

@@ -1,0 +1,252 @@
+//! The `lb` command: daemon (`run`, `demo`) and CLI (`check`, `status`).
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use clap::{Parser, Subcommand};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use lb::config::{Config, ConfigError, DEFAULT_ADMIN_BIND};
+use lb::runtime::Lb;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(
+    name = "lb",
+    version,
+    about = "A load balancer with Apache mod_proxy_balancer semantics"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the balancer with a config file.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Check a config file; print every error with file, line, column and key.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Show every balancer and member, like Apache's balancer-manager.
+    Status {
+        /// Admin address of the running lb.
+        #[arg(long, default_value = DEFAULT_ADMIN_BIND)]
+        admin: String,
+        /// Print the raw JSON report.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start three demo members on loopback and a balancer in front of them.
+    Demo {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        bind: String,
+        #[arg(long, default_value = DEFAULT_ADMIN_BIND)]
+        admin: String,
+    },
+    /// Run one demo member (used by the benchmark).
+    #[command(hide = true)]
+    Member {
+        #[arg(long)]
+        bind: String,
+        #[arg(long, default_value = "member")]
+        name: String,
+        /// Answer every request with this many bytes.
+        #[arg(long)]
+        body_size: Option<usize>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .init();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("lb: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(dispatch(cli.cmd)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("lb: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(cmd: Cmd) -> Result<ExitCode> {
+    match cmd {
+        Cmd::Run { config } => {
+            let cfg = load_or_report(&config)?;
+            run(&cfg).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Check { config } => match Config::load(&config) {
+            Ok(cfg) => {
+                let members: usize = cfg.balancers.iter().map(|b| b.members.len()).sum();
+                println!(
+                    "{}: ok ({} listener(s), {} balancer(s), {} member(s))",
+                    config.display(),
+                    cfg.listeners.len(),
+                    cfg.balancers.len(),
+                    members
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                print_config_error(&e);
+                Ok(ExitCode::FAILURE)
+            }
+        },
+        Cmd::Status { admin, json } => {
+            let body = fetch_status(&admin).await?;
+            if json {
+                println!("{body}");
+            } else {
+                let report: lb::status::StatusReport = serde_json::from_str(&body)
+                    .context("admin answered something that is not a status report")?;
+                print!("{}", lb::status::render_table(&report));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Demo { bind, admin } => {
+            demo(&bind, &admin).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Member {
+            bind,
+            name,
+            body_size,
+        } => {
+            let listener = tokio::net::TcpListener::bind(&bind)
+                .await
+                .with_context(|| format!("bind {bind}"))?;
+            let body = body_size.map(|n| Bytes::from(vec![b'x'; n]));
+            lb::demo::serve_member(
+                listener,
+                lb::demo::MemberReply {
+                    name: Arc::from(name.as_str()),
+                    body,
+                },
+            )
+            .await;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn print_config_error(e: &ConfigError) {
+    match e {
+        ConfigError::Invalid(diags) => {
+            for d in diags {
+                eprintln!("{d}");
+            }
+            eprintln!("{} error(s)", diags.len());
+        }
+        other => eprintln!("{other}"),
+    }
+}
+
+fn load_or_report(path: &Path) -> Result<Config> {
+    Config::load(path).map_err(|e| {
+        print_config_error(&e);
+        anyhow::anyhow!("config {} is not valid", path.display())
+    })
+}
+
+async fn run(cfg: &Config) -> Result<()> {
+    let bound = Lb::build(cfg).bind().await?;
+    bound.run(shutdown_signal()).await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+async fn demo(bind: &str, admin: &str) -> Result<()> {
+    let mut ports = Vec::new();
+    for i in 1..=3 {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        ports.push(l.local_addr()?.port());
+        let reply = lb::demo::MemberReply {
+            name: Arc::from(format!("m{i}").as_str()),
+            body: None,
+        };
+        tokio::spawn(lb::demo::serve_member(l, reply));
+    }
+    let text = lb::demo::config_text(bind, admin, &ports);
+    let cfg = Config::parse(&text, Path::new("<demo>")).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let bound = match Lb::build(&cfg).bind().await {
+        Ok(b) => b,
+        Err(e) => {
+            bail!("{e}\n(pick free addresses with --bind and --admin, e.g. --bind 127.0.0.1:8081)")
+        }
+    };
+    let addr = bound.listener_addr("demo").context("demo listener")?;
+    let admin_addr = bound.admin_addr().context("admin listener")?;
+    println!("lb demo: three members (m1, m2, m3 with loadfactor 2) behind balancer://demo\n");
+    println!("config in use:\n{text}");
+    println!("try:");
+    println!(
+        "  for i in $(seq 8); do curl -s http://{addr}/hello; done   # byrequests: m3 gets 2 of every 4"
+    );
+    println!(
+        "  lb status --admin {admin_addr}                                # or: cargo run -q -p lb -- status --admin {admin_addr}"
+    );
+    println!("  curl -s http://{admin_addr}/status                            # the same as JSON");
+    println!("Ctrl-C stops the demo.\n");
+    bound.run(shutdown_signal()).await;
+    Ok(())
+}
+
+async fn fetch_status(admin: &str) -> Result<String> {
+    let stream = tokio::net::TcpStream::connect(admin)
+        .await
+        .with_context(|| {
+            format!("cannot reach lb's admin listener at {admin} (is lb running? see --admin)")
+        })?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let req = hyper::Request::get("/status")
+        .header("host", admin)
+        .body(Empty::<Bytes>::new())?;
+    let resp = sender.send_request(req).await?;
+    let status = resp.status();
+    let body = resp.into_body().collect().await?.to_bytes();
+    let body = String::from_utf8_lossy(&body).into_owned();
+    if !status.is_success() {
+        bail!("admin answered {status}: {body}");
+    }
+    Ok(body)
+}

@@ -1,0 +1,201 @@
+//! Wiring: validated config → balancers, pools and listeners; bind; run until shutdown.
+//!
+//! [`Lb::build`] makes the live objects, [`Lb::bind`] binds every socket (so a caller learns the
+//! real ports of `:0` binds before traffic starts), [`Bound::run`] serves until the shutdown
+//! future resolves. The balancer set sits behind an `ArcSwap` so a reload can swap it whole.
+use crate::balancer::Balancer;
+use crate::config::{BalancerConfig, Config, LbMethod, ListenerConfig, Target};
+use crate::http::proxy::HttpProxy;
+use crate::http::route::{ReverseMap, Route, RouteTable, Upstream};
+use arc_swap::ArcSwap;
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// State shared with the control plane (admin API).
+pub struct Shared {
+    pub balancers: ArcSwap<Vec<Arc<Balancer>>>,
+}
+
+pub struct Lb {
+    shared: Arc<Shared>,
+    listeners: Vec<(ListenerConfig, Arc<HttpProxy>)>,
+    admin: Option<SocketAddr>,
+}
+
+/// Everything bound, nothing served yet.
+pub struct Bound {
+    lb: Lb,
+    sockets: Vec<TcpListener>,
+    admin: Option<TcpListener>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot bind listener {name:?} on {addr}: {source}")]
+    Bind {
+        name: String,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Lb {
+    pub fn build(cfg: &Config) -> Lb {
+        let mut balancers: Vec<Arc<Balancer>> = Vec::new();
+        let mut upstreams: HashMap<String, Arc<Upstream>> = HashMap::new();
+        for b in &cfg.balancers {
+            let bal = Arc::new(Balancer::new(b.clone(), false));
+            upstreams.insert(b.name.clone(), Arc::new(Upstream::new(Arc::clone(&bal))));
+            balancers.push(bal);
+        }
+        let mut listeners = Vec::new();
+        for l in &cfg.listeners {
+            let mut routes = Vec::new();
+            for r in &l.routes {
+                let (upstream, target_path) = match &r.target {
+                    Target::Balancer { name, path } => match upstreams.get(name) {
+                        Some(u) => (Arc::clone(u), path.clone()),
+                        // Validation guarantees the balancer exists.
+                        None => continue,
+                    },
+                    Target::Url { url, path } => {
+                        let key = format!("url:{}", url.base());
+                        let u = upstreams
+                            .entry(key.clone())
+                            .or_insert_with(|| {
+                                let bal =
+                                    Arc::new(Balancer::new(implicit_balancer(key, url), true));
+                                balancers.push(Arc::clone(&bal));
+                                Arc::new(Upstream::new(bal))
+                            })
+                            .clone();
+                        (u, path.clone())
+                    }
+                };
+                let reverse = r
+                    .reverse
+                    .then(|| ReverseMap::new(&upstream.balancer, &target_path, &r.path));
+                routes.push(Route {
+                    prefix: r.path.clone(),
+                    target_path,
+                    upstream,
+                    reverse,
+                    preserve_host: r.preserve_host,
+                });
+            }
+            let proxy = HttpProxy {
+                name: Arc::from(l.name.as_str()),
+                routes: RouteTable::new(routes),
+                access_log: l.access_log,
+                keepalive: l.keepalive,
+                max_keepalive_requests: l.max_keepalive_requests,
+            };
+            listeners.push((l.clone(), Arc::new(proxy)));
+        }
+        Lb {
+            shared: Arc::new(Shared {
+                balancers: ArcSwap::from_pointee(balancers),
+            }),
+            listeners,
+            admin: cfg.admin.as_ref().map(|a| a.bind),
+        }
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    pub async fn bind(self) -> Result<Bound, RunError> {
+        let mut sockets = Vec::new();
+        for (l, _) in &self.listeners {
+            let s = TcpListener::bind(l.bind)
+                .await
+                .map_err(|source| RunError::Bind {
+                    name: l.name.clone(),
+                    addr: l.bind,
+                    source,
+                })?;
+            sockets.push(s);
+        }
+        let admin = match self.admin {
+            None => None,
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| RunError::Bind {
+                        name: "admin".into(),
+                        addr,
+                        source,
+                    })?,
+            ),
+        };
+        Ok(Bound {
+            lb: self,
+            sockets,
+            admin,
+        })
+    }
+}
+
+fn implicit_balancer(name: String, url: &crate::config::MemberUrl) -> BalancerConfig {
+    BalancerConfig {
+        name,
+        lbmethod: LbMethod::ByRequests,
+        maxattempts: 0,
+        nofailover: false,
+        timeout: Duration::ZERO,
+        failonstatus: Vec::new(),
+        failontimeout: false,
+        forcerecovery: true,
+        growth: 0,
+        members: vec![crate::config::MemberConfig::for_url(url.clone())],
+    }
+}
+
+impl Bound {
+    /// The bound address of the listener called `name`.
+    pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        let i = self.lb.listeners.iter().position(|(l, _)| l.name == name)?;
+        self.sockets.get(i)?.local_addr().ok()
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref()?.local_addr().ok()
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.lb.shared
+    }
+
+    /// Serve until `shutdown` resolves; then stop accepting and let open requests finish.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) {
+        let (tx, rx) = watch::channel(false);
+        let mut tasks = tokio::task::JoinSet::new();
+        for ((cfg, proxy), socket) in self.lb.listeners.into_iter().zip(self.sockets) {
+            if let Ok(a) = socket.local_addr() {
+                tracing::info!(listener = %cfg.name, addr = %a, "listening (http)");
+            }
+            tasks.spawn(crate::http::server::serve(socket, cfg, proxy, rx.clone()));
+        }
+        if let Some(admin) = self.admin {
+            if let Ok(a) = admin.local_addr() {
+                tracing::info!(addr = %a, "admin listening");
+            }
+            tasks.spawn(crate::admin::serve(
+                admin,
+                Arc::clone(&self.lb.shared),
+                rx.clone(),
+            ));
+        }
+        shutdown.await;
+        tracing::info!("shutting down");
+        let _ = tx.send(true);
+        while tasks.join_next().await.is_some() {}
+    }
+}

@@ -1,0 +1,187 @@
+//! The status report: every balancer and member as Apache's balancer-manager shows them.
+//!
+//! One serde type serves both ends: the admin API serializes it, `lb status` deserializes it and
+//! renders the table.
+use crate::balancer::{Balancer, now_ms};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub version: String,
+    pub balancers: Vec<BalancerStatus>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct BalancerStatus {
+    pub name: String,
+    /// True for the one-member balancer behind a plain `http://` ProxyPass.
+    pub implicit: bool,
+    pub lbmethod: String,
+    pub maxattempts: u32,
+    pub timeout_ms: u64,
+    pub forcerecovery: bool,
+    pub failonstatus: Vec<u16>,
+    pub failontimeout: bool,
+    pub members: Vec<MemberStatus>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct MemberStatus {
+    pub url: String,
+    pub route: Option<String>,
+    pub redirect: Option<String>,
+    pub lbset: u32,
+    pub loadfactor: f64,
+    /// Flag letters (`IN DSEHRC`) or "Ok".
+    pub status: String,
+    pub usable: bool,
+    pub elected: u64,
+    pub busy: u64,
+    pub lbstatus: i64,
+    /// Bytes sent to the member (Apache "To").
+    pub bytes_sent: u64,
+    /// Bytes read from the member (Apache "From").
+    pub bytes_received: u64,
+    /// Times E was cleared by the retry timer or forced recovery.
+    pub retries: u64,
+    pub last_error: Option<ErrorStatus>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ErrorStatus {
+    pub message: String,
+    pub age_ms: u64,
+}
+
+pub fn report(balancers: &[Arc<Balancer>]) -> StatusReport {
+    let now = now_ms();
+    StatusReport {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        balancers: balancers
+            .iter()
+            .map(|b| BalancerStatus {
+                name: b.name().to_owned(),
+                implicit: b.implicit,
+                lbmethod: b.method().as_str().to_owned(),
+                maxattempts: b.config.maxattempts,
+                timeout_ms: b.config.timeout.as_millis() as u64,
+                forcerecovery: b.config.forcerecovery,
+                failonstatus: b.config.failonstatus.clone(),
+                failontimeout: b.config.failontimeout,
+                members: b
+                    .members
+                    .iter()
+                    .map(|m| MemberStatus {
+                        url: m.config.url.base(),
+                        route: m.config.route.clone(),
+                        redirect: m.config.redirect.clone(),
+                        lbset: m.config.lbset,
+                        loadfactor: f64::from(m.config.lbfactor) / 100.0,
+                        status: m.flags().letters(),
+                        usable: m.usable(),
+                        elected: m.elected(),
+                        busy: m.busy(),
+                        lbstatus: m.lbstatus(),
+                        bytes_sent: m.transferred(),
+                        bytes_received: m.read(),
+                        retries: m.retries(),
+                        last_error: m.last_error().map(|e| ErrorStatus {
+                            message: e.message.clone(),
+                            age_ms: now.saturating_sub(e.at_ms),
+                        }),
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "K", "M", "G", "T"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i + 1 < UNITS.len() {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{n}")
+    } else {
+        format!("{v:.1}{}", UNITS[i])
+    }
+}
+
+/// Apache balancer-manager style table.
+pub fn render_table(r: &StatusReport) -> String {
+    let mut out = String::new();
+    for b in &r.balancers {
+        out.push_str(&format!(
+            "balancer://{}  lbmethod={}  maxattempts={}  timeout={}ms  forcerecovery={}{}\n",
+            b.name,
+            b.lbmethod,
+            b.maxattempts,
+            b.timeout_ms,
+            if b.forcerecovery { "on" } else { "off" },
+            if b.implicit { "  (implicit)" } else { "" },
+        ));
+        let header = [
+            "Worker URL",
+            "Route",
+            "RouteRedir",
+            "Factor",
+            "Set",
+            "Status",
+            "Elected",
+            "Busy",
+            "Load",
+            "To",
+            "From",
+        ];
+        let rows: Vec<[String; 11]> = b
+            .members
+            .iter()
+            .map(|m| {
+                [
+                    m.url.clone(),
+                    m.route.clone().unwrap_or_default(),
+                    m.redirect.clone().unwrap_or_default(),
+                    format!("{:.2}", m.loadfactor),
+                    m.lbset.to_string(),
+                    m.status.clone(),
+                    m.elected.to_string(),
+                    m.busy.to_string(),
+                    m.lbstatus.to_string(),
+                    human_bytes(m.bytes_sent),
+                    human_bytes(m.bytes_received),
+                ]
+            })
+            .collect();
+        let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+        for row in &rows {
+            for (w, c) in widths.iter_mut().zip(row.iter()) {
+                *w = (*w).max(c.len());
+            }
+        }
+        let line = |cells: Vec<&str>| {
+            let mut s = String::from("  ");
+            for (c, w) in cells.iter().zip(&widths) {
+                s.push_str(&format!("{c:<w$}  ", w = *w));
+            }
+            s.trim_end().to_owned() + "\n"
+        };
+        out.push_str(&line(header.to_vec()));
+        for (row, m) in rows.iter().zip(&b.members) {
+            out.push_str(&line(row.iter().map(String::as_str).collect()));
+            if let Some(e) = &m.last_error {
+                out.push_str(&format!(
+                    "      last error {}s ago: {}\n",
+                    e.age_ms / 1000,
+                    e.message
+                ));
+            }
+        }
+        out.push('\n');
+    }
+    out
+}

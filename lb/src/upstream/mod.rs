@@ -1,0 +1,62 @@
+//! Connections from lb to its members.
+//!
+//! [`connect`] is the one place a member connection is opened (timeouts, socket options; TLS to
+//! `https://` members will layer on here). [`pool`] keeps idle HTTP/1.1 connections per member,
+//! lock-free, honouring Apache's `max`, `acquire`, `ttl` and `disablereuse`.
+pub mod connect;
+pub mod pool;
+
+use std::time::Duration;
+
+/// Why lb could not get a response head from a member.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("cannot resolve {host}: {source}")]
+    Resolve {
+        host: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("connect to {addr} timed out after {after:?}")]
+    ConnectTimeout { addr: String, after: Duration },
+    #[error("connect to {addr} failed: {source}")]
+    Connect {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("HTTP handshake with {addr} failed: {source}")]
+    Handshake {
+        addr: String,
+        #[source]
+        source: hyper::Error,
+    },
+    #[error("no free connection to {addr} within {waited:?} (max = {max})")]
+    PoolExhausted {
+        addr: String,
+        max: u32,
+        waited: Duration,
+    },
+    #[error("{addr} sent no response head within {after:?}")]
+    ResponseTimeout { addr: String, after: Duration },
+    #[error("exchange with {addr} failed: {source}")]
+    Exchange {
+        addr: String,
+        #[source]
+        source: hyper::Error,
+    },
+}
+
+impl UpstreamError {
+    /// True when nothing of the request reached the member, so another member may take it.
+    pub fn before_send(&self) -> bool {
+        matches!(
+            self,
+            UpstreamError::Resolve { .. }
+                | UpstreamError::ConnectTimeout { .. }
+                | UpstreamError::Connect { .. }
+                | UpstreamError::Handshake { .. }
+                | UpstreamError::PoolExhausted { .. }
+        )
+    }
+}
