@@ -72,12 +72,17 @@ fn main() -> ExitCode {
         .with_ansi(ansi)
         .with_writer(std::io::stderr)
         .init();
+    // One CPU (e.g. pinned with taskset): a current-thread runtime avoids work-stealing overhead
+    // and cross-thread wakeups between a request and its pooled member connection.
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .enable_all()
-        .build()
-    {
+    let mut builder = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads);
+        b
+    };
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("lb: cannot start the async runtime: {e}");

@@ -1,1 +1,491 @@
+//! Test harness: real member servers, lb started on port 0, and small clients.
+//!
+//! Members are real HTTP servers on 127.0.0.1:0 whose behaviour is chosen by the request path:
+//!
+//! | path | answer |
+//! |---|---|
+//! | `/sleep/MS` | waits MS ms, then the member name |
+//! | `/bytes/N` | N bytes, streamed in 64 KiB chunks (chunked encoding) |
+//! | `/upload` | reads the whole request body, answers its length |
+//! | `/headers` | the request line and headers as received |
+//! | `/redirect` | 302 with `Location`/`Content-Location` on the member's own URL |
+//! | `/status/CODE` | that status |
+//! | `/close` | closes the connection without answering |
+//! | `/ws` | `101 Switching Protocols`, then echoes bytes |
+//! | anything else | the member name, or `size` bytes when the member has one |
+//!
+//! Every answer carries `x-member: NAME`. A member can be killed (listener and every open
+//! connection closed at once) and started again on the same port.
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
 
+pub type TestBody = BoxBody<Bytes, Infallible>;
+
+/// A body of `n` bytes of `b'a'`, generated as it is sent (never held in memory whole).
+pub struct Generated {
+    remaining: u64,
+    chunk: Bytes,
+}
+
+impl Generated {
+    pub fn new(n: u64) -> Generated {
+        Generated {
+            remaining: n,
+            chunk: Bytes::from(vec![b'a'; 64 * 1024]),
+        }
+    }
+}
+
+impl Body for Generated {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.remaining == 0 {
+            return Poll::Ready(None);
+        }
+        let n = self.remaining.min(self.chunk.len() as u64) as usize;
+        self.remaining -= n as u64;
+        Poll::Ready(Some(Ok(Frame::data(self.chunk.slice(..n)))))
+    }
+    fn is_end_stream(&self) -> bool {
+        self.remaining == 0
+    }
+}
+
+/// Like [`Generated`] but with no known length, so it goes out chunked.
+pub struct Unsized(pub Generated);
+
+impl Body for Unsized {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Pin::new(&mut self.0).poll_frame(cx)
+    }
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+pub fn full(b: impl Into<Bytes>) -> TestBody {
+    Full::new(b.into()).boxed()
+}
+
+/// A member server started by a test.
+pub struct Member {
+    pub name: String,
+    pub addr: SocketAddr,
+    size: Option<usize>,
+    delay: Duration,
+    /// Requests answered since start (all incarnations).
+    pub hits: Arc<AtomicU64>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Member {
+    /// Start a member on 127.0.0.1:0.
+    pub async fn start(name: &str) -> Member {
+        Self::start_with(name, None).await
+    }
+
+    /// Start a member whose default answer is `size` bytes.
+    pub async fn start_with(name: &str, size: Option<usize>) -> Member {
+        Self::start_full(name, size, Duration::ZERO).await
+    }
+
+    /// Start a member that waits `delay` before each default answer.
+    pub async fn start_slow(name: &str, delay: Duration) -> Member {
+        Self::start_full(name, None, delay).await
+    }
+
+    async fn start_full(name: &str, size: Option<usize>, delay: Duration) -> Member {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind member");
+        let addr = listener.local_addr().expect("member addr");
+        let hits = Arc::new(AtomicU64::new(0));
+        let mut m = Member {
+            name: name.to_owned(),
+            addr,
+            size,
+            delay,
+            hits,
+            task: None,
+        };
+        m.serve(listener);
+        m
+    }
+
+    fn serve(&mut self, listener: TcpListener) {
+        let name: Arc<str> = Arc::from(self.name.as_str());
+        let size = self.size;
+        let delay = self.delay;
+        let hits = Arc::clone(&self.hits);
+        let addr = self.addr;
+        self.task = Some(tokio::spawn(async move {
+            // Connections live in this set: aborting the task closes every one of them.
+            let mut conns = JoinSet::new();
+            loop {
+                tokio::select! {
+                    Ok((stream, _)) = listener.accept() => {
+                        let (name, hits) = (Arc::clone(&name), Arc::clone(&hits));
+                        conns.spawn(async move {
+                            let svc = service_fn(move |req| {
+                                let (name, hits) = (Arc::clone(&name), Arc::clone(&hits));
+                                async move { answer(req, &name, size, delay, addr, &hits).await }
+                            });
+                            let _ = hyper::server::conn::http1::Builder::new()
+                                .serve_connection(TokioIo::new(stream), svc)
+                                .with_upgrades()
+                                .await;
+                        });
+                    }
+                    Some(_) = conns.join_next(), if !conns.is_empty() => {}
+                }
+            }
+        }));
+    }
+
+    /// Close the listener and every open connection now.
+    pub async fn kill(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+
+    /// Start again on the same port.
+    pub async fn restart(&mut self) {
+        self.kill().await;
+        let listener = TcpListener::bind(self.addr)
+            .await
+            .expect("rebind member port");
+        self.serve(listener);
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+async fn answer(
+    mut req: Request<Incoming>,
+    name: &str,
+    size: Option<usize>,
+    delay: Duration,
+    addr: SocketAddr,
+    hits: &AtomicU64,
+) -> Result<Response<TestBody>, &'static str> {
+    hits.fetch_add(1, Ordering::Relaxed);
+    let path = req.uri().path().to_owned();
+    let mut status = StatusCode::OK;
+    let mut extra: Vec<(&str, String)> = Vec::new();
+    let body: TestBody = if let Some(ms) = path.strip_prefix("/sleep/") {
+        tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
+        full(name.to_owned())
+    } else if let Some(n) = path.strip_prefix("/bytes/") {
+        Unsized(Generated::new(n.parse().unwrap_or(0))).boxed()
+    } else if path.ends_with("/upload") {
+        let mut total = 0u64;
+        let mut body = req.into_body();
+        while let Some(f) = body.frame().await {
+            match f {
+                Ok(f) => total += f.data_ref().map_or(0, |d| d.len() as u64),
+                Err(_) => break,
+            }
+        }
+        full(total.to_string())
+    } else if path.ends_with("/headers") {
+        let mut s = format!("{} {} {:?}\n", req.method(), req.uri(), req.version());
+        for (k, v) in req.headers() {
+            s.push_str(&format!("{}: {}\n", k, v.to_str().unwrap_or("?")));
+        }
+        full(s)
+    } else if path == "/redirect" {
+        status = StatusCode::FOUND;
+        extra.push(("location", format!("http://{addr}/target?x=1")));
+        extra.push(("content-location", format!("http://{addr}/here")));
+        extra.push(("x-other", format!("http://{addr}/untouched")));
+        full("moved")
+    } else if let Some(code) = path.strip_prefix("/status/") {
+        status = StatusCode::from_u16(code.parse().unwrap_or(500))
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        full(name.to_owned())
+    } else if path == "/ws" {
+        let upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(up) = upgrade.await {
+                let mut io = TokioIo::new(up);
+                let mut buf = vec![0u8; 16 * 1024];
+                loop {
+                    match io.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if io.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        status = StatusCode::SWITCHING_PROTOCOLS;
+        extra.push(("connection", "upgrade".into()));
+        extra.push(("upgrade", "websocket".into()));
+        full(Bytes::new())
+    } else if path == "/close" {
+        // A service error makes hyper close the connection without an answer.
+        return Err("closing without an answer");
+    } else {
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        match size {
+            Some(n) => full(vec![b'x'; n]),
+            None => full(name.to_owned()),
+        }
+    };
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert("x-member", name.parse().expect("member name header"));
+    for (k, v) in extra {
+        resp.headers_mut()
+            .insert(k, v.parse().expect("header value"));
+    }
+    Ok(resp)
+}
+
+/// A raw TCP "member" that answers every connection with `reply` and closes (garbage tests).
+pub async fn raw_member(reply: &'static [u8]) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let l = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind raw member");
+    let addr = l.local_addr().expect("addr");
+    let t = tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s.write_all(reply).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    (addr, t)
+}
+
+/// A port with nothing listening (bound, then released).
+pub async fn dead_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    l.local_addr().expect("addr")
+}
+
+/// lb running in this process.
+pub struct Lb {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Lb {
+    /// Start lb with this config text (its listener named "web").
+    pub async fn start(config: &str) -> Lb {
+        let cfg = lb::config::Config::parse(config, std::path::Path::new("test.toml"))
+            .unwrap_or_else(|e| panic!("test config invalid: {e}"));
+        let bound = lb::runtime::Lb::build(&cfg).bind().await.expect("bind lb");
+        let addr = bound.listener_addr("web").expect("listener web");
+        let admin = bound.admin_addr().expect("admin");
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(bound.run(async move {
+            let _ = rx.await;
+        }));
+        Lb {
+            addr,
+            admin,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub async fn status(&self) -> serde_json::Value {
+        let r = get(&format!("http://{}/status", self.admin)).await;
+        assert_eq!(r.status, 200);
+        serde_json::from_slice(&r.body).expect("status json")
+    }
+
+    /// Member `i` of balancer `b` in the status report.
+    pub async fn member(&self, b: &str, i: usize) -> serde_json::Value {
+        let s = self.status().await;
+        let bal = s["balancers"]
+            .as_array()
+            .expect("balancers")
+            .iter()
+            .find(|x| x["name"] == b)
+            .cloned();
+        bal.expect("balancer in status")["members"][i].clone()
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for Lb {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+/// A config with one listener "web" on port 0, admin on port 0, `/` → `balancer://b/`, and
+/// balancer `b` holding `balancer_body` (its keys and `[[balancer.b.member]]` tables).
+pub fn config(balancer_body: &str) -> String {
+    format!(
+        "[admin]\nbind = \"127.0.0.1:0\"\n\n[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\naccess_log = false\n\n  [[listener.proxy_pass]]\n  path = \"/\"\n  to = \"balancer://b/\"\n  reverse = true\n\n[balancer.b]\n{balancer_body}\n"
+    )
+}
+
+/// `[[balancer.b.member]]` tables for these URLs, each with `extra` lines.
+pub fn members(urls: &[(&str, &str)]) -> String {
+    let mut s = String::new();
+    for (url, extra) in urls {
+        s.push_str(&format!(
+            "\n[[balancer.b.member]]\nurl = \"{url}\"\n{extra}\n"
+        ));
+    }
+    s
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn member(&self) -> String {
+        self.headers
+            .get("x-member")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-")
+            .to_owned()
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+pub type Client = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    TestBody,
+>;
+
+pub fn client() -> Client {
+    hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub async fn send(c: &Client, req: Request<TestBody>) -> Result<Reply, String> {
+    let resp = c.request(req).await.map_err(|e| format!("{e:?}"))?;
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("{e:?}"))?
+        .to_bytes();
+    Ok(Reply {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// GET on a fresh connection; panics on transport errors.
+pub async fn get(url: &str) -> Reply {
+    let req = Request::get(url).body(full(Bytes::new())).expect("request");
+    send(&client(), req)
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+}
+
+/// Write raw bytes on a new connection and read the whole answer (until close or `limit`).
+pub async fn raw(addr: SocketAddr, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(request).await.expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Poll `f` until it returns Some or `deadline` passes.
+pub async fn eventually<T, F, Fut>(deadline: Duration, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let end = Instant::now() + deadline;
+    loop {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        if Instant::now() > end {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The lb binary built next to the test executable (`cargo xtask test` builds it first).
+pub fn lb_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("LB_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let bin = dir.join("lb");
+    assert!(
+        bin.exists(),
+        "{} not found: build it first (cargo build -p lb) or run cargo xtask test",
+        bin.display()
+    );
+    bin
+}

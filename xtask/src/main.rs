@@ -1,1 +1,339 @@
-fn main() {}
+//! Project tasks: `cargo xtask test | demo | bench`.
+//!
+//! `test` is what CI runs (the README's test command): formatting, lints, build, every test.
+//! `demo` builds lb and starts its built-in demo. `bench` measures lb against direct-to-member
+//! traffic on loopback with wrk, proxy and load pinned to different CPUs.
+use anyhow::{Context, Result, bail};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (cmd, rest) = args
+        .split_first()
+        .map_or(("help", &[][..]), |(c, r)| (c.as_str(), r));
+    match cmd {
+        "test" => test(rest),
+        "demo" => demo(rest),
+        "bench" => bench(rest),
+        _ => {
+            eprintln!(
+                "usage: cargo xtask <task>\n\n  test   fmt check, clippy, build, run every test (what CI runs)\n  demo   build lb and start `lb demo` (args are passed on)\n  bench  lb vs direct-to-member with wrk [--duration SECS] [--connections N]"
+            );
+            if cmd == "help" {
+                Ok(())
+            } else {
+                bail!("unknown task {cmd:?}")
+            }
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+fn run(mut c: Command) -> Result<()> {
+    eprintln!("+ {c:?}");
+    let status = c.status().with_context(|| format!("cannot run {c:?}"))?;
+    if !status.success() {
+        bail!("{c:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn test(extra: &[String]) -> Result<()> {
+    let mut fmt = cargo();
+    fmt.args(["fmt", "--all", "--", "--check"]);
+    run(fmt)?;
+    let mut clippy = cargo();
+    clippy.args(["clippy", "--all-targets", "--", "-D", "warnings"]);
+    run(clippy)?;
+    let mut build = cargo();
+    build.args(["build", "-p", "lb"]);
+    run(build)?;
+    let mut t = cargo();
+    t.arg("test")
+        .args(extra)
+        .env("LB_BIN", root().join("target/debug/lb"));
+    run_tests(t)
+}
+
+/// Run a `cargo test` command, echoing its output, and close with one summary line
+/// (`N passed, M failed`) over every test binary it ran.
+fn run_tests(mut c: Command) -> Result<()> {
+    use std::io::{BufRead, BufReader};
+    eprintln!("+ {c:?}");
+    let mut child = c
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot run {c:?}"))?;
+    let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
+    if let Some(out) = child.stdout.take() {
+        for line in BufReader::new(out).lines() {
+            let line = line?;
+            println!("{line}");
+            if let Some(rest) = line.strip_prefix("test result: ") {
+                for part in rest.split(';') {
+                    let mut words = part.split_whitespace().rev();
+                    let (Some(kind), Some(n)) = (words.next(), words.next()) else {
+                        continue;
+                    };
+                    let n: u64 = n.parse().unwrap_or(0);
+                    match kind {
+                        "passed" => passed += n,
+                        "failed" => failed += n,
+                        "ignored" => ignored += n,
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+    let status = child.wait()?;
+    println!("\n{passed} passed, {failed} failed, {ignored} skipped");
+    if !status.success() {
+        bail!("{c:?} failed: {status}");
+    }
+    if passed == 0 {
+        bail!("no test ran");
+    }
+    Ok(())
+}
+
+fn demo(extra: &[String]) -> Result<()> {
+    let mut build = cargo();
+    build.args(["build", "-q", "-p", "lb"]);
+    run(build)?;
+    let mut c = Command::new(root().join("target/debug/lb"));
+    c.arg("demo").args(extra);
+    run(c)
+}
+
+/// A process killed when dropped.
+struct Guard(Child);
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn wait_port(port: u16) -> Result<()> {
+    let end = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < end {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("nothing listening on port {port} after 15 s")
+}
+
+fn ensure_tool(tool: &str, package: &str) -> Result<()> {
+    if Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()?
+        .success()
+    {
+        return Ok(());
+    }
+    eprintln!("{tool} not found: installing Debian package {package}");
+    let mut c = Command::new("apt-get");
+    c.args(["install", "-y", "-qq", package]);
+    if run(c).is_err() {
+        let mut up = Command::new("apt-get");
+        up.args(["update", "-qq"]);
+        run(up)?;
+        let mut c = Command::new("apt-get");
+        c.args(["install", "-y", "-qq", package]);
+        run(c)?;
+    }
+    Ok(())
+}
+
+struct WrkResult {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+fn parse_ms(s: &str) -> Option<f64> {
+    let s = s.trim();
+    let (num, scale) = if let Some(v) = s.strip_suffix("us") {
+        (v, 0.001)
+    } else if let Some(v) = s.strip_suffix("ms") {
+        (v, 1.0)
+    } else if let Some(v) = s.strip_suffix('s') {
+        (v, 1000.0)
+    } else {
+        (s, 1.0)
+    };
+    num.parse::<f64>().ok().map(|v| v * scale)
+}
+
+fn wrk(url: &str, cpu: &str, secs: u64, conns: u32) -> Result<WrkResult> {
+    let out = Command::new("taskset")
+        .args([
+            "-c",
+            cpu,
+            "wrk",
+            "-t1",
+            &format!("-c{conns}"),
+            &format!("-d{secs}s"),
+            "--latency",
+            url,
+        ])
+        .output()
+        .context("run wrk")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "wrk failed: {}{}",
+            text,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let field = |prefix: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix).map(|r| r.trim().to_owned()))
+    };
+    let rps = field("Requests/sec:")
+        .and_then(|v| v.parse().ok())
+        .context("wrk printed no Requests/sec")?;
+    let p50 = field("50%").and_then(|v| parse_ms(&v)).unwrap_or(f64::NAN);
+    let p99 = field("99%").and_then(|v| parse_ms(&v)).unwrap_or(f64::NAN);
+    if text.contains("Non-2xx") || text.contains("Socket errors") {
+        eprintln!("wrk reported errors:\n{text}");
+    }
+    Ok(WrkResult {
+        rps,
+        p50_ms: p50,
+        p99_ms: p99,
+    })
+}
+
+fn bench(args: &[String]) -> Result<()> {
+    let mut secs = 10u64;
+    let mut conns = 50u32;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--duration" => secs = it.next().context("--duration SECS")?.parse()?,
+            "--connections" => conns = it.next().context("--connections N")?.parse()?,
+            other => bail!("unknown bench option {other}"),
+        }
+    }
+    ensure_tool("wrk", "wrk")?;
+    ensure_tool("taskset", "util-linux")?;
+    let mut build = cargo();
+    build.args(["build", "--release", "-q", "-p", "lb"]);
+    run(build)?;
+    let lb = root().join("target/release/lb");
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (proxy_cpu, load_cpu) = if cpus >= 2 { ("0", "1") } else { ("0", "0") };
+
+    let member_port = free_port()?;
+    let _member = Guard(
+        Command::new("taskset")
+            .args(["-c", load_cpu])
+            .arg(&lb)
+            .args([
+                "member",
+                "--bind",
+                &format!("127.0.0.1:{member_port}"),
+                "--body-size",
+                "100",
+            ])
+            .env("RUST_LOG", "warn")
+            .spawn()
+            .context("start bench member")?,
+    );
+    wait_port(member_port)?;
+    let lb_port = free_port()?;
+    let admin_port = free_port()?;
+    let dir = std::env::temp_dir().join(format!("lb-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let cfg = dir.join("bench.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[admin]\nbind = \"127.0.0.1:{admin_port}\"\n\n[[listener]]\nname = \"bench\"\nbind = \"127.0.0.1:{lb_port}\"\naccess_log = false\nmax_keepalive_requests = 0\n\n  [[listener.proxy_pass]]\n  path = \"/\"\n  to = \"balancer://bench/\"\n\n[balancer.bench]\n  [[balancer.bench.member]]\n  url = \"http://127.0.0.1:{member_port}\"\n"
+        ),
+    )?;
+    let _lb = Guard(
+        Command::new("taskset")
+            .args(["-c", proxy_cpu])
+            .arg(&lb)
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .env("RUST_LOG", "warn")
+            .spawn()
+            .context("start lb")?,
+    );
+    wait_port(lb_port)?;
+
+    println!("HTTP/1.1 keep-alive, 100-byte responses, {conns} connections, {secs} s per run");
+    println!(
+        "lb pinned to CPU {proxy_cpu}; wrk and the member pinned to CPU {load_cpu}; access log off\n"
+    );
+    // Warm up both paths, then alternate so drift hits both alike.
+    wrk(
+        &format!("http://127.0.0.1:{member_port}/"),
+        load_cpu,
+        2,
+        conns,
+    )?;
+    wrk(&format!("http://127.0.0.1:{lb_port}/"), load_cpu, 2, conns)?;
+    let mut rows = Vec::new();
+    for round in 1..=2 {
+        let d = wrk(
+            &format!("http://127.0.0.1:{member_port}/"),
+            load_cpu,
+            secs,
+            conns,
+        )?;
+        let p = wrk(
+            &format!("http://127.0.0.1:{lb_port}/"),
+            load_cpu,
+            secs,
+            conns,
+        )?;
+        rows.push((round, d, p));
+    }
+    println!(
+        "{:<6} {:>12} {:>9} {:>9}   {:>12} {:>9} {:>9}   {:>6}",
+        "round", "direct rps", "p50 ms", "p99 ms", "lb rps", "p50 ms", "p99 ms", "ratio"
+    );
+    for (round, d, p) in &rows {
+        println!(
+            "{:<6} {:>12.0} {:>9.3} {:>9.3}   {:>12.0} {:>9.3} {:>9.3}   {:>6.3}",
+            round,
+            d.rps,
+            d.p50_ms,
+            d.p99_ms,
+            p.rps,
+            p.p50_ms,
+            p.p99_ms,
+            p.rps / d.rps
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

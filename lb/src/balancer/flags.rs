@@ -52,7 +52,7 @@ impl StatusFlags {
                     let up = c.to_ascii_uppercase();
                     let Some((_, f)) = LETTERS.iter().find(|(l, _)| *l == up) else {
                         return Err(format!(
-                            "unknown status flag {c:?} in {spec:?}: expected letters of IN DSEHRC with +/- prefixes"
+                            "unknown status flag {c:?} in {spec:?}: expected letters from I N D S E H R C, with + or - before them"
                         ));
                     };
                     if set {

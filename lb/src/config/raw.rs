@@ -5,7 +5,9 @@
 //! with the key path it came from. Key names follow Apache's parameter names wherever Apache has
 //! one, so `lb import-apache` can map directives one to one.
 use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
 use std::collections::BTreeMap;
+use std::fmt;
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -88,8 +90,7 @@ pub struct RawMember {
 }
 
 /// Apache writes durations as plain seconds; lb also takes "250ms", "5s", "2m", "1h".
-#[derive(Debug, Deserialize, Clone)]
-#[serde(untagged)]
+#[derive(Debug, Clone)]
 pub enum RawDuration {
     Seconds(i64),
     FractionalSeconds(f64),
@@ -97,17 +98,94 @@ pub enum RawDuration {
 }
 
 /// A number written either as an integer or a float (`loadfactor = 1` or `1.5`).
-#[derive(Debug, Deserialize, Clone, Copy)]
-#[serde(untagged)]
+#[derive(Debug, Clone, Copy)]
 pub enum RawNumber {
     Int(i64),
     Float(f64),
 }
 
 /// `failonstatus = [500, 503]` or Apache's `failonstatus = "500,503"`.
-#[derive(Debug, Deserialize, Clone)]
-#[serde(untagged)]
+#[derive(Debug, Clone)]
 pub enum RawStatusList {
     List(Vec<i64>),
     Text(String),
+}
+
+// Hand-written visitors so a wrong type says what was expected (serde's untagged enums only say
+// "did not match any variant").
+macro_rules! visit_numbers {
+    ($int:expr, $float:expr) => {
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+            Ok($int(v))
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+            i64::try_from(v)
+                .map($int)
+                .map_err(|_| E::custom("number too large"))
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+            Ok($float(v))
+        }
+    };
+}
+
+impl<'de> Deserialize<'de> for RawDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawDuration;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(
+                    "a duration: seconds as a number, or a string like \"250ms\", \"5s\", \"2m\"",
+                )
+            }
+            visit_numbers!(RawDuration::Seconds, RawDuration::FractionalSeconds);
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawDuration, E> {
+                Ok(RawDuration::Text(v.to_owned()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawNumber {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawNumber;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a number (integer or decimal)")
+            }
+            visit_numbers!(RawNumber::Int, RawNumber::Float);
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawStatusList {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawStatusList;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(
+                    "HTTP status codes: a list like [500, 503] or a string like \"500,503\"",
+                )
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawStatusList, E> {
+                Ok(RawStatusList::Text(v.to_owned()))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<RawStatusList, A::Error> {
+                let mut out = Vec::new();
+                while let Some(v) = seq.next_element::<i64>()? {
+                    out.push(v);
+                }
+                Ok(RawStatusList::List(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }

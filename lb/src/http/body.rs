@@ -73,6 +73,8 @@ impl Body for RequestBody {
 }
 
 /// A response body: streamed from a member, or made by lb itself (errors, 404).
+// The upstream variant is the common case; boxing it would cost an allocation per request.
+#[allow(clippy::large_enum_variant)]
 pub enum ResponseBody {
     Local(Option<Bytes>),
     Upstream(UpstreamBody),
@@ -92,7 +94,7 @@ pub struct UpstreamBody {
     inner: Incoming,
     lease: Option<Lease<RequestBody>>,
     guard: InFlight,
-    access: Option<AccessRecord>,
+    access: Option<Box<AccessRecord>>,
     bytes: u64,
     done: bool,
 }
@@ -102,7 +104,7 @@ impl UpstreamBody {
         inner: Incoming,
         lease: Lease<RequestBody>,
         guard: InFlight,
-        access: Option<AccessRecord>,
+        access: Option<Box<AccessRecord>>,
     ) -> UpstreamBody {
         UpstreamBody {
             inner,

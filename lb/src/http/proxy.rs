@@ -119,25 +119,27 @@ impl HttpProxy {
         method: &Method,
         path: &str,
         start: Instant,
-    ) -> Option<AccessRecord> {
-        self.access_log.then(|| AccessRecord {
-            listener: Arc::clone(&self.name),
-            client: peer,
-            method: method.clone(),
-            path: path.to_owned(),
-            status: StatusCode::OK,
-            balancer: None,
-            member: None,
-            attempts: 0,
-            start,
-            head_us: 0,
+    ) -> Option<Box<AccessRecord>> {
+        self.access_log.then(|| {
+            Box::new(AccessRecord {
+                listener: Arc::clone(&self.name),
+                client: peer,
+                method: method.clone(),
+                path: path.to_owned(),
+                status: StatusCode::OK,
+                balancer: None,
+                member: None,
+                attempts: 0,
+                start,
+                head_us: 0,
+            })
         })
     }
 
     /// A response made by lb itself; its body says what happened.
     fn local(
         &self,
-        mut rec: Option<AccessRecord>,
+        mut rec: Option<Box<AccessRecord>>,
         status: StatusCode,
         msg: &str,
     ) -> Response<ResponseBody> {
@@ -367,7 +369,7 @@ impl HttpProxy {
         lease: Lease<RequestBody>,
         pick: Pick,
         client_upgrade: Option<hyper::upgrade::OnUpgrade>,
-        mut rec: Option<AccessRecord>,
+        mut rec: Option<Box<AccessRecord>>,
     ) -> Response<ResponseBody> {
         let member = Arc::clone(pick.member());
         let status = resp.status();

@@ -1,0 +1,238 @@
+//! Failover, error states and the status codes lb answers when members fail.
+use lb_tests::*;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::time::Duration;
+
+#[tokio::test]
+async fn member_killed_under_load_fails_no_get_and_comes_back() {
+    let ms = vec![
+        Member::start("m0").await,
+        Member::start("m1").await,
+        Member::start("m2").await,
+    ];
+    let body = members(&[
+        (&ms[0].url(), ""),
+        (&ms[1].url(), "retry = \"500ms\""),
+        (&ms[2].url(), ""),
+    ]);
+    let lb = Lb::start(&config(&body)).await;
+    let killed = Arc::new(AtomicBool::new(false));
+    let mut workers = tokio::task::JoinSet::new();
+    // Bounded load: 4 workers × 150 keep-alive GETs.
+    for _ in 0..4 {
+        let url = lb.url("/");
+        let killed = Arc::clone(&killed);
+        workers.spawn(async move {
+            let c = client();
+            let (mut ok, mut after_kill_m1) = (0, 0);
+            for _ in 0..150 {
+                let r = send(&c, http::Request::get(&url).body(full("")).unwrap())
+                    .await
+                    .expect("transport");
+                assert_eq!(r.status, 200, "a GET failed: {}", r.text());
+                ok += 1;
+                if killed.load(Relaxed) && r.member() == "m1" {
+                    after_kill_m1 += 1;
+                }
+            }
+            (ok, after_kill_m1)
+        });
+    }
+    let mut ms = ms;
+    // Kill m1 once traffic is flowing.
+    let flowing = eventually(Duration::from_secs(10), || async {
+        (ms[1].hits.load(Relaxed) > 20).then_some(())
+    })
+    .await;
+    assert!(flowing.is_some());
+    ms[1].kill().await;
+    killed.store(true, Relaxed);
+    let mut total = 0;
+    while let Some(r) = workers.join_next().await {
+        let (ok, _) = r.expect("worker panicked (a GET failed)");
+        total += ok;
+    }
+    assert_eq!(total, 600);
+    let st = lb.member("b", 1).await;
+    assert_eq!(st["status"], "E", "{st}");
+
+    // Back after its retry time.
+    ms[1].restart().await;
+    let before = ms[1].hits.load(Relaxed);
+    let back = eventually(Duration::from_secs(5), || async {
+        let _ = get(&lb.url("/")).await;
+        (ms[1].hits.load(Relaxed) > before).then_some(())
+    })
+    .await;
+    assert!(back.is_some(), "killed member never returned");
+    assert_eq!(lb.member("b", 1).await["status"], "Ok");
+    lb.stop().await;
+}
+
+#[tokio::test]
+async fn post_fails_over_when_nothing_was_sent() {
+    let dead = dead_port().await;
+    let b = Member::start("b").await;
+    let lb = Lb::start(&config(&members(&[
+        (&format!("http://{dead}"), ""),
+        (&b.url(), ""),
+    ])))
+    .await;
+    let req = http::Request::post(lb.url("/upload"))
+        .body(full("hello"))
+        .unwrap();
+    let r = send(&client(), req).await.unwrap();
+    assert_eq!(
+        (r.status, r.text().as_str(), r.member().as_str()),
+        (200, "5", "b")
+    );
+    lb.stop().await;
+}
+
+#[tokio::test]
+async fn post_is_not_replayed_after_it_was_sent_but_get_is() {
+    let a = Member::start("a").await;
+    let b = Member::start("b").await;
+    let lb = Lb::start(&config(&members(&[(&a.url(), ""), (&b.url(), "")]))).await;
+    // a closes the connection after reading the request: for a POST that is a 502, no retry.
+    let r = send(
+        &client(),
+        http::Request::post(lb.url("/close"))
+            .body(full("x"))
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(r.text().contains("not retried"), "{}", r.text());
+    assert_eq!(
+        b.hits.load(Relaxed),
+        0,
+        "the POST must not reach a second member"
+    );
+    // A GET is idempotent: the same failure fails over (and /close closes on b too, so both fail).
+    let r = get(&lb.url("/close")).await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(r.text().contains("attempt"), "{}", r.text());
+    assert!(
+        b.hits.load(Relaxed) >= 1,
+        "the GET should have been tried on b"
+    );
+    lb.stop().await;
+}
+
+#[tokio::test]
+async fn no_usable_member_is_503_with_a_reason() {
+    let (d1, d2) = (dead_port().await, dead_port().await);
+    let body = format!(
+        "forcerecovery = false\n{}",
+        members(&[(&format!("http://{d1}"), ""), (&format!("http://{d2}"), "")])
+    );
+    let lb = Lb::start(&config(&body)).await;
+    let r = get(&lb.url("/")).await;
+    assert_eq!(r.status, 503);
+    assert!(r.text().contains("connect"), "{}", r.text());
+    // Both are now in error: the next request is refused at once and says why.
+    let r = get(&lb.url("/")).await;
+    assert_eq!(r.status, 503);
+    assert!(
+        r.text().contains("no usable member") && r.text().contains("2 E"),
+        "{}",
+        r.text()
+    );
+    lb.stop().await;
+}
+
+#[tokio::test]
+async fn maxattempts_zero_means_no_failover() {
+    let dead = dead_port().await;
+    let b = Member::start("b").await;
+    let body = format!(
+        "maxattempts = 0\n{}",
+        members(&[(&format!("http://{dead}"), ""), (&b.url(), "")])
+    );
+    let lb = Lb::start(&config(&body)).await;
+    assert_eq!(get(&lb.url("/")).await.status, 503);
+    assert_eq!(get(&lb.url("/")).await.member(), "b");
+    lb.stop().await;
+}
+
+#[tokio::test]
+async fn forcerecovery_clears_error_when_all_members_fail() {
+    let mut a = Member::start("a").await;
+    let lb = Lb::start(&config(&members(&[(&a.url(), "retry = 3600")]))).await;
+    a.kill().await;
+    assert_eq!(get(&lb.url("/")).await.status, 503);
+    assert_eq!(lb.member("b", 0).await["status"], "E");
+    a.restart().await;
+    // Retry is an hour away, but with every member in error, forcerecovery tries again.
+    let r = get(&lb.url("/")).await;
+    assert_eq!((r.status, r.member().as_str()), (200, "a"));
+    lb.stop().await;
+}
+
+#[tokio::test]
+async fn member_timeout_is_504_and_failontimeout_marks_error() {
+    let slow = Member::start_slow("slow", Duration::from_secs(3)).await;
+    let body = format!(
+        "failontimeout = true\n{}",
+        members(&[(&slow.url(), "timeout = \"200ms\"")])
+    );
+    let lb = Lb::start(&config(&body)).await;
+    let r = get(&lb.url("/")).await;
+    assert_eq!(r.status, 504);
+    assert!(r.text().contains("no response head within"), "{}", r.text());
+    assert_eq!(lb.member("b", 0).await["status"], "E");
+    lb.stop().await;
+}
+
+#[tokio::test]
+async fn garbage_from_a_member_is_502() {
+    let (addr, _t) = raw_member(b"this is not HTTP\r\n\r\n").await;
+    let lb = Lb::start(&config(&members(&[(&format!("http://{addr}"), "")]))).await;
+    let r = get(&lb.url("/")).await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(
+        r.text().to_lowercase().contains("invalid") || r.text().contains("parse"),
+        "{}",
+        r.text()
+    );
+    lb.stop().await;
+}
+
+#[tokio::test]
+async fn failonstatus_marks_the_member_in_error() {
+    let a = Member::start("a").await;
+    let b = Member::start("b").await;
+    let body = format!(
+        "failonstatus = [503]\n{}",
+        members(&[(&a.url(), ""), (&b.url(), "")])
+    );
+    let lb = Lb::start(&config(&body)).await;
+    let r = get(&lb.url("/status/503")).await;
+    assert_eq!((r.status, r.member().as_str()), (503, "a"));
+    assert_eq!(lb.member("b", 0).await["status"], "E");
+    // A 500 is not in the list: b answers it and stays Ok.
+    let r = get(&lb.url("/status/500")).await;
+    assert_eq!((r.status, r.member().as_str()), (500, "b"));
+    assert_eq!(lb.member("b", 1).await["status"], "Ok");
+    lb.stop().await;
+}
+
+#[tokio::test]
+async fn balancer_timeout_waits_for_a_usable_member() {
+    let mut a = Member::start("a").await;
+    let body = format!(
+        "timeout = \"3s\"\nforcerecovery = false\n{}",
+        members(&[(&a.url(), "retry = \"400ms\"")])
+    );
+    let lb = Lb::start(&config(&body)).await;
+    a.kill().await;
+    assert_eq!(get(&lb.url("/")).await.status, 503);
+    a.restart().await;
+    // Now in E for 400 ms: the balancer timeout keeps polling instead of answering 503.
+    let r = get(&lb.url("/")).await;
+    assert_eq!((r.status, r.member().as_str()), (200, "a"), "{}", r.text());
+    lb.stop().await;
+}
