@@ -38,22 +38,12 @@ impl EndpointKey {
         addr[1] = octets[1];
         addr[2] = octets[2];
         addr[3] = octets[3];
-        Self {
-            addr,
-            port,
-            family: FAMILY_INET,
-            _pad: 0,
-        }
+        Self { addr, port, family: FAMILY_INET, _pad: 0 }
     }
 
     /// An IPv6 endpoint from network-order octets.
     pub const fn v6(octets: [u8; 16], port: u16) -> Self {
-        Self {
-            addr: octets,
-            port,
-            family: FAMILY_INET6,
-            _pad: 0,
-        }
+        Self { addr: octets, port, family: FAMILY_INET6, _pad: 0 }
     }
 }
 

@@ -18,10 +18,7 @@ use tokio::sync::watch;
 fn reply(status: StatusCode, ctype: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static(ctype),
-    );
+    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(ctype));
     r
 }
 
@@ -31,11 +28,7 @@ fn route(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             let report = crate::status::report(&shared.balancers.load());
             match serde_json::to_vec_pretty(&report) {
                 Ok(v) => reply(StatusCode::OK, "application/json", v),
-                Err(e) => reply(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "text/plain",
-                    format!("{e}\n"),
-                ),
+                Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("{e}\n")),
             }
         }
         (&Method::GET, "/") => reply(
@@ -46,11 +39,7 @@ fn route(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         (_, "/status") | (_, "/") => {
             reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use GET\n")
         }
-        (_, p) => reply(
-            StatusCode::NOT_FOUND,
-            "text/plain",
-            format!("no admin endpoint {p}\n"),
-        ),
+        (_, p) => reply(StatusCode::NOT_FOUND, "text/plain", format!("no admin endpoint {p}\n")),
     }
 }
 

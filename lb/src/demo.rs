@@ -24,19 +24,13 @@ pub struct MemberReply {
 fn answer(reply: &MemberReply, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let body = match &reply.body {
         Some(b) => b.clone(),
-        None => Bytes::from(format!(
-            "hello from {}: {} {}\n",
-            reply.name,
-            req.method(),
-            req.uri()
-        )),
+        None => Bytes::from(format!("hello from {}: {} {}\n", reply.name, req.method(), req.uri())),
     };
     let mut r = Response::new(Full::new(body));
     if let Ok(v) = HeaderValue::from_str(&reply.name) {
         r.headers_mut().insert("x-member", v);
     }
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     r
 }
 

@@ -11,11 +11,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 #[derive(Parser)]
-#[command(
-    name = "lb",
-    version,
-    about = "A load balancer with Apache mod_proxy_balancer semantics"
-)]
+#[command(name = "lb", version, about = "A load balancer with Apache mod_proxy_balancer semantics")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -137,21 +133,14 @@ async fn dispatch(cmd: Cmd) -> Result<ExitCode> {
             demo(&bind, &admin).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Member {
-            bind,
-            name,
-            body_size,
-        } => {
+        Cmd::Member { bind, name, body_size } => {
             let listener = tokio::net::TcpListener::bind(&bind)
                 .await
                 .with_context(|| format!("bind {bind}"))?;
             let body = body_size.map(|n| Bytes::from(vec![b'x'; n]));
             lb::demo::serve_member(
                 listener,
-                lb::demo::MemberReply {
-                    name: Arc::from(name.as_str()),
-                    body,
-                },
+                lb::demo::MemberReply { name: Arc::from(name.as_str()), body },
             )
             .await;
             Ok(ExitCode::SUCCESS)
@@ -204,10 +193,7 @@ async fn demo(bind: &str, admin: &str) -> Result<()> {
     for i in 1..=3 {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         ports.push(l.local_addr()?.port());
-        let reply = lb::demo::MemberReply {
-            name: Arc::from(format!("m{i}").as_str()),
-            body: None,
-        };
+        let reply = lb::demo::MemberReply { name: Arc::from(format!("m{i}").as_str()), body: None };
         tokio::spawn(lb::demo::serve_member(l, reply));
     }
     let text = lb::demo::config_text(bind, admin, &ports);
@@ -236,16 +222,12 @@ async fn demo(bind: &str, admin: &str) -> Result<()> {
 }
 
 async fn fetch_status(admin: &str) -> Result<String> {
-    let stream = tokio::net::TcpStream::connect(admin)
-        .await
-        .with_context(|| {
-            format!("cannot reach lb's admin listener at {admin} (is lb running? see --admin)")
-        })?;
+    let stream = tokio::net::TcpStream::connect(admin).await.with_context(|| {
+        format!("cannot reach lb's admin listener at {admin} (is lb running? see --admin)")
+    })?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
-    let req = hyper::Request::get("/status")
-        .header("host", admin)
-        .body(Empty::<Bytes>::new())?;
+    let req = hyper::Request::get("/status").header("host", admin).body(Empty::<Bytes>::new())?;
     let resp = sender.send_request(req).await?;
     let status = resp.status();
     let body = resp.into_body().collect().await?.to_bytes();

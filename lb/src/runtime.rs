@@ -78,9 +78,8 @@ impl Lb {
                         (u, path.clone())
                     }
                 };
-                let reverse = r
-                    .reverse
-                    .then(|| ReverseMap::new(&upstream.balancer, &target_path, &r.path));
+                let reverse =
+                    r.reverse.then(|| ReverseMap::new(&upstream.balancer, &target_path, &r.path));
                 routes.push(Route {
                     prefix: r.path.clone(),
                     target_path,
@@ -99,9 +98,7 @@ impl Lb {
             listeners.push((l.clone(), Arc::new(proxy)));
         }
         Lb {
-            shared: Arc::new(Shared {
-                balancers: ArcSwap::from_pointee(balancers),
-            }),
+            shared: Arc::new(Shared { balancers: ArcSwap::from_pointee(balancers) }),
             listeners,
             admin: cfg.admin.as_ref().map(|a| a.bind),
         }
@@ -114,32 +111,22 @@ impl Lb {
     pub async fn bind(self) -> Result<Bound, RunError> {
         let mut sockets = Vec::new();
         for (l, _) in &self.listeners {
-            let s = TcpListener::bind(l.bind)
-                .await
-                .map_err(|source| RunError::Bind {
-                    name: l.name.clone(),
-                    addr: l.bind,
-                    source,
-                })?;
+            let s = TcpListener::bind(l.bind).await.map_err(|source| RunError::Bind {
+                name: l.name.clone(),
+                addr: l.bind,
+                source,
+            })?;
             sockets.push(s);
         }
         let admin = match self.admin {
             None => None,
-            Some(addr) => Some(
-                TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| RunError::Bind {
-                        name: "admin".into(),
-                        addr,
-                        source,
-                    })?,
-            ),
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| RunError::Bind {
+                name: "admin".into(),
+                addr,
+                source,
+            })?),
         };
-        Ok(Bound {
-            lb: self,
-            sockets,
-            admin,
-        })
+        Ok(Bound { lb: self, sockets, admin })
     }
 }
 
@@ -187,11 +174,7 @@ impl Bound {
             if let Ok(a) = admin.local_addr() {
                 tracing::info!(addr = %a, "admin listening");
             }
-            tasks.spawn(crate::admin::serve(
-                admin,
-                Arc::clone(&self.lb.shared),
-                rx.clone(),
-            ));
+            tasks.spawn(crate::admin::serve(admin, Arc::clone(&self.lb.shared), rx.clone()));
         }
         shutdown.await;
         tracing::info!("shutting down");

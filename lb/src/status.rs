@@ -105,11 +105,7 @@ fn human_bytes(n: u64) -> String {
         v /= 1024.0;
         i += 1;
     }
-    if i == 0 {
-        format!("{n}")
-    } else {
-        format!("{v:.1}{}", UNITS[i])
-    }
+    if i == 0 { format!("{n}") } else { format!("{v:.1}{}", UNITS[i]) }
 }
 
 /// Apache balancer-manager style table.

@@ -44,10 +44,7 @@ pub struct Generated {
 
 impl Generated {
     pub fn new(n: u64) -> Generated {
-        Generated {
-            remaining: n,
-            chunk: Bytes::from(vec![b'a'; 64 * 1024]),
-        }
+        Generated { remaining: n, chunk: Bytes::from(vec![b'a'; 64 * 1024]) }
     }
 }
 
@@ -122,14 +119,7 @@ impl Member {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind member");
         let addr = listener.local_addr().expect("member addr");
         let hits = Arc::new(AtomicU64::new(0));
-        let mut m = Member {
-            name: name.to_owned(),
-            addr,
-            size,
-            delay,
-            hits,
-            task: None,
-        };
+        let mut m = Member { name: name.to_owned(), addr, size, delay, hits, task: None };
         m.serve(listener);
         m
     }
@@ -175,9 +165,7 @@ impl Member {
     /// Start again on the same port.
     pub async fn restart(&mut self) {
         self.kill().await;
-        let listener = TcpListener::bind(self.addr)
-            .await
-            .expect("rebind member port");
+        let listener = TcpListener::bind(self.addr).await.expect("rebind member port");
         self.serve(listener);
     }
 
@@ -273,20 +261,16 @@ async fn answer(
     };
     let mut resp = Response::new(body);
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert("x-member", name.parse().expect("member name header"));
+    resp.headers_mut().insert("x-member", name.parse().expect("member name header"));
     for (k, v) in extra {
-        resp.headers_mut()
-            .insert(k, v.parse().expect("header value"));
+        resp.headers_mut().insert(k, v.parse().expect("header value"));
     }
     Ok(resp)
 }
 
 /// A raw TCP "member" that answers every connection with `reply` and closes (garbage tests).
 pub async fn raw_member(reply: &'static [u8]) -> (SocketAddr, tokio::task::JoinHandle<()>) {
-    let l = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind raw member");
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind raw member");
     let addr = l.local_addr().expect("addr");
     let t = tokio::spawn(async move {
         while let Ok((mut s, _)) = l.accept().await {
@@ -327,12 +311,7 @@ impl Lb {
         let task = tokio::spawn(bound.run(async move {
             let _ = rx.await;
         }));
-        Lb {
-            addr,
-            admin,
-            stop: Some(tx),
-            task: Some(task),
-        }
+        Lb { addr, admin, stop: Some(tx), task: Some(task) }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -348,12 +327,8 @@ impl Lb {
     /// Member `i` of balancer `b` in the status report.
     pub async fn member(&self, b: &str, i: usize) -> serde_json::Value {
         let s = self.status().await;
-        let bal = s["balancers"]
-            .as_array()
-            .expect("balancers")
-            .iter()
-            .find(|x| x["name"] == b)
-            .cloned();
+        let bal =
+            s["balancers"].as_array().expect("balancers").iter().find(|x| x["name"] == b).cloned();
         bal.expect("balancer in status")["members"][i].clone()
     }
 
@@ -387,9 +362,7 @@ pub fn config(balancer_body: &str) -> String {
 pub fn members(urls: &[(&str, &str)]) -> String {
     let mut s = String::new();
     for (url, extra) in urls {
-        s.push_str(&format!(
-            "\n[[balancer.b.member]]\nurl = \"{url}\"\n{extra}\n"
-        ));
+        s.push_str(&format!("\n[[balancer.b.member]]\nurl = \"{url}\"\n{extra}\n"));
     }
     s
 }
@@ -402,11 +375,7 @@ pub struct Reply {
 
 impl Reply {
     pub fn member(&self) -> String {
-        self.headers
-            .get("x-member")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("-")
-            .to_owned()
+        self.headers.get("x-member").and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned()
     }
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
@@ -426,25 +395,14 @@ pub async fn send(c: &Client, req: Request<TestBody>) -> Result<Reply, String> {
     let resp = c.request(req).await.map_err(|e| format!("{e:?}"))?;
     let status = resp.status().as_u16();
     let headers = resp.headers().clone();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| format!("{e:?}"))?
-        .to_bytes();
-    Ok(Reply {
-        status,
-        headers,
-        body,
-    })
+    let body = resp.into_body().collect().await.map_err(|e| format!("{e:?}"))?.to_bytes();
+    Ok(Reply { status, headers, body })
 }
 
 /// GET on a fresh connection; panics on transport errors.
 pub async fn get(url: &str) -> Reply {
     let req = Request::get(url).body(full(Bytes::new())).expect("request");
-    send(&client(), req)
-        .await
-        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+    send(&client(), req).await.unwrap_or_else(|e| panic!("GET {url}: {e}"))
 }
 
 /// Write raw bytes on a new connection and read the whole answer (until close or `limit`).

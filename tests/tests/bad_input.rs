@@ -36,16 +36,9 @@ fn check(text: &str) -> (i32, String, String) {
         .output()
         .expect("run lb check");
     let _ = std::fs::remove_dir_all(&dir);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (
-        out.status.code().unwrap_or(-1),
-        text,
-        path.display().to_string(),
-    )
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), text, path.display().to_string())
 }
 
 fn rand_suffix() -> u64 {
@@ -55,10 +48,7 @@ fn rand_suffix() -> u64 {
 }
 
 fn line_of(text: &str, needle: &str) -> usize {
-    text.lines()
-        .position(|l| l.contains(needle))
-        .expect("needle in config")
-        + 1
+    text.lines().position(|l| l.contains(needle)).expect("needle in config") + 1
 }
 
 /// Assert `lb check` fails and names `file:line:col` and `key` for the line holding `needle`.
@@ -67,24 +57,16 @@ fn assert_error(text: &str, needle: &str, key: &str, message_part: &str) {
     assert_eq!(code, 1, "lb check should fail:\n{out}");
     let line = line_of(text, needle);
     let wanted = format!("{file}:{line}:");
-    let hit = out
-        .lines()
-        .find(|l| l.starts_with(&wanted) && l.contains(&format!("key `{key}`")));
+    let hit = out.lines().find(|l| l.starts_with(&wanted) && l.contains(&format!("key `{key}`")));
     let hit = hit.unwrap_or_else(|| panic!("no `{wanted}… key `{key}`` line in:\n{out}"));
-    assert!(
-        hit.contains(message_part),
-        "{hit:?} should mention {message_part:?}"
-    );
+    assert!(hit.contains(message_part), "{hit:?} should mention {message_part:?}");
 }
 
 #[test]
 fn good_config_checks_ok() {
     let (code, out, _) = check(GOOD);
     assert_eq!(code, 0, "{out}");
-    assert!(
-        out.contains("ok (1 listener(s), 1 balancer(s), 1 member(s))"),
-        "{out}"
-    );
+    assert!(out.contains("ok (1 listener(s), 1 balancer(s), 1 member(s))"), "{out}");
 }
 
 #[test]
@@ -133,10 +115,7 @@ fn every_config_error_class_is_located() {
     );
     // Bad address.
     assert_error(
-        &GOOD.replace(
-            "bind = \"127.0.0.1:0\"\n\n  [[",
-            "bind = \"nowhere\"\n\n  [[",
-        ),
+        &GOOD.replace("bind = \"127.0.0.1:0\"\n\n  [[", "bind = \"nowhere\"\n\n  [["),
         "nowhere",
         "listener[0].bind",
         "not an IP:port",
@@ -192,10 +171,7 @@ fn missing_file_is_a_clear_error() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("/nonexistent/lb.toml") && err.contains("No such file"),
-        "{err}"
-    );
+    assert!(err.contains("/nonexistent/lb.toml") && err.contains("No such file"), "{err}");
 }
 
 #[tokio::test]
@@ -204,16 +180,9 @@ async fn malformed_requests_get_4xx() {
     let lb = Lb::start(&config(&members(&[(&m.url(), "")]))).await;
     let bad_line = raw(lb.addr, b"GARBAGE\r\n\r\n").await;
     assert!(bad_line.starts_with("HTTP/1.1 400"), "{bad_line}");
-    let bad_header = raw(
-        lb.addr,
-        b"GET / HTTP/1.1\r\nHost: x\r\nBad Header: y\r\n\r\n",
-    )
-    .await;
+    let bad_header = raw(lb.addr, b"GET / HTTP/1.1\r\nHost: x\r\nBad Header: y\r\n\r\n").await;
     assert!(bad_header.starts_with("HTTP/1.1 400"), "{bad_header}");
-    let huge = format!(
-        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
-        "a".repeat(100 * 1024)
-    );
+    let huge = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(100 * 1024));
     let too_big = raw(lb.addr, huge.as_bytes()).await;
     assert!(too_big.starts_with("HTTP/1.1 431"), "{too_big}");
     assert_eq!(
@@ -231,10 +200,6 @@ async fn unmapped_path_is_404_with_a_reason() {
     let lb = Lb::start(&cfg).await;
     let r = get(&lb.url("/other")).await;
     assert_eq!(r.status, 404);
-    assert!(
-        r.text().contains("no proxy_pass path matches /other"),
-        "{}",
-        r.text()
-    );
+    assert!(r.text().contains("no proxy_pass path matches /other"), "{}", r.text());
     lb.stop().await;
 }

@@ -121,23 +121,15 @@ async fn bytraffic_follows_bytes_read_from_members() {
     ];
     let body = members(&[(&ms[0].url(), ""), (&ms[1].url(), ""), (&ms[2].url(), "")]);
     let lb = Lb::start(&config(&format!("lbmethod = \"bytraffic\"\n{body}"))).await;
-    let expected: Vec<String> = apache_bytraffic(&sizes, 100, 40)
-        .into_iter()
-        .map(|i| ms[i].name.clone())
-        .collect();
+    let expected: Vec<String> =
+        apache_bytraffic(&sizes, 100, 40).into_iter().map(|i| ms[i].name.clone()).collect();
     let got = sequence(&lb, 40).await;
     assert_eq!(got, expected);
     // Fewer requests go to the member that sends more bytes.
     let count = |n: &str| got.iter().filter(|m| *m == n).count();
-    assert!(
-        count("big") < count("mid") && count("mid") < count("small"),
-        "{got:?}"
-    );
+    assert!(count("big") < count("mid") && count("mid") < count("small"), "{got:?}");
     let st = lb.member("b", 0).await;
-    assert_eq!(
-        st["bytes_received"].as_u64().unwrap(),
-        count("big") as u64 * sizes[0]
-    );
+    assert_eq!(st["bytes_received"].as_u64().unwrap(), count("big") as u64 * sizes[0]);
     lb.stop().await;
 }
 
@@ -171,10 +163,7 @@ async fn bybusyness_sends_less_to_the_slow_member() {
     let fast_n = all.len() - slow_n;
     assert_eq!(all.len(), 120);
     // byrequests would split 60/60; bybusyness keeps the slow member to a small share.
-    assert!(
-        slow_n * 4 <= all.len() && fast_n >= 3 * slow_n,
-        "slow {slow_n}, fast {fast_n}"
-    );
+    assert!(slow_n * 4 <= all.len() && fast_n >= 3 * slow_n, "slow {slow_n}, fast {fast_n}");
     // Every request ended, so nothing is counted busy any more.
     let idle = eventually(Duration::from_secs(5), || async {
         let s = lb.status().await;

@@ -29,42 +29,17 @@ async fn status_shows_the_balancer_like_apache() {
         assert_eq!(get(&lb.url("/")).await.status, 200);
     }
     let admin = lb.admin.to_string();
-    let out = tokio::task::spawn_blocking(move || lb_cmd(&["status", "--admin", &admin]))
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out =
+        tokio::task::spawn_blocking(move || lb_cmd(&["status", "--admin", &admin])).await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let table = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        table.contains("balancer://b  lbmethod=byrequests  maxattempts=1"),
-        "{table}"
-    );
-    for col in [
-        "Worker URL",
-        "Route",
-        "Factor",
-        "Set",
-        "Status",
-        "Elected",
-        "Busy",
-        "To",
-        "From",
-    ] {
+    assert!(table.contains("balancer://b  lbmethod=byrequests  maxattempts=1"), "{table}");
+    for col in ["Worker URL", "Route", "Factor", "Set", "Status", "Elected", "Busy", "To", "From"] {
         assert!(table.contains(col), "{col} missing:\n{table}");
     }
-    let row = table
-        .lines()
-        .find(|l| l.contains(&a.url()))
-        .expect("member a row");
+    let row = table.lines().find(|l| l.contains(&a.url())).expect("member a row");
     let cells: Vec<&str> = row.split_whitespace().collect();
-    assert_eq!(
-        &cells[..6],
-        &[a.url().as_str(), "r1", "2.50", "0", "Ok", "3"],
-        "{row}"
-    );
+    assert_eq!(&cells[..6], &[a.url().as_str(), "r1", "2.50", "0", "Ok", "3"], "{row}");
 
     let admin = lb.admin.to_string();
     let out = tokio::task::spawn_blocking(move || lb_cmd(&["status", "--admin", &admin, "--json"]))
@@ -114,11 +89,7 @@ async fn demo_runs_three_members_behind_a_balancer() {
         lines.iter().find_map(|l| {
             let i = l.find(pat)?;
             let rest = &l[i + pat.len()..];
-            Some(
-                rest.split(|c: char| c == '/' || c.is_whitespace())
-                    .next()?
-                    .to_owned(),
-            )
+            Some(rest.split(|c: char| c == '/' || c.is_whitespace()).next()?.to_owned())
         })
     };
     let web = find("curl -s http://").expect("curl hint");
@@ -134,16 +105,8 @@ async fn demo_runs_three_members_behind_a_balancer() {
     assert_eq!(seen.get("m1"), Some(&2));
     assert_eq!(seen.get("m2"), Some(&2));
     assert_eq!(seen.get("m3"), Some(&4));
-    let out = tokio::task::spawn_blocking(move || lb_cmd(&["status", "--admin", &admin]))
-        .await
-        .unwrap();
+    let out =
+        tokio::task::spawn_blocking(move || lb_cmd(&["status", "--admin", &admin])).await.unwrap();
     let table = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        table
-            .lines()
-            .filter(|l| l.contains("http://127.0.0.1:"))
-            .count(),
-        3,
-        "{table}"
-    );
+    assert_eq!(table.lines().filter(|l| l.contains("http://127.0.0.1:")).count(), 3, "{table}");
 }

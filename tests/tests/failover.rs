@@ -6,16 +6,9 @@ use std::time::Duration;
 
 #[tokio::test]
 async fn member_killed_under_load_fails_no_get_and_comes_back() {
-    let ms = vec![
-        Member::start("m0").await,
-        Member::start("m1").await,
-        Member::start("m2").await,
-    ];
-    let body = members(&[
-        (&ms[0].url(), ""),
-        (&ms[1].url(), "retry = \"500ms\""),
-        (&ms[2].url(), ""),
-    ]);
+    let ms = vec![Member::start("m0").await, Member::start("m1").await, Member::start("m2").await];
+    let body =
+        members(&[(&ms[0].url(), ""), (&ms[1].url(), "retry = \"500ms\""), (&ms[2].url(), "")]);
     let lb = Lb::start(&config(&body)).await;
     let killed = Arc::new(AtomicBool::new(false));
     let mut workers = tokio::task::JoinSet::new();
@@ -74,19 +67,10 @@ async fn member_killed_under_load_fails_no_get_and_comes_back() {
 async fn post_fails_over_when_nothing_was_sent() {
     let dead = dead_port().await;
     let b = Member::start("b").await;
-    let lb = Lb::start(&config(&members(&[
-        (&format!("http://{dead}"), ""),
-        (&b.url(), ""),
-    ])))
-    .await;
-    let req = http::Request::post(lb.url("/upload"))
-        .body(full("hello"))
-        .unwrap();
+    let lb = Lb::start(&config(&members(&[(&format!("http://{dead}"), ""), (&b.url(), "")]))).await;
+    let req = http::Request::post(lb.url("/upload")).body(full("hello")).unwrap();
     let r = send(&client(), req).await.unwrap();
-    assert_eq!(
-        (r.status, r.text().as_str(), r.member().as_str()),
-        (200, "5", "b")
-    );
+    assert_eq!((r.status, r.text().as_str(), r.member().as_str()), (200, "5", "b"));
     lb.stop().await;
 }
 
@@ -96,29 +80,17 @@ async fn post_is_not_replayed_after_it_was_sent_but_get_is() {
     let b = Member::start("b").await;
     let lb = Lb::start(&config(&members(&[(&a.url(), ""), (&b.url(), "")]))).await;
     // a closes the connection after reading the request: for a POST that is a 502, no retry.
-    let r = send(
-        &client(),
-        http::Request::post(lb.url("/close"))
-            .body(full("x"))
-            .unwrap(),
-    )
-    .await
-    .unwrap();
+    let r = send(&client(), http::Request::post(lb.url("/close")).body(full("x")).unwrap())
+        .await
+        .unwrap();
     assert_eq!(r.status, 502, "{}", r.text());
     assert!(r.text().contains("not retried"), "{}", r.text());
-    assert_eq!(
-        b.hits.load(Relaxed),
-        0,
-        "the POST must not reach a second member"
-    );
+    assert_eq!(b.hits.load(Relaxed), 0, "the POST must not reach a second member");
     // A GET is idempotent: the same failure fails over (and /close closes on b too, so both fail).
     let r = get(&lb.url("/close")).await;
     assert_eq!(r.status, 502, "{}", r.text());
     assert!(r.text().contains("attempt"), "{}", r.text());
-    assert!(
-        b.hits.load(Relaxed) >= 1,
-        "the GET should have been tried on b"
-    );
+    assert!(b.hits.load(Relaxed) >= 1, "the GET should have been tried on b");
     lb.stop().await;
 }
 
@@ -136,11 +108,7 @@ async fn no_usable_member_is_503_with_a_reason() {
     // Both are now in error: the next request is refused at once and says why.
     let r = get(&lb.url("/")).await;
     assert_eq!(r.status, 503);
-    assert!(
-        r.text().contains("no usable member") && r.text().contains("2 E"),
-        "{}",
-        r.text()
-    );
+    assert!(r.text().contains("no usable member") && r.text().contains("2 E"), "{}", r.text());
     lb.stop().await;
 }
 
@@ -148,10 +116,8 @@ async fn no_usable_member_is_503_with_a_reason() {
 async fn maxattempts_zero_means_no_failover() {
     let dead = dead_port().await;
     let b = Member::start("b").await;
-    let body = format!(
-        "maxattempts = 0\n{}",
-        members(&[(&format!("http://{dead}"), ""), (&b.url(), "")])
-    );
+    let body =
+        format!("maxattempts = 0\n{}", members(&[(&format!("http://{dead}"), ""), (&b.url(), "")]));
     let lb = Lb::start(&config(&body)).await;
     assert_eq!(get(&lb.url("/")).await.status, 503);
     assert_eq!(get(&lb.url("/")).await.member(), "b");
@@ -175,10 +141,8 @@ async fn forcerecovery_clears_error_when_all_members_fail() {
 #[tokio::test]
 async fn member_timeout_is_504_and_failontimeout_marks_error() {
     let slow = Member::start_slow("slow", Duration::from_secs(3)).await;
-    let body = format!(
-        "failontimeout = true\n{}",
-        members(&[(&slow.url(), "timeout = \"200ms\"")])
-    );
+    let body =
+        format!("failontimeout = true\n{}", members(&[(&slow.url(), "timeout = \"200ms\"")]));
     let lb = Lb::start(&config(&body)).await;
     let r = get(&lb.url("/")).await;
     assert_eq!(r.status, 504);
@@ -205,10 +169,7 @@ async fn garbage_from_a_member_is_502() {
 async fn failonstatus_marks_the_member_in_error() {
     let a = Member::start("a").await;
     let b = Member::start("b").await;
-    let body = format!(
-        "failonstatus = [503]\n{}",
-        members(&[(&a.url(), ""), (&b.url(), "")])
-    );
+    let body = format!("failonstatus = [503]\n{}", members(&[(&a.url(), ""), (&b.url(), "")]));
     let lb = Lb::start(&config(&body)).await;
     let r = get(&lb.url("/status/503")).await;
     assert_eq!((r.status, r.member().as_str()), (503, "a"));

@@ -23,14 +23,8 @@ async fn proxy_pass_reverse_rewrites_location_headers() {
     let r = get(&lb.url("/app/redirect")).await;
     assert_eq!(r.status, 302);
     let host = lb.addr.to_string();
-    assert_eq!(
-        r.headers["location"],
-        format!("http://{host}/app/target?x=1")
-    );
-    assert_eq!(
-        r.headers["content-location"],
-        format!("http://{host}/app/here")
-    );
+    assert_eq!(r.headers["location"], format!("http://{host}/app/target?x=1"));
+    assert_eq!(r.headers["content-location"], format!("http://{host}/app/here"));
     // Only the ProxyPassReverse headers are rewritten.
     assert_eq!(r.headers["x-other"], format!("{}/untouched", m.url()));
     lb.stop().await;
@@ -69,10 +63,7 @@ async fn longest_prefix_wins_and_paths_are_joined() {
         ("direct".into(), "GET /base/headers HTTP/1.1".into())
     );
     let r = get(&lb.url("/headers")).await;
-    assert_eq!(
-        (r.member(), first_line(&r)),
-        ("a".into(), "GET /headers HTTP/1.1".into())
-    );
+    assert_eq!((r.member(), first_line(&r)), ("a".into(), "GET /headers HTTP/1.1".into()));
     let r = get(&lb.url("/api/headers")).await;
     assert_eq!(first_line(&r), "GET /root/v2/headers HTTP/1.1");
     lb.stop().await;
@@ -90,38 +81,17 @@ async fn forwarded_headers_via_and_hop_by_hop() {
     let (resp_head, echoed) = resp.split_once("\r\n\r\n").expect("head and body");
     // `echoed` is what the member received.
     let lower = echoed.to_lowercase();
-    assert!(
-        lower.contains("x-forwarded-for: 10.1.2.3, 127.0.0.1\n"),
-        "{resp}"
-    );
-    assert!(
-        lower.contains("x-forwarded-host: public.example\n"),
-        "{resp}"
-    );
+    assert!(lower.contains("x-forwarded-for: 10.1.2.3, 127.0.0.1\n"), "{resp}");
+    assert!(lower.contains("x-forwarded-host: public.example\n"), "{resp}");
     assert!(lower.contains("x-forwarded-proto: http\n"), "{resp}");
     assert!(lower.contains("via: 1.1 lb\n"), "{resp}");
     assert!(lower.contains("x-end-to-end: kept\n"), "{resp}");
-    assert!(
-        lower.contains(&format!("host: {}\n", m.addr)),
-        "member gets its own Host: {resp}"
-    );
-    for gone in [
-        "x-hop:",
-        "keep-alive:",
-        "proxy-authorization:",
-        "te:",
-        "connection:",
-    ] {
-        assert!(
-            !lower.contains(&format!("\n{gone}")),
-            "{gone} reached the member: {resp}"
-        );
+    assert!(lower.contains(&format!("host: {}\n", m.addr)), "member gets its own Host: {resp}");
+    for gone in ["x-hop:", "keep-alive:", "proxy-authorization:", "te:", "connection:"] {
+        assert!(!lower.contains(&format!("\n{gone}")), "{gone} reached the member: {resp}");
     }
     // The response carries Via too.
-    assert!(
-        resp_head.to_lowercase().contains("\r\nvia: 1.1 lb"),
-        "{resp}"
-    );
+    assert!(resp_head.to_lowercase().contains("\r\nvia: 1.1 lb"), "{resp}");
     lb.stop().await;
 }
 
@@ -138,10 +108,7 @@ async fn preserve_host_passes_the_client_host() {
         b"GET /headers HTTP/1.1\r\nHost: shop.example:8080\r\nConnection: close\r\n\r\n",
     )
     .await;
-    assert!(
-        resp.to_lowercase().contains("\nhost: shop.example:8080\n"),
-        "{resp}"
-    );
+    assert!(resp.to_lowercase().contains("\nhost: shop.example:8080\n"), "{resp}");
     lb.stop().await;
 }
 
@@ -155,11 +122,8 @@ async fn chunked_bodies_both_ways() {
         .unwrap();
     let r = send(&client(), req).await.unwrap();
     assert_eq!((r.status, r.text()), (200, "300000".to_owned()));
-    let resp = raw(
-        lb.addr,
-        b"GET /bytes/70000 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    )
-    .await;
+    let resp =
+        raw(lb.addr, b"GET /bytes/70000 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
     assert!(
         resp.to_lowercase().contains("transfer-encoding: chunked"),
         "{}",
@@ -184,27 +148,16 @@ async fn websocket_upgrade_passes_through() {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut byte))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            n,
-            1,
-            "closed before the 101 head ended: {}",
-            String::from_utf8_lossy(&head)
-        );
+        let n =
+            tokio::time::timeout(Duration::from_secs(5), s.read(&mut byte)).await.unwrap().unwrap();
+        assert_eq!(n, 1, "closed before the 101 head ended: {}", String::from_utf8_lossy(&head));
         head.push(byte[0]);
     }
     let head = String::from_utf8_lossy(&head).to_lowercase();
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(head.contains("upgrade: websocket"), "{head}");
     // Bytes now flow both ways through lb, unchanged.
-    for msg in [
-        &b"hello through lb"[..],
-        &[0u8, 1, 2, 255, 254][..],
-        &vec![7u8; 100_000][..],
-    ] {
+    for msg in [&b"hello through lb"[..], &[0u8, 1, 2, 255, 254][..], &vec![7u8; 100_000][..]] {
         s.write_all(msg).await.unwrap();
         let mut back = vec![0u8; msg.len()];
         tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut back))
@@ -224,14 +177,8 @@ async fn h2c_clients_are_served() {
         .http2_only(true)
         .build_http::<TestBody>();
     for _ in 0..3 {
-        let r = send(
-            &c,
-            http::Request::get(lb.url("/headers"))
-                .body(full(""))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+        let r =
+            send(&c, http::Request::get(lb.url("/headers")).body(full("")).unwrap()).await.unwrap();
         assert_eq!(r.status, 200);
         let t = r.text().to_lowercase();
         assert!(t.starts_with("get /headers http/1.1"), "{t}");
@@ -290,24 +237,18 @@ async fn hundred_mib_each_way_with_bounded_memory() {
     );
     let base = format!("http://127.0.0.1:{port}");
     let up = eventually(Duration::from_secs(10), || async {
-        tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .ok()
-            .map(|_| ())
+        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok().map(|_| ())
     })
     .await;
     assert!(up.is_some(), "lb did not start");
     let c = client();
-    let req = http::Request::post(format!("{base}/upload"))
-        .body(Generated::new(SIZE).boxed())
-        .unwrap();
+    let req =
+        http::Request::post(format!("{base}/upload")).body(Generated::new(SIZE).boxed()).unwrap();
     let r = send(&c, req).await.unwrap();
     assert_eq!(r.text(), SIZE.to_string());
     let resp = c
         .request(
-            http::Request::get(format!("{base}/bytes/{SIZE}"))
-                .body(full(Bytes::new()))
-                .unwrap(),
+            http::Request::get(format!("{base}/bytes/{SIZE}")).body(full(Bytes::new())).unwrap(),
         )
         .await
         .unwrap();
@@ -319,9 +260,6 @@ async fn hundred_mib_each_way_with_bounded_memory() {
     assert_eq!(got, SIZE);
     let hwm = vm_hwm_kib(child.0.id());
     eprintln!("lb peak RSS after 2 x {SIZE} bytes: {hwm} KiB");
-    assert!(
-        hwm < 48 * 1024,
-        "lb peak RSS {hwm} KiB while moving 2 x 100 MiB"
-    );
+    assert!(hwm < 48 * 1024, "lb peak RSS {hwm} KiB while moving 2 x 100 MiB");
     let _ = std::fs::remove_dir_all(&dir);
 }

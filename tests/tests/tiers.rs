@@ -28,10 +28,7 @@ async fn lower_lbset_is_used_until_it_is_unusable() {
     lb.stop().await;
 
     // Set 0 holds only a dead member: once it is in error, set 1 serves.
-    let body = members(&[
-        (&format!("http://{dead}"), "lbset = 0"),
-        (&b.url(), "lbset = 1"),
-    ]);
+    let body = members(&[(&format!("http://{dead}"), "lbset = 0"), (&b.url(), "lbset = 1")]);
     let lb = Lb::start(&config(&body)).await;
     assert_eq!(counts(&lb, 5).await, HashMap::from([("b".to_string(), 5)]));
     assert_eq!(lb.member("b", 0).await["status"], "E");
@@ -75,10 +72,7 @@ async fn hot_spare_stands_in_for_an_unusable_member() {
     let body = members(&[(&a.url(), ""), (&b.url(), ""), (&r.url(), "status = \"R\"")]);
     let lb = Lb::start(&config(&body)).await;
     let c = counts(&lb, 6).await;
-    assert_eq!(
-        c,
-        HashMap::from([("a".to_string(), 3), ("b".to_string(), 3)])
-    );
+    assert_eq!(c, HashMap::from([("a".to_string(), 3), ("b".to_string(), 3)]));
     lb.stop().await;
 
     let mut a = a;
@@ -106,13 +100,7 @@ async fn member_in_error_returns_after_retry() {
     assert_eq!(c, HashMap::from([("b".to_string(), 4)]));
     let st = lb.member("b", 0).await;
     assert_eq!(st["status"], "E");
-    assert!(
-        st["last_error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("connect"),
-        "{st}"
-    );
+    assert!(st["last_error"]["message"].as_str().unwrap().contains("connect"), "{st}");
 
     a.restart().await;
     let back = eventually(Duration::from_secs(5), || async {
@@ -120,10 +108,7 @@ async fn member_in_error_returns_after_retry() {
         (r.member() == "a").then_some(())
     })
     .await;
-    assert!(
-        back.is_some(),
-        "member a never came back after its retry time"
-    );
+    assert!(back.is_some(), "member a never came back after its retry time");
     let st = lb.member("b", 0).await;
     assert_eq!(st["status"], "Ok");
     assert!(st["retries"].as_u64().unwrap() >= 1);

@@ -11,9 +11,7 @@ use std::time::{Duration, Instant};
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let (cmd, rest) = args
-        .split_first()
-        .map_or(("help", &[][..]), |(c, r)| (c.as_str(), r));
+    let (cmd, rest) = args.split_first().map_or(("help", &[][..]), |(c, r)| (c.as_str(), r));
     match cmd {
         "test" => test(rest),
         "demo" => demo(rest),
@@ -22,20 +20,13 @@ fn main() -> Result<()> {
             eprintln!(
                 "usage: cargo xtask <task>\n\n  test   fmt check, clippy, build, run every test (what CI runs)\n  demo   build lb and start `lb demo` (args are passed on)\n  bench  lb vs direct-to-member with wrk [--duration SECS] [--connections N]"
             );
-            if cmd == "help" {
-                Ok(())
-            } else {
-                bail!("unknown task {cmd:?}")
-            }
+            if cmd == "help" { Ok(()) } else { bail!("unknown task {cmd:?}") }
         }
     }
 }
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
 }
 
 fn cargo() -> Command {
@@ -64,9 +55,7 @@ fn test(extra: &[String]) -> Result<()> {
     build.args(["build", "-p", "lb"]);
     run(build)?;
     let mut t = cargo();
-    t.arg("test")
-        .args(extra)
-        .env("LB_BIN", root().join("target/debug/lb"));
+    t.arg("test").args(extra).env("LB_BIN", root().join("target/debug/lb"));
     run_tests(t)
 }
 
@@ -75,10 +64,8 @@ fn test(extra: &[String]) -> Result<()> {
 fn run_tests(mut c: Command) -> Result<()> {
     use std::io::{BufRead, BufReader};
     eprintln!("+ {c:?}");
-    let mut child = c
-        .stdout(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("cannot run {c:?}"))?;
+    let mut child =
+        c.stdout(Stdio::piped()).spawn().with_context(|| format!("cannot run {c:?}"))?;
     let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
     if let Some(out) = child.stdout.take() {
         for line in BufReader::new(out).lines() {
@@ -204,15 +191,10 @@ fn wrk(url: &str, cpu: &str, secs: u64, conns: u32) -> Result<WrkResult> {
         .context("run wrk")?;
     let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
-        bail!(
-            "wrk failed: {}{}",
-            text,
-            String::from_utf8_lossy(&out.stderr)
-        );
+        bail!("wrk failed: {}{}", text, String::from_utf8_lossy(&out.stderr));
     }
     let field = |prefix: &str| {
-        text.lines()
-            .find_map(|l| l.trim().strip_prefix(prefix).map(|r| r.trim().to_owned()))
+        text.lines().find_map(|l| l.trim().strip_prefix(prefix).map(|r| r.trim().to_owned()))
     };
     let rps = field("Requests/sec:")
         .and_then(|v| v.parse().ok())
@@ -222,11 +204,7 @@ fn wrk(url: &str, cpu: &str, secs: u64, conns: u32) -> Result<WrkResult> {
     if text.contains("Non-2xx") || text.contains("Socket errors") {
         eprintln!("wrk reported errors:\n{text}");
     }
-    Ok(WrkResult {
-        rps,
-        p50_ms: p50,
-        p99_ms: p99,
-    })
+    Ok(WrkResult { rps, p50_ms: p50, p99_ms: p99 })
 }
 
 fn bench(args: &[String]) -> Result<()> {
@@ -254,13 +232,7 @@ fn bench(args: &[String]) -> Result<()> {
         Command::new("taskset")
             .args(["-c", load_cpu])
             .arg(&lb)
-            .args([
-                "member",
-                "--bind",
-                &format!("127.0.0.1:{member_port}"),
-                "--body-size",
-                "100",
-            ])
+            .args(["member", "--bind", &format!("127.0.0.1:{member_port}"), "--body-size", "100"])
             .env("RUST_LOG", "warn")
             .spawn()
             .context("start bench member")?,
@@ -294,27 +266,12 @@ fn bench(args: &[String]) -> Result<()> {
         "lb pinned to CPU {proxy_cpu}; wrk and the member pinned to CPU {load_cpu}; access log off\n"
     );
     // Warm up both paths, then alternate so drift hits both alike.
-    wrk(
-        &format!("http://127.0.0.1:{member_port}/"),
-        load_cpu,
-        2,
-        conns,
-    )?;
+    wrk(&format!("http://127.0.0.1:{member_port}/"), load_cpu, 2, conns)?;
     wrk(&format!("http://127.0.0.1:{lb_port}/"), load_cpu, 2, conns)?;
     let mut rows = Vec::new();
     for round in 1..=2 {
-        let d = wrk(
-            &format!("http://127.0.0.1:{member_port}/"),
-            load_cpu,
-            secs,
-            conns,
-        )?;
-        let p = wrk(
-            &format!("http://127.0.0.1:{lb_port}/"),
-            load_cpu,
-            secs,
-            conns,
-        )?;
+        let d = wrk(&format!("http://127.0.0.1:{member_port}/"), load_cpu, secs, conns)?;
+        let p = wrk(&format!("http://127.0.0.1:{lb_port}/"), load_cpu, secs, conns)?;
         rows.push((round, d, p));
     }
     println!(

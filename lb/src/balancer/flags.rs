@@ -68,11 +68,8 @@ impl StatusFlags {
 
     /// The set letters, e.g. "HE"; "Ok" when none is set (Apache's status page says "Init Ok").
     pub fn letters(self) -> String {
-        let s: String = LETTERS
-            .iter()
-            .filter(|(_, f)| self.contains(*f))
-            .map(|(l, _)| *l)
-            .collect();
+        let s: String =
+            LETTERS.iter().filter(|(_, f)| self.contains(*f)).map(|(l, _)| *l).collect();
         if s.is_empty() { "Ok".to_owned() } else { s }
     }
 }

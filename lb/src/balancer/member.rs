@@ -134,10 +134,7 @@ impl Member {
     /// Record an error; unless the member has `I`, put it in error state (E) as of `now`.
     /// Returns whether E was set.
     pub fn mark_error(&self, now: u64, message: String) -> bool {
-        self.last_error.store(Some(Arc::new(LastError {
-            at_ms: now,
-            message,
-        })));
+        self.last_error.store(Some(Arc::new(LastError { at_ms: now, message })));
         if self.flags().contains(flags::IGNORE_ERRORS) {
             return false;
         }
@@ -148,10 +145,7 @@ impl Member {
 
     /// Record an error for the status page without changing state (e.g. a client-side abort).
     pub fn note_error(&self, now: u64, message: String) {
-        self.last_error.store(Some(Arc::new(LastError {
-            at_ms: now,
-            message,
-        })));
+        self.last_error.store(Some(Arc::new(LastError { at_ms: now, message })));
     }
 
     /// Apache's `ap_proxy_retry_worker`: clear E once `retry` has passed since the error (or at

@@ -51,11 +51,7 @@ impl Balancer {
             .enumerate()
             .map(|(i, m)| Arc::new(Member::new(i, m.clone())))
             .collect();
-        Balancer {
-            config,
-            members,
-            implicit,
-        }
+        Balancer { config, members, implicit }
     }
 
     pub fn name(&self) -> &str {
@@ -190,21 +186,14 @@ mod tests {
     }
 
     fn seq(b: &Balancer, n: usize) -> Vec<usize> {
-        (0..n)
-            .map(|_| b.pick(&PickContext::default()).unwrap().member().index)
-            .collect()
+        (0..n).map(|_| b.pick(&PickContext::default()).unwrap().member().index).collect()
     }
 
     #[test]
     fn byrequests_weights_1_1_1_2() {
         let b = balancer(
             LbMethod::ByRequests,
-            vec![
-                member(1, 1, ""),
-                member(2, 1, ""),
-                member(3, 1, ""),
-                member(4, 2, ""),
-            ],
+            vec![member(1, 1, ""), member(2, 1, ""), member(3, 1, ""), member(4, 2, "")],
         );
         // Worked by hand from Apache's arithmetic: d a b c d, repeating.
         assert_eq!(seq(&b, 10), vec![3, 0, 1, 2, 3, 3, 0, 1, 2, 3]);
@@ -214,22 +203,14 @@ mod tests {
     fn byrequests_skips_disabled() {
         let b = balancer(
             LbMethod::ByRequests,
-            vec![
-                member(1, 1, ""),
-                member(2, 1, "D"),
-                member(3, 1, ""),
-                member(4, 1, ""),
-            ],
+            vec![member(1, 1, ""), member(2, 1, "D"), member(3, 1, ""), member(4, 1, "")],
         );
         assert_eq!(seq(&b, 6), vec![0, 2, 3, 0, 2, 3]);
     }
 
     #[test]
     fn bybusyness_prefers_fewest_in_flight() {
-        let b = balancer(
-            LbMethod::ByBusyness,
-            vec![member(1, 1, ""), member(2, 1, "")],
-        );
+        let b = balancer(LbMethod::ByBusyness, vec![member(1, 1, ""), member(2, 1, "")]);
         let first = b.pick(&PickContext::default()).unwrap();
         assert_eq!(first.member().index, 0);
         // While member 0 is busy, member 1 wins every time.
@@ -255,10 +236,7 @@ mod tests {
 
     #[test]
     fn force_recovery_clears_all_errors() {
-        let b = balancer(
-            LbMethod::ByRequests,
-            vec![member(1, 1, ""), member(2, 1, "")],
-        );
+        let b = balancer(LbMethod::ByRequests, vec![member(1, 1, ""), member(2, 1, "")]);
         for m in &b.members {
             m.mark_error(now_ms(), "down".into());
         }

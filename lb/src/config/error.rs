@@ -113,10 +113,7 @@ pub(crate) struct Locator<'a> {
 
 impl<'a> Locator<'a> {
     pub fn new(text: &'a str) -> Self {
-        Self {
-            text,
-            doc: Document::parse(text).ok(),
-        }
+        Self { text, doc: Document::parse(text).ok() }
     }
 
     /// 1-based line and column of a byte offset.
@@ -146,9 +143,7 @@ impl<'a> Locator<'a> {
                     let next = if let Some(aot) = item.as_array_of_tables() {
                         aot.get(*i).map(|t| (t.span(), None))
                     } else {
-                        item.as_array()
-                            .and_then(|a| a.get(*i))
-                            .map(|v| (v.span(), Some(v)))
+                        item.as_array().and_then(|a| a.get(*i)).map(|v| (v.span(), Some(v)))
                     };
                     match next {
                         Some((span, _)) => {
@@ -175,16 +170,8 @@ impl<'a> Locator<'a> {
     }
 
     pub fn diagnostic(&self, file: &std::path::Path, path: &KeyPath, msg: String) -> Diagnostic {
-        let (line, column) = self
-            .span_of(path)
-            .map_or((0, 0), |s| self.line_col(s.start));
-        Diagnostic {
-            file: file.to_owned(),
-            line,
-            column,
-            key: path.to_string(),
-            message: msg,
-        }
+        let (line, column) = self.span_of(path).map_or((0, 0), |s| self.line_col(s.start));
+        Diagnostic { file: file.to_owned(), line, column, key: path.to_string(), message: msg }
     }
 }
 
@@ -225,9 +212,9 @@ fn contains_offset(item: &Item, offset: usize) -> bool {
     }
     match item {
         Item::Table(t) => table_contains(t, offset),
-        Item::ArrayOfTables(a) => a
-            .iter()
-            .any(|t| covers(t.span(), offset) || table_contains(t, offset)),
+        Item::ArrayOfTables(a) => {
+            a.iter().any(|t| covers(t.span(), offset) || table_contains(t, offset))
+        }
         _ => false,
     }
 }
@@ -240,12 +227,8 @@ mod tests {
     fn locates_nested_array_of_tables_value() {
         let text = "[balancer.a]\nlbmethod = \"byrequests\"\n\n[[balancer.a.member]]\nurl = \"x\"\n\n[[balancer.a.member]]\nurl = \"y\"\nloadfactor = 500\n";
         let loc = Locator::new(text);
-        let p = KeyPath::default()
-            .key("balancer")
-            .key("a")
-            .key("member")
-            .index(1)
-            .key("loadfactor");
+        let p =
+            KeyPath::default().key("balancer").key("a").key("member").index(1).key("loadfactor");
         let span = loc.span_of(&p).unwrap();
         assert_eq!(loc.line_col(span.start), (9, 14));
         assert_eq!(p.to_string(), "balancer.a.member[1].loadfactor");

@@ -190,9 +190,7 @@ pub fn parse_duration(raw: &RawDuration) -> Result<Duration, String> {
         if f.is_finite() && f >= 0.0 {
             Ok(Duration::from_secs_f64(f))
         } else {
-            Err(format!(
-                "duration must be a non-negative number of seconds, got {f}"
-            ))
+            Err(format!("duration must be a non-negative number of seconds, got {f}"))
         }
     };
     match raw {
@@ -201,9 +199,7 @@ pub fn parse_duration(raw: &RawDuration) -> Result<Duration, String> {
         RawDuration::FractionalSeconds(f) => secs(*f),
         RawDuration::Text(t) => {
             let t = t.trim();
-            let split = t
-                .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-                .unwrap_or(t.len());
+            let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
             let (num, unit) = t.split_at(split);
             let n: f64 = num.parse().map_err(|_| {
                 format!(
@@ -230,10 +226,8 @@ pub fn parse_duration(raw: &RawDuration) -> Result<Duration, String> {
 impl Config {
     /// Read and validate a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         Config::parse(&text, path)
     }
 
@@ -260,17 +254,9 @@ impl Config {
                 }]));
             }
         };
-        let mut v = Validator {
-            loc: &loc,
-            file,
-            errors: Vec::new(),
-        };
+        let mut v = Validator { loc: &loc, file, errors: Vec::new() };
         let cfg = v.config(raw);
-        if v.errors.is_empty() {
-            Ok(cfg)
-        } else {
-            Err(ConfigError::Invalid(v.errors))
-        }
+        if v.errors.is_empty() { Ok(cfg) } else { Err(ConfigError::Invalid(v.errors)) }
     }
 }
 
@@ -304,10 +290,7 @@ impl Validator<'_> {
     fn config(&mut self, raw: RawConfig) -> Config {
         let root = KeyPath::default();
         let admin = match &raw.admin {
-            None => DEFAULT_ADMIN_BIND
-                .parse()
-                .ok()
-                .map(|bind| AdminConfig { bind }),
+            None => DEFAULT_ADMIN_BIND.parse().ok().map(|bind| AdminConfig { bind }),
             Some(a) => {
                 let text = a.bind.as_deref().unwrap_or(DEFAULT_ADMIN_BIND);
                 match text.parse::<SocketAddr>() {
@@ -337,9 +320,7 @@ impl Validator<'_> {
                         format!("listener name {:?} is used twice", l.name),
                     );
                 }
-                if listeners
-                    .iter()
-                    .any(|x: &ListenerConfig| x.bind == l.bind && l.bind.port() != 0)
+                if listeners.iter().any(|x: &ListenerConfig| x.bind == l.bind && l.bind.port() != 0)
                 {
                     self.err(
                         &path.key("bind"),
@@ -350,16 +331,9 @@ impl Validator<'_> {
             }
         }
         if raw.listener.is_empty() {
-            self.err(
-                &root,
-                "no [[listener]] is configured: lb would serve nothing",
-            );
+            self.err(&root, "no [[listener]] is configured: lb would serve nothing");
         }
-        Config {
-            admin,
-            listeners,
-            balancers,
-        }
+        Config { admin, listeners, balancers }
     }
 
     fn listener(
@@ -371,10 +345,7 @@ impl Validator<'_> {
         let bind = match l.bind.parse::<SocketAddr>() {
             Ok(b) => Some(b),
             Err(_) => {
-                self.err(
-                    &path.key("bind"),
-                    format!("{:?} is not an IP:port address", l.bind),
-                );
+                self.err(&path.key("bind"), format!("{:?} is not an IP:port address", l.bind));
                 None
             }
         };
@@ -418,17 +389,11 @@ impl Validator<'_> {
         for (i, p) in l.proxy_pass.iter().enumerate() {
             let pp = path.key("proxy_pass").index(i);
             if !p.path.starts_with('/') {
-                self.err(
-                    &pp.key("path"),
-                    format!("path {:?} must start with '/'", p.path),
-                );
+                self.err(&pp.key("path"), format!("path {:?} must start with '/'", p.path));
                 continue;
             }
             if routes.iter().any(|r: &ProxyPassConfig| r.path == p.path) {
-                self.err(
-                    &pp.key("path"),
-                    format!("path {:?} is mapped twice", p.path),
-                );
+                self.err(&pp.key("path"), format!("path {:?} is mapped twice", p.path));
                 continue;
             }
             let target = if let Some(rest) = p.to.strip_prefix("balancer://") {
@@ -443,19 +408,14 @@ impl Validator<'_> {
                     );
                     continue;
                 }
-                Target::Balancer {
-                    name: name.to_owned(),
-                    path: bpath.to_owned(),
-                }
+                Target::Balancer { name: name.to_owned(), path: bpath.to_owned() }
             } else {
                 match parse_member_url(&p.to) {
                     Ok(mut url) => {
                         // Keep the path as written: "/backend/" + "x" must give "/backend/x".
                         let after_scheme = p.to.split_once("://").map_or("", |(_, r)| r);
-                        let path = after_scheme
-                            .find('/')
-                            .map_or("", |i| &after_scheme[i..])
-                            .to_owned();
+                        let path =
+                            after_scheme.find('/').map_or("", |i| &after_scheme[i..]).to_owned();
                         url.path.clear();
                         Target::Url { url, path }
                     }
@@ -493,10 +453,7 @@ impl Validator<'_> {
     }
 
     fn balancer(&mut self, path: &KeyPath, name: &str, b: &raw::RawBalancer) -> BalancerConfig {
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
         {
             self.err(
                 path,
@@ -538,11 +495,9 @@ impl Validator<'_> {
         let mut failonstatus = Vec::new();
         let codes: Vec<(i64, KeyPath)> = match &b.failonstatus {
             None => Vec::new(),
-            Some(RawStatusList::List(v)) => v
-                .iter()
-                .enumerate()
-                .map(|(i, c)| (*c, path.key("failonstatus").index(i)))
-                .collect(),
+            Some(RawStatusList::List(v)) => {
+                v.iter().enumerate().map(|(i, c)| (*c, path.key("failonstatus").index(i))).collect()
+            }
             Some(RawStatusList::Text(t)) => {
                 let mut out = Vec::new();
                 for part in t.split(',').map(str::trim).filter(|s| !s.is_empty()) {
@@ -574,19 +529,13 @@ impl Validator<'_> {
                 if let Some(r) = &m.route
                     && members.iter().any(|x| x.route.as_ref() == Some(r))
                 {
-                    self.err(
-                        &mp.key("route"),
-                        format!("route {r:?} is used by two members"),
-                    );
+                    self.err(&mp.key("route"), format!("route {r:?} is used by two members"));
                 }
                 members.push(m);
             }
         }
         if b.member.is_empty() {
-            self.err(
-                path,
-                format!("balancer {name:?} has no [[balancer.{name}.member]]"),
-            );
+            self.err(path, format!("balancer {name:?} has no [[balancer.{name}.member]]"));
         }
         let default_attempts = (b.member.len() as u32).saturating_sub(1);
         BalancerConfig {
@@ -628,10 +577,7 @@ impl Validator<'_> {
         }
         match m.lbset {
             Some(s) if (0..=99).contains(&s) => c.lbset = s as u32,
-            Some(s) => self.err(
-                &path.key("lbset"),
-                format!("lbset {s} is out of range 0..=99"),
-            ),
+            Some(s) => self.err(&path.key("lbset"), format!("lbset {s} is out of range 0..=99")),
             None => {}
         }
         if let Some(s) = &m.status {
@@ -653,10 +599,9 @@ impl Validator<'_> {
         c.route = m.route.clone();
         c.redirect = m.redirect.clone();
         match m.max {
-            Some(0) => self.err(
-                &path.key("max"),
-                "max must be at least 1 (leave it out for no limit)",
-            ),
+            Some(0) => {
+                self.err(&path.key("max"), "max must be at least 1 (leave it out for no limit)")
+            }
             other => c.max = other,
         }
         c.retry = self.duration(&path.key("retry"), &m.retry, c.retry);
@@ -689,26 +634,17 @@ pub fn parse_member_url(s: &str) -> Result<MemberUrl, String> {
             ));
         }
         Some(other) => {
-            return Err(format!(
-                "{s:?}: unsupported scheme {other:?}, expected http://"
-            ));
+            return Err(format!("{s:?}: unsupported scheme {other:?}, expected http://"));
         }
         None => return Err(format!("{s:?} has no scheme: write http://host:port")),
     }
     let host = uri.host().ok_or_else(|| format!("{s:?} has no host"))?;
-    let host = host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_owned();
+    let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
     if uri.query().is_some() {
         return Err(format!("{s:?}: a member URL cannot carry a query string"));
     }
     let path = uri.path().trim_end_matches('/').to_owned();
-    Ok(MemberUrl {
-        host,
-        port: uri.port_u16().unwrap_or(80),
-        path,
-    })
+    Ok(MemberUrl { host, port: uri.port_u16().unwrap_or(80), path })
 }
 
 #[cfg(test)]
@@ -757,21 +693,14 @@ failonstatus = "500, 503"
         assert_eq!(b.maxattempts, 2);
         assert_eq!(b.failonstatus, vec![500, 503]);
         assert_eq!(b.members[0].lbfactor, 150);
-        assert!(
-            b.members[0]
-                .status
-                .contains(crate::balancer::flags::HOT_STANDBY)
-        );
+        assert!(b.members[0].status.contains(crate::balancer::flags::HOT_STANDBY));
         assert_eq!(b.members[1].url.path, "/base");
         assert_eq!(b.members[1].retry, Duration::from_secs(5));
     }
 
     #[test]
     fn durations_take_apache_and_suffixed_forms() {
-        assert_eq!(
-            parse_duration(&RawDuration::Seconds(5)).unwrap(),
-            Duration::from_secs(5)
-        );
+        assert_eq!(parse_duration(&RawDuration::Seconds(5)).unwrap(), Duration::from_secs(5));
         assert_eq!(
             parse_duration(&RawDuration::Text("250ms".into())).unwrap(),
             Duration::from_millis(250)
@@ -794,11 +723,7 @@ failonstatus = "500, 503"
         let e = parse(&text).unwrap_err();
         let d = &e.diagnostics()[0];
         assert_eq!(d.key, "balancer.mycluster.maxatempts");
-        let line = text
-            .lines()
-            .position(|l| l.starts_with("maxatempts"))
-            .unwrap()
-            + 1;
+        let line = text.lines().position(|l| l.starts_with("maxatempts")).unwrap() + 1;
         assert_eq!((d.line, d.column), (line, 1));
         assert!(d.message.contains("unknown field"), "{}", d.message);
     }
@@ -811,18 +736,9 @@ failonstatus = "500, 503"
             .replace("balancer://mycluster/", "balancer://nosuch/");
         let e = parse(&text).unwrap_err();
         let keys: Vec<&str> = e.diagnostics().iter().map(|d| d.key.as_str()).collect();
-        assert!(
-            keys.contains(&"balancer.mycluster.member[0].loadfactor"),
-            "{keys:?}"
-        );
-        assert!(
-            keys.contains(&"balancer.mycluster.member[1].retry"),
-            "{keys:?}"
-        );
-        assert!(
-            keys.contains(&"balancer.mycluster.member[1].lbset"),
-            "{keys:?}"
-        );
+        assert!(keys.contains(&"balancer.mycluster.member[0].loadfactor"), "{keys:?}");
+        assert!(keys.contains(&"balancer.mycluster.member[1].retry"), "{keys:?}");
+        assert!(keys.contains(&"balancer.mycluster.member[1].lbset"), "{keys:?}");
         assert!(keys.contains(&"listener[0].proxy_pass[0].to"), "{keys:?}");
         assert!(e.diagnostics().iter().all(|d| d.line > 0), "{e}");
     }

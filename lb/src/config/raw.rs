@@ -119,9 +119,7 @@ macro_rules! visit_numbers {
             Ok($int(v))
         }
         fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
-            i64::try_from(v)
-                .map($int)
-                .map_err(|_| E::custom("number too large"))
+            i64::try_from(v).map($int).map_err(|_| E::custom("number too large"))
         }
         fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
             Ok($float(v))

@@ -23,16 +23,10 @@ pub struct RequestBody {
 
 impl RequestBody {
     pub fn new(inner: Incoming) -> RequestBody {
-        RequestBody {
-            inner: Some(inner),
-            member: None,
-        }
+        RequestBody { inner: Some(inner), member: None }
     }
     pub fn empty() -> RequestBody {
-        RequestBody {
-            inner: None,
-            member: None,
-        }
+        RequestBody { inner: None, member: None }
     }
     /// The member whose `transferred` counter the body's bytes are added to.
     pub fn count_for(&mut self, member: &Arc<Member>) {
@@ -66,9 +60,7 @@ impl Body for RequestBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner
-            .as_ref()
-            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+        self.inner.as_ref().map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
     }
 }
 
@@ -106,14 +98,7 @@ impl UpstreamBody {
         guard: InFlight,
         access: Option<Box<AccessRecord>>,
     ) -> UpstreamBody {
-        UpstreamBody {
-            inner,
-            lease: Some(lease),
-            guard,
-            access,
-            bytes: 0,
-            done: false,
-        }
+        UpstreamBody { inner, lease: Some(lease), guard, access, bytes: 0, done: false }
     }
 
     fn finish(&mut self) {

@@ -60,26 +60,33 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: Option<&HeaderValue>) {
     }
 }
 
+/// The client address as a header value, made once per connection.
+pub fn client_value(client: IpAddr) -> HeaderValue {
+    HeaderValue::from_str(&client.to_string())
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
 /// Add `X-Forwarded-For` (appended to any the client sent), `X-Forwarded-Host` (the Host the
-/// client asked for) and `X-Forwarded-Proto`, as Apache's mod_proxy does.
+/// client asked for) and `X-Forwarded-Proto`, as Apache's mod_proxy does. `client` comes from
+/// [`client_value`].
 pub fn add_forwarded(
     h: &mut HeaderMap,
-    client: IpAddr,
+    client: &HeaderValue,
     host: Option<&HeaderValue>,
     proto: &'static str,
 ) {
-    let mut xff = String::new();
-    for v in h
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-    {
-        xff.push_str(v);
-        xff.push_str(", ");
-    }
-    xff.push_str(&client.to_string());
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        h.insert(X_FORWARDED_FOR.clone(), v);
+    if h.contains_key(&X_FORWARDED_FOR) {
+        let mut xff = Vec::new();
+        for v in h.get_all(&X_FORWARDED_FOR) {
+            xff.extend_from_slice(v.as_bytes());
+            xff.extend_from_slice(b", ");
+        }
+        xff.extend_from_slice(client.as_bytes());
+        if let Ok(v) = HeaderValue::from_bytes(&xff) {
+            h.insert(X_FORWARDED_FOR.clone(), v);
+        }
+    } else {
+        h.insert(X_FORWARDED_FOR.clone(), client.clone());
     }
     if let Some(host) = host {
         h.insert(X_FORWARDED_HOST.clone(), host.clone());
@@ -113,10 +120,7 @@ mod tests {
     #[test]
     fn strips_fixed_and_connection_named_headers() {
         let mut h = HeaderMap::new();
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("keep-alive, x-secret"),
-        );
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert(header::TE, HeaderValue::from_static("trailers"));
@@ -131,7 +135,7 @@ mod tests {
     fn forwarded_for_appends() {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
-        add_forwarded(&mut h, "127.0.0.1".parse().unwrap(), None, "http");
+        add_forwarded(&mut h, &client_value("127.0.0.1".parse().unwrap()), None, "http");
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
         add_via(&mut h, Version::HTTP_11);
         add_via(&mut h, Version::HTTP_2);

@@ -35,15 +35,14 @@ pub struct HttpProxy {
 /// Per downstream connection.
 pub struct ConnState {
     pub peer: SocketAddr,
+    /// The peer's IP as an `X-Forwarded-For` value.
+    client_ip: HeaderValue,
     requests: AtomicU64,
 }
 
 impl ConnState {
     pub fn new(peer: SocketAddr) -> ConnState {
-        ConnState {
-            peer,
-            requests: AtomicU64::new(0),
-        }
+        ConnState { peer, client_ip: headers::client_value(peer.ip()), requests: AtomicU64::new(0) }
     }
 }
 
@@ -103,12 +102,11 @@ impl HttpProxy {
     pub async fn handle(&self, req: Request<Incoming>, conn: &ConnState) -> Response<ResponseBody> {
         let n = conn.requests.fetch_add(1, Relaxed) + 1;
         let h1 = req.version() <= Version::HTTP_11;
-        let mut resp = self.forward(req, conn.peer).await;
+        let mut resp = self.forward(req, conn).await;
         let last = !self.keepalive
             || (self.max_keepalive_requests > 0 && n >= self.max_keepalive_requests);
         if h1 && last && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-            resp.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         resp
     }
@@ -143,11 +141,8 @@ impl HttpProxy {
         status: StatusCode,
         msg: &str,
     ) -> Response<ResponseBody> {
-        let body = format!(
-            "{} {}: {msg}\n",
-            status.as_u16(),
-            status.canonical_reason().unwrap_or("")
-        );
+        let body =
+            format!("{} {}: {msg}\n", status.as_u16(), status.canonical_reason().unwrap_or(""));
         if let Some(r) = rec.as_mut() {
             r.status = status;
             r.head_us = r.start.elapsed().as_micros() as u64;
@@ -158,10 +153,7 @@ impl HttpProxy {
         let mut resp = Response::new(ResponseBody::text(body));
         *resp.status_mut() = status;
         let h = resp.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         resp
     }
@@ -169,8 +161,9 @@ impl HttpProxy {
     async fn forward(
         &self,
         mut req: Request<Incoming>,
-        peer: SocketAddr,
+        conn: &ConnState,
     ) -> Response<ResponseBody> {
+        let peer = conn.peer;
         let start = Instant::now();
         let mut rec = self.record(peer, req.method(), req.uri().path(), start);
         let Some((route, rest)) = self.routes.find(req.uri().path()) else {
@@ -192,14 +185,12 @@ impl HttpProxy {
         let upgrade = headers::upgrade_request(version, req.headers());
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
-        let client_host = parts.headers.get(header::HOST).cloned().or_else(|| {
-            parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
+        let client_host =
+            parts.headers.get(header::HOST).cloned().or_else(|| {
+                parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            });
         headers::strip_hop_by_hop(&mut parts.headers, upgrade.as_ref());
-        headers::add_forwarded(&mut parts.headers, peer.ip(), client_host.as_ref(), "http");
+        headers::add_forwarded(&mut parts.headers, &conn.client_ip, client_host.as_ref(), "http");
         headers::add_via(&mut parts.headers, version);
         parts.version = Version::HTTP_11;
         let replayable = upgrade.is_none() && is_idempotent(&parts.method) && body.is_end_stream();
@@ -315,10 +306,7 @@ impl HttpProxy {
             let mut lease = match pool.checkout(fresh).await {
                 Ok(l) => l,
                 Err(error) => {
-                    return Err(Failed {
-                        error,
-                        back: Some(req),
-                    });
+                    return Err(Failed { error, back: Some(req) });
                 }
             };
             let stale_may_retry = lease.reused && !fresh;
@@ -375,10 +363,7 @@ impl HttpProxy {
         let status = resp.status();
         let balancer = &route.upstream.balancer;
         if balancer.config.failonstatus.contains(&status.as_u16()) {
-            let msg = format!(
-                "member {} answered {status} (failonstatus)",
-                member.config.url
-            );
+            let msg = format!("member {} answered {status} (failonstatus)", member.config.url);
             member.mark_error(now_ms(), msg);
         }
         if let Some(r) = rec.as_mut() {
@@ -403,11 +388,9 @@ impl HttpProxy {
         headers::strip_hop_by_hop(&mut parts.headers, None);
         if let Some(rev) = &route.reverse {
             let host = out.client_host.as_ref().and_then(|h| h.to_str().ok());
-            for name in [
-                header::LOCATION,
-                header::CONTENT_LOCATION,
-                http::HeaderName::from_static("uri"),
-            ] {
+            for name in
+                [header::LOCATION, header::CONTENT_LOCATION, http::HeaderName::from_static("uri")]
+            {
                 if let Some(v) = parts.headers.get(&name)
                     && let Some(nv) = rev.rewrite(v, host, "http")
                 {

@@ -21,11 +21,7 @@ pub struct Upstream {
 
 impl Upstream {
     pub fn new(balancer: Arc<Balancer>) -> Upstream {
-        let pools = balancer
-            .members
-            .iter()
-            .map(|m| Pool::new(Arc::clone(m)))
-            .collect();
+        let pools = balancer.members.iter().map(|m| Pool::new(Arc::clone(m))).collect();
         let hosts = balancer
             .members
             .iter()
@@ -34,12 +30,7 @@ impl Upstream {
                     .unwrap_or_else(|_| HeaderValue::from_static("localhost"))
             })
             .collect();
-        Upstream {
-            name: Arc::from(balancer.name()),
-            balancer,
-            pools,
-            hosts,
-        }
+        Upstream { name: Arc::from(balancer.name()), balancer, pools, hosts }
     }
 }
 
@@ -64,9 +55,7 @@ impl RouteTable {
 
     /// The route for `path` and the part of the path after its prefix.
     pub fn find<'p>(&self, path: &'p str) -> Option<(&Route, &'p str)> {
-        self.routes
-            .iter()
-            .find_map(|r| prefix_match(&r.prefix, path).map(|rest| (r, rest)))
+        self.routes.iter().find_map(|r| prefix_match(&r.prefix, path).map(|rest| (r, rest)))
     }
 }
 
@@ -94,10 +83,7 @@ impl ReverseMap {
             .iter()
             .map(|m| format!("{}{}", m.config.url.base(), target_path))
             .collect();
-        ReverseMap {
-            member_prefixes,
-            public_prefix: public_prefix.to_owned(),
-        }
+        ReverseMap { member_prefixes, public_prefix: public_prefix.to_owned() }
     }
 
     /// The rewritten value, absolute on the client's `Host` when there is one (as Apache's
@@ -109,10 +95,7 @@ impl ReverseMap {
         scheme: &str,
     ) -> Option<HeaderValue> {
         let v = value.to_str().ok()?;
-        let rest = self
-            .member_prefixes
-            .iter()
-            .find_map(|p| v.strip_prefix(p.as_str()))?;
+        let rest = self.member_prefixes.iter().find_map(|p| v.strip_prefix(p.as_str()))?;
         let path = format!("{}{}", self.public_prefix, rest);
         let out = match host {
             Some(h) => format!("{scheme}://{h}{path}"),

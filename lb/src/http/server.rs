@@ -24,10 +24,7 @@ fn builder(cfg: &ListenerConfig) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     // hyper runs one timer for the idle wait before a request and the reading of its head:
     // it is the keep-alive timeout, never longer than the listener timeout.
-    let head_timeout = cfg
-        .keepalive_timeout
-        .min(cfg.timeout)
-        .max(Duration::from_millis(100));
+    let head_timeout = cfg.keepalive_timeout.min(cfg.timeout).max(Duration::from_millis(100));
     b.http1()
         .timer(TokioTimer::new())
         .keep_alive(cfg.keepalive)
@@ -89,10 +86,7 @@ pub async fn serve(
         }
     }
     drop(listener);
-    if tokio::time::timeout(DRAIN, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
         tracing::warn!(listener = %cfg.name, "connections still open after {DRAIN:?}; closing them");
     }
 }

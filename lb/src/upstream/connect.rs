@@ -12,10 +12,7 @@ pub async fn resolve(cfg: &MemberConfig) -> Result<SocketAddr, UpstreamError> {
     let host = cfg.url.host.as_str();
     let mut addrs = tokio::net::lookup_host((host, cfg.url.port))
         .await
-        .map_err(|source| UpstreamError::Resolve {
-            host: host.to_owned(),
-            source,
-        })?;
+        .map_err(|source| UpstreamError::Resolve { host: host.to_owned(), source })?;
     addrs.next().ok_or_else(|| UpstreamError::Resolve {
         host: host.to_owned(),
         source: std::io::Error::new(std::io::ErrorKind::NotFound, "no address"),
@@ -34,10 +31,7 @@ pub async fn connect(cfg: &MemberConfig) -> Result<TcpStream, UpstreamError> {
             });
         }
         Ok(Err(source)) => {
-            return Err(UpstreamError::Connect {
-                addr: addr.to_string(),
-                source,
-            });
+            return Err(UpstreamError::Connect { addr: addr.to_string(), source });
         }
         Ok(Ok(s)) => s,
     };

@@ -32,11 +32,7 @@ pub enum UpstreamError {
         source: hyper::Error,
     },
     #[error("no free connection to {addr} within {waited:?} (max = {max})")]
-    PoolExhausted {
-        addr: String,
-        max: u32,
-        waited: Duration,
-    },
+    PoolExhausted { addr: String, max: u32, waited: Duration },
     #[error("{addr} sent no response head within {after:?}")]
     ResponseTimeout { addr: String, after: Duration },
     #[error("exchange with {addr} failed: {source}")]

@@ -96,21 +96,11 @@ where
                 if !sender.is_ready() && sender.ready().await.is_err() {
                     continue;
                 }
-                return Ok(Lease {
-                    sender,
-                    reused: true,
-                    pool: Arc::clone(self),
-                    _permit: permit,
-                });
+                return Ok(Lease { sender, reused: true, pool: Arc::clone(self), _permit: permit });
             }
         }
         let sender = self.open().await?;
-        Ok(Lease {
-            sender,
-            reused: false,
-            pool: Arc::clone(self),
-            _permit: permit,
-        })
+        Ok(Lease { sender, reused: false, pool: Arc::clone(self), _permit: permit })
     }
 
     async fn open(&self) -> Result<SendRequest<B>, UpstreamError> {
@@ -119,10 +109,7 @@ where
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
-            .map_err(|source| UpstreamError::Handshake {
-                addr: cfg.url.authority(),
-                source,
-            })?;
+            .map_err(|source| UpstreamError::Handshake { addr: cfg.url.authority(), source })?;
         tokio::spawn(async move {
             // The connection ends when the member closes it or the last sender is dropped;
             // either is normal, and request-level errors are reported through the sender.
@@ -139,10 +126,7 @@ impl<B> Lease<B> {
             return;
         }
         // A full queue drops the connection, which closes it.
-        let _ = self.pool.idle.push(Idle {
-            sender: self.sender,
-            since: Instant::now(),
-        });
+        let _ = self.pool.idle.push(Idle { sender: self.sender, since: Instant::now() });
     }
 
     /// How long the caller should wait for the response head.
