@@ -96,6 +96,8 @@ pub struct Member {
     delay: Duration,
     /// Requests answered since start (all incarnations).
     pub hits: Arc<AtomicU64>,
+    /// Connections accepted since start (all incarnations).
+    pub conns: Arc<AtomicU64>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -117,9 +119,24 @@ impl Member {
 
     async fn start_full(name: &str, size: Option<usize>, delay: Duration) -> Member {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind member");
+        Self::start_on(listener, name, size, delay).await
+    }
+
+    /// Start a member on an IPv6 loopback port.
+    pub async fn start_v6(name: &str) -> Member {
+        let listener = TcpListener::bind("[::1]:0").await.expect("bind member on ::1");
+        Self::start_on(listener, name, None, Duration::ZERO).await
+    }
+
+    async fn start_on(
+        listener: TcpListener,
+        name: &str,
+        size: Option<usize>,
+        delay: Duration,
+    ) -> Member {
         let addr = listener.local_addr().expect("member addr");
-        let hits = Arc::new(AtomicU64::new(0));
-        let mut m = Member { name: name.to_owned(), addr, size, delay, hits, task: None };
+        let (hits, conns) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let mut m = Member { name: name.to_owned(), addr, size, delay, hits, conns, task: None };
         m.serve(listener);
         m
     }
@@ -129,6 +146,7 @@ impl Member {
         let size = self.size;
         let delay = self.delay;
         let hits = Arc::clone(&self.hits);
+        let conns_seen = Arc::clone(&self.conns);
         let addr = self.addr;
         self.task = Some(tokio::spawn(async move {
             // Connections live in this set: aborting the task closes every one of them.
@@ -136,6 +154,7 @@ impl Member {
             loop {
                 tokio::select! {
                     Ok((stream, _)) = listener.accept() => {
+                        conns_seen.fetch_add(1, Ordering::Relaxed);
                         let (name, hits) = (Arc::clone(&name), Arc::clone(&hits));
                         conns.spawn(async move {
                             let svc = service_fn(move |req| {

@@ -62,10 +62,12 @@ pub fn settle(method: LbMethod, winner: &Member, acc: &Acc) {
 }
 
 /// Apache's candidate loop over `members` (config order) at time `now` (ms, see `now_ms`).
+/// Members whose index is in `exclude` (already tried for this request) count as unusable.
 pub fn best_member<'a>(
     method: LbMethod,
     members: &'a [Arc<Member>],
     now: u64,
+    exclude: &[usize],
     acc: &mut Acc,
 ) -> Option<&'a Arc<Member>> {
     let max_lbset = members.iter().map(|m| m.config.lbset).max()?;
@@ -84,15 +86,16 @@ pub fn best_member<'a>(
                 m.retry_check(now);
             }
             let f = m.flags();
+            let usable = f.usable() && !exclude.contains(&m.index);
             if f.contains(flags::HOT_SPARE) {
-                if f.usable() {
+                if usable {
                     spares.push(m);
                 }
             } else if f.contains(flags::HOT_STANDBY) {
-                if f.usable() {
+                if usable {
                     standbys.push(m);
                 }
-            } else if f.usable() {
+            } else if usable {
                 if is_best(method, m, best.map(|b| &**b), acc) {
                     best = Some(m);
                 }

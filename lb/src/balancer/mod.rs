@@ -21,6 +21,8 @@ use std::time::Duration;
 #[derive(Debug, Default, Clone)]
 pub struct PickContext {
     pub client: Option<SocketAddr>,
+    /// Members already tried for this request (by index): a retry never goes back to them.
+    pub tried: Vec<usize>,
 }
 
 /// A picked member, counted in flight until dropped.
@@ -68,7 +70,7 @@ impl Balancer {
         self.force_recovery(now);
         let mut acc = method::Acc::default();
         let method = self.method();
-        let winner = method::best_member(method, &self.members, now, &mut acc)?;
+        let winner = method::best_member(method, &self.members, now, &ctx.tried, &mut acc)?;
         method::settle(method, winner, &acc);
         winner.note_elected();
         let guard = winner.begin();
@@ -232,6 +234,21 @@ mod tests {
         assert_eq!(seq(&b, 2), vec![2, 2]);
         b.members[2].set_flags(flags::DISABLED);
         assert_eq!(seq(&b, 2), vec![1, 1]);
+    }
+
+    #[test]
+    fn a_retry_skips_members_already_tried() {
+        let b = balancer(
+            LbMethod::ByRequests,
+            vec![member(1, 1, ""), member(2, 1, ""), member(3, 1, "R")],
+        );
+        let ctx = PickContext { client: None, tried: vec![0] };
+        // Member 0 was tried: member 1 is picked, and the spare stands in for member 0.
+        let picks: Vec<usize> = (0..4).map(|_| b.pick(&ctx).unwrap().member().index).collect();
+        assert!(!picks.contains(&0), "{picks:?}");
+        assert!(picks.contains(&1) && picks.contains(&2), "{picks:?}");
+        let ctx = PickContext { client: None, tried: vec![0, 1, 2] };
+        assert!(b.pick(&ctx).is_none());
     }
 
     #[test]

@@ -207,7 +207,7 @@ impl HttpProxy {
         if let Some(r) = rec.as_mut() {
             r.balancer = Some(Arc::clone(&upstream.name));
         }
-        let ctx = PickContext { client: Some(peer) };
+        let mut ctx = PickContext { client: Some(peer), tried: Vec::new() };
         let mut attempts = 0u32;
         let mut last: Option<(String, bool)> = None; // (error, whether the request had been sent)
         loop {
@@ -269,6 +269,7 @@ impl HttpProxy {
                         balancer = %balancer.name(), member = %member.config.url, attempt = attempts,
                         sent, error = %error, "member failed"
                     );
+                    ctx.tried.push(member.index);
                     drop(pick);
                     if sent && out.replay.is_none() {
                         let m = format!("{msg} (after the request was sent; not retried)");
