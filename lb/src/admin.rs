@@ -31,12 +31,19 @@ fn route(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
                 Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("{e}\n")),
             }
         }
+        (&Method::GET, "/health") => {
+            let report = crate::status::health(&shared.balancers.load(), &shared.telemetry);
+            match serde_json::to_vec_pretty(&report) {
+                Ok(v) => reply(StatusCode::OK, "application/json", v),
+                Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("{e}\n")),
+            }
+        }
         (&Method::GET, "/") => reply(
             StatusCode::OK,
             "text/plain",
-            "lb admin\n  GET /status  balancers and members (JSON)\n",
+            "lb admin\n  GET /status  balancers and members (JSON)\n  GET /health  kernel-sourced member health (JSON)\n",
         ),
-        (_, "/status") | (_, "/") => {
+        (_, "/status" | "/" | "/health") => {
             reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use GET\n")
         }
         (_, p) => reply(StatusCode::NOT_FOUND, "text/plain", format!("no admin endpoint {p}\n")),

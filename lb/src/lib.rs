@@ -25,4 +25,5 @@ pub mod demo;
 pub mod http;
 pub mod runtime;
 pub mod status;
+pub mod telemetry;
 pub mod upstream;

@@ -38,6 +38,18 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Show kernel-sourced member health: connect latency, RTT, retransmits, failed connects.
+    Health {
+        /// Admin address of the running lb.
+        #[arg(long, default_value = DEFAULT_ADMIN_BIND)]
+        admin: String,
+        /// Print the raw JSON report.
+        #[arg(long)]
+        json: bool,
+        /// Refresh every second until interrupted.
+        #[arg(long)]
+        watch: bool,
+    },
     /// Start three demo members on loopback and a balancer in front of them.
     Demo {
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -118,8 +130,33 @@ async fn dispatch(cmd: Cmd) -> Result<ExitCode> {
                 Ok(ExitCode::FAILURE)
             }
         },
+        Cmd::Health { admin, json, watch } => {
+            loop {
+                let body = fetch(&admin, "/health").await?;
+                let text = if json {
+                    body
+                } else {
+                    let report: lb::status::HealthReport = serde_json::from_str(&body)
+                        .context("admin answered something that is not a health report")?;
+                    lb::status::render_health(&report)
+                };
+                if !watch {
+                    print!("{text}");
+                    if json {
+                        println!();
+                    }
+                    return Ok(ExitCode::SUCCESS);
+                }
+                // Clear the screen and redraw.
+                print!("\x1b[2J\x1b[H{text}");
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                    _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+                }
+            }
+        }
         Cmd::Status { admin, json } => {
-            let body = fetch_status(&admin).await?;
+            let body = fetch(&admin, "/status").await?;
             if json {
                 println!("{body}");
             } else {
@@ -168,7 +205,7 @@ fn load_or_report(path: &Path) -> Result<Config> {
 }
 
 async fn run(cfg: &Config) -> Result<()> {
-    let bound = Lb::build(cfg).bind().await?;
+    let bound = Lb::build(cfg)?.bind().await?;
     bound.run(shutdown_signal()).await;
     Ok(())
 }
@@ -198,7 +235,7 @@ async fn demo(bind: &str, admin: &str) -> Result<()> {
     }
     let text = lb::demo::config_text(bind, admin, &ports);
     let cfg = Config::parse(&text, Path::new("<demo>")).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let bound = match Lb::build(&cfg).bind().await {
+    let bound = match Lb::build(&cfg)?.bind().await {
         Ok(b) => b,
         Err(e) => {
             bail!("{e}\n(pick free addresses with --bind and --admin, e.g. --bind 127.0.0.1:8081)")
@@ -221,13 +258,13 @@ async fn demo(bind: &str, admin: &str) -> Result<()> {
     Ok(())
 }
 
-async fn fetch_status(admin: &str) -> Result<String> {
+async fn fetch(admin: &str, path: &str) -> Result<String> {
     let stream = tokio::net::TcpStream::connect(admin).await.with_context(|| {
         format!("cannot reach lb's admin listener at {admin} (is lb running? see --admin)")
     })?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
-    let req = hyper::Request::get("/status").header("host", admin).body(Empty::<Bytes>::new())?;
+    let req = hyper::Request::get(path).header("host", admin).body(Empty::<Bytes>::new())?;
     let resp = sender.send_request(req).await?;
     let status = resp.status();
     let body = resp.into_body().collect().await?.to_bytes();

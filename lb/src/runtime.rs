@@ -7,6 +7,7 @@ use crate::balancer::Balancer;
 use crate::config::{BalancerConfig, Config, LbMethod, ListenerConfig, Target};
 use crate::http::proxy::HttpProxy;
 use crate::http::route::{ReverseMap, Route, RouteTable, Upstream};
+use crate::telemetry::{Telemetry, TelemetryError};
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
 use std::future::Future;
@@ -19,6 +20,7 @@ use tokio::sync::watch;
 /// State shared with the control plane (admin API).
 pub struct Shared {
     pub balancers: ArcSwap<Vec<Arc<Balancer>>>,
+    pub telemetry: Arc<Telemetry>,
 }
 
 pub struct Lb {
@@ -43,15 +45,18 @@ pub enum RunError {
         #[source]
         source: std::io::Error,
     },
+    #[error("kernel telemetry was required (source = \"ebpf\") but cannot start")]
+    Telemetry(#[source] TelemetryError),
 }
 
 impl Lb {
-    pub fn build(cfg: &Config) -> Lb {
+    pub fn build(cfg: &Config) -> Result<Lb, RunError> {
+        let telemetry = Telemetry::start(&cfg.telemetry).map_err(RunError::Telemetry)?;
         let mut balancers: Vec<Arc<Balancer>> = Vec::new();
         let mut upstreams: HashMap<String, Arc<Upstream>> = HashMap::new();
         for b in &cfg.balancers {
             let bal = Arc::new(Balancer::new(b.clone(), false));
-            upstreams.insert(b.name.clone(), Arc::new(Upstream::new(Arc::clone(&bal))));
+            upstreams.insert(b.name.clone(), Arc::new(Upstream::new(Arc::clone(&bal), &telemetry)));
             balancers.push(bal);
         }
         let mut listeners = Vec::new();
@@ -72,7 +77,7 @@ impl Lb {
                                 let bal =
                                     Arc::new(Balancer::new(implicit_balancer(key, url), true));
                                 balancers.push(Arc::clone(&bal));
-                                Arc::new(Upstream::new(bal))
+                                Arc::new(Upstream::new(bal, &telemetry))
                             })
                             .clone();
                         (u, path.clone())
@@ -97,11 +102,11 @@ impl Lb {
             };
             listeners.push((l.clone(), Arc::new(proxy)));
         }
-        Lb {
-            shared: Arc::new(Shared { balancers: ArcSwap::from_pointee(balancers) }),
+        Ok(Lb {
+            shared: Arc::new(Shared { balancers: ArcSwap::from_pointee(balancers), telemetry }),
             listeners,
             admin: cfg.admin.as_ref().map(|a| a.bind),
-        }
+        })
     }
 
     pub fn shared(&self) -> &Arc<Shared> {
@@ -176,6 +181,8 @@ impl Bound {
             }
             tasks.spawn(crate::admin::serve(admin, Arc::clone(&self.lb.shared), rx.clone()));
         }
+        let telemetry = Arc::clone(&self.lb.shared.telemetry);
+        tasks.spawn(telemetry.run(crate::http::server::stopped(rx.clone())));
         shutdown.await;
         tracing::info!("shutting down");
         let _ = tx.send(true);

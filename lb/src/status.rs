@@ -181,3 +181,164 @@ pub fn render_table(r: &StatusReport) -> String {
     }
     out
 }
+
+/// `GET /health` and `lb health`: per member, what the kernel sees and what lb makes of it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct HealthReport {
+    /// `ebpf` or `off`.
+    pub source: String,
+    /// Why that source is active.
+    pub why: String,
+    pub interval_ms: u64,
+    pub balancers: Vec<BalancerHealth>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct BalancerHealth {
+    pub name: String,
+    pub lbmethod: String,
+    pub members: Vec<MemberHealth>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct MemberHealth {
+    pub url: String,
+    /// The resolved address lb connects to (None before the first connection).
+    pub endpoint: Option<String>,
+    /// `healthy`, or `unusable` while the member has any of D, S, E, C.
+    pub state: String,
+    /// Why the member is not healthy (its last error), when it is not.
+    pub reason: Option<String>,
+    /// Flag letters, as in `lb status`.
+    pub status: String,
+    /// Requests in flight to the member.
+    pub in_flight: u64,
+    /// The bybusyness score (today: requests in flight, as Apache counts it).
+    pub busyness: f64,
+    /// Ready capacity from heartbeats, when any arrive.
+    pub heartbeat_ready: Option<u64>,
+    /// Where the kernel figures come from: `ebpf`, or `off` when none are measured.
+    pub source: String,
+    /// Kernel figures for the member's endpoint (None when the source is off or the member has
+    /// not been connected to yet).
+    pub kernel: Option<crate::telemetry::EndpointHealth>,
+}
+
+pub fn health(
+    balancers: &[Arc<Balancer>],
+    telemetry: &crate::telemetry::Telemetry,
+) -> HealthReport {
+    let snap = telemetry.snapshot();
+    HealthReport {
+        source: telemetry.source.as_str().to_owned(),
+        why: telemetry.why.clone(),
+        interval_ms: telemetry.interval.as_millis() as u64,
+        balancers: balancers
+            .iter()
+            .map(|b| BalancerHealth {
+                name: b.name().to_owned(),
+                lbmethod: b.method().as_str().to_owned(),
+                members: b
+                    .members
+                    .iter()
+                    .map(|m| {
+                        let usable = m.usable();
+                        let kernel = m.endpoint().and_then(|e| snap.endpoints.get(&e).cloned());
+                        MemberHealth {
+                            url: m.config.url.base(),
+                            endpoint: m.endpoint().map(|e| e.to_string()),
+                            state: if usable { "healthy" } else { "unusable" }.to_owned(),
+                            reason: (!usable).then(|| {
+                                m.last_error().map_or_else(
+                                    || format!("status {}", m.flags().letters()),
+                                    |e| e.message.clone(),
+                                )
+                            }),
+                            status: m.flags().letters(),
+                            in_flight: m.busy(),
+                            busyness: m.busy() as f64,
+                            heartbeat_ready: None,
+                            source: telemetry.source.as_str().to_owned(),
+                            kernel,
+                        }
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+fn fmt_us(v: Option<f64>) -> String {
+    match v {
+        None => "-".into(),
+        Some(us) if us >= 1000.0 => format!("{:.1}ms", us / 1000.0),
+        Some(us) => format!("{us:.0}us"),
+    }
+}
+
+/// The `lb health` table.
+pub fn render_health(r: &HealthReport) -> String {
+    let mut out = format!("telemetry source: {} ({})\n\n", r.source, r.why);
+    for b in &r.balancers {
+        out.push_str(&format!("balancer://{}  lbmethod={}\n", b.name, b.lbmethod));
+        let header = [
+            "Member",
+            "State",
+            "Connect p50/p99",
+            "SRTT",
+            "Retrans/s",
+            "Failed",
+            "In-flight",
+            "Busyness",
+            "Ready",
+            "Source",
+        ];
+        let rows: Vec<[String; 10]> = b
+            .members
+            .iter()
+            .map(|m| {
+                let k = m.kernel.as_ref();
+                [
+                    m.url.clone(),
+                    m.state.clone(),
+                    k.map_or("-".into(), |k| {
+                        format!(
+                            "{}/{}",
+                            fmt_us(k.connect_p50_us.map(|v| v as f64)),
+                            fmt_us(k.connect_p99_us.map(|v| v as f64))
+                        )
+                    }),
+                    fmt_us(k.and_then(|k| k.srtt_us)),
+                    k.map_or("-".into(), |k| format!("{:.1}", k.retransmits_per_s)),
+                    k.map_or("-".into(), |k| k.connect_failed.to_string()),
+                    m.in_flight.to_string(),
+                    format!("{:.2}", m.busyness),
+                    m.heartbeat_ready.map_or("-".into(), |v| v.to_string()),
+                    m.source.clone(),
+                ]
+            })
+            .collect();
+        let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+        for row in &rows {
+            for (w, c) in widths.iter_mut().zip(row.iter()) {
+                *w = (*w).max(c.len());
+            }
+        }
+        let line = |cells: Vec<&str>| {
+            let mut s = String::from("  ");
+            for (c, w) in cells.iter().zip(&widths) {
+                s.push_str(&format!("{c:<w$}  ", w = *w));
+            }
+            s.trim_end().to_owned() + "\n"
+        };
+        out.push_str(&line(header.to_vec()));
+        for (row, m) in rows.iter().zip(&b.members) {
+            out.push_str(&line(row.iter().map(String::as_str).collect()));
+            if let Some(reason) = &m.reason {
+                out.push_str(&format!("      reason: {reason}\n"));
+            }
+        }
+        out.push('\n');
+    }
+    out
+}

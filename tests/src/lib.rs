@@ -323,7 +323,11 @@ impl Lb {
     pub async fn start(config: &str) -> Lb {
         let cfg = lb::config::Config::parse(config, std::path::Path::new("test.toml"))
             .unwrap_or_else(|e| panic!("test config invalid: {e}"));
-        let bound = lb::runtime::Lb::build(&cfg).bind().await.expect("bind lb");
+        let bound = lb::runtime::Lb::build(&cfg)
+            .unwrap_or_else(|e| panic!("lb cannot start: {e:?}"))
+            .bind()
+            .await
+            .expect("bind lb");
         let addr = bound.listener_addr("web").expect("listener web");
         let admin = bound.admin_addr().expect("admin");
         let (tx, rx) = tokio::sync::oneshot::channel();

@@ -13,12 +13,13 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (cmd, rest) = args.split_first().map_or(("help", &[][..]), |(c, r)| (c.as_str(), r));
     match cmd {
+        "setup" => setup(),
         "test" => test(rest),
         "demo" => demo(rest),
         "bench" => bench(rest),
         _ => {
             eprintln!(
-                "usage: cargo xtask <task>\n\n  test   fmt check, clippy, build, run every test (what CI runs)\n  demo   build lb and start `lb demo` (args are passed on)\n  bench  lb vs direct-to-member with wrk [--duration SECS] [--connections N]"
+                "usage: cargo xtask <task>\n\n  setup  install the eBPF toolchain (nightly rust-src, bpf-linker); quick when done\n  test   setup, fmt check, clippy, build, run every test (what CI runs)\n  demo   build lb and start `lb demo` (args are passed on)\n  bench  lb vs direct-to-member with wrk [--duration SECS] [--connections N]"
             );
             if cmd == "help" { Ok(()) } else { bail!("unknown task {cmd:?}") }
         }
@@ -44,7 +45,81 @@ fn run(mut c: Command) -> Result<()> {
     Ok(())
 }
 
+/// What the eBPF build needs, installed idempotently: nightly's rust-src, and bpf-linker built
+/// against the nightly toolchain's own libLLVM (Debian's LLVM is too old), in CARGO_HOME/bin,
+/// rebuilt when nightly changes.
+fn setup() -> Result<()> {
+    const BPF_LINKER: &str = "0.13.0";
+    let started = Instant::now();
+    let nightly = |args: &[&str]| -> Result<String> {
+        let out = Command::new("rustc")
+            .arg("+nightly")
+            .args(args)
+            .output()
+            .context("run rustc +nightly")?;
+        if !out.status.success() {
+            bail!("rustc +nightly {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    };
+    let sysroot = PathBuf::from(nightly(&["--print", "sysroot"])?);
+    if !sysroot.join("lib/rustlib/src/rust/library/core").exists() {
+        let mut c = Command::new("rustup");
+        c.args(["component", "add", "rust-src", "--toolchain", "nightly"]);
+        run(c)?;
+    }
+    let version = nightly(&["-vV"])?;
+    let field = |name: &str| {
+        version.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_owned())
+    };
+    let commit = field("commit-hash:").context("nightly commit hash")?;
+    let llvm_major = field("LLVM version:")
+        .and_then(|v| v.split('.').next().map(str::to_owned))
+        .context("nightly LLVM version")?;
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .context("neither CARGO_HOME nor HOME is set")?;
+    let linker = cargo_home.join("bin/bpf-linker");
+    let stamp = cargo_home.join("bin/.bpf-linker.lb-stamp");
+    let want = format!("bpf-linker {BPF_LINKER} for nightly {commit}");
+    let have = std::fs::read_to_string(&stamp).unwrap_or_default();
+    let works = Command::new(&linker).arg("--version").output().is_ok_and(|o| o.status.success());
+    if have.trim() == want && works {
+        eprintln!("eBPF toolchain ready ({want}) in {:.1?}", started.elapsed());
+        return Ok(());
+    }
+    // bpf-linker links libLLVM from LLVM_PREFIX/lib; the nightly sysroot ships it under a
+    // versioned name. The prefix keeps both names so the RUNPATH bpf-linker embeds resolves.
+    let lib = std::fs::read_dir(sysroot.join("lib"))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("libLLVM.so."))
+        })
+        .context("no libLLVM.so.* in the nightly sysroot")?;
+    let prefix = cargo_home.join("lb-llvm-prefix");
+    let prefix_lib = prefix.join("lib");
+    std::fs::create_dir_all(&prefix_lib)?;
+    let file_name = lib.file_name().context("libLLVM name")?;
+    for name in [std::ffi::OsStr::new("libLLVM.so"), file_name] {
+        let link = prefix_lib.join(name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&lib, &link)?;
+    }
+    let mut c = cargo();
+    c.args(["install", "bpf-linker", "--version", BPF_LINKER, "--locked", "--force"])
+        .args(["--no-default-features", "--features", &format!("llvm-{llvm_major}"), "--root"])
+        .arg(&cargo_home)
+        .env("LLVM_PREFIX", &prefix);
+    run(c)?;
+    std::fs::write(&stamp, &want)?;
+    eprintln!("installed {want} in {:.1?}", started.elapsed());
+    Ok(())
+}
+
 fn test(extra: &[String]) -> Result<()> {
+    setup()?;
     let mut fmt = cargo();
     fmt.args(["fmt", "--all", "--", "--check"]);
     run(fmt)?;
@@ -100,6 +175,10 @@ fn run_tests(mut c: Command) -> Result<()> {
 }
 
 fn demo(extra: &[String]) -> Result<()> {
+    // Without the eBPF toolchain the demo still runs (telemetry off, said at startup).
+    if let Err(e) = setup() {
+        eprintln!("eBPF toolchain setup failed ({e:#}); the demo runs without kernel telemetry");
+    }
     let mut build = cargo();
     build.args(["build", "-q", "-p", "lb"]);
     run(build)?;

@@ -45,6 +45,8 @@ pub struct Member {
     /// How many times E was cleared by the retry timer or forced recovery.
     retries: AtomicU64,
     last_error: ArcSwapOption<LastError>,
+    /// The address connections go to (set when first resolved); telemetry is keyed by it.
+    endpoint: std::sync::OnceLock<std::net::SocketAddr>,
 }
 
 impl Member {
@@ -61,7 +63,17 @@ impl Member {
             read: AtomicU64::new(0),
             retries: AtomicU64::new(0),
             last_error: ArcSwapOption::empty(),
+            endpoint: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The resolved member address, once a connection has been attempted.
+    pub fn endpoint(&self) -> Option<std::net::SocketAddr> {
+        self.endpoint.get().copied()
+    }
+
+    pub(crate) fn set_endpoint(&self, addr: std::net::SocketAddr) {
+        let _ = self.endpoint.set(addr);
     }
 
     pub fn name(&self) -> String {

@@ -13,6 +13,7 @@ pub mod raw;
 pub use error::{ConfigError, Diagnostic, KeyPath};
 
 use crate::balancer::flags::StatusFlags;
+use crate::telemetry::{SourceChoice, TelemetryConfig};
 use error::Locator;
 use raw::{RawConfig, RawDuration, RawNumber, RawStatusList};
 use std::net::SocketAddr;
@@ -25,6 +26,7 @@ pub const DEFAULT_ADMIN_BIND: &str = "127.0.0.1:9090";
 #[derive(Debug, Clone)]
 pub struct Config {
     pub admin: Option<AdminConfig>,
+    pub telemetry: TelemetryConfig,
     pub listeners: Vec<ListenerConfig>,
     pub balancers: Vec<BalancerConfig>,
 }
@@ -333,7 +335,28 @@ impl Validator<'_> {
         if raw.listener.is_empty() {
             self.err(&root, "no [[listener]] is configured: lb would serve nothing");
         }
-        Config { admin, listeners, balancers }
+        let mut telemetry = TelemetryConfig::default();
+        if let Some(t) = &raw.telemetry {
+            let tp = root.key("telemetry");
+            match t.source.as_deref() {
+                None | Some("auto") => {}
+                Some("ebpf") => telemetry.source = SourceChoice::Ebpf,
+                Some("off") => telemetry.source = SourceChoice::Off,
+                Some(other) => self.err(
+                    &tp.key("source"),
+                    format!(
+                        "unknown telemetry source {other:?}: expected \"auto\", \"ebpf\" or \"off\""
+                    ),
+                ),
+            }
+            let interval = self.duration(&tp.key("interval"), &t.interval, telemetry.interval);
+            if interval < Duration::from_millis(10) || interval > Duration::from_secs(60) {
+                self.err(&tp.key("interval"), "telemetry interval must be between 10ms and 60s");
+            } else {
+                telemetry.interval = interval;
+            }
+        }
+        Config { admin, telemetry, listeners, balancers }
     }
 
     fn listener(

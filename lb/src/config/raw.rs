@@ -13,6 +13,7 @@ use std::fmt;
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     pub admin: Option<RawAdmin>,
+    pub telemetry: Option<RawTelemetry>,
     #[serde(default)]
     pub listener: Vec<RawListener>,
     #[serde(default)]
@@ -23,6 +24,13 @@ pub struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
     pub bind: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTelemetry {
+    pub source: Option<String>,
+    pub interval: Option<RawDuration>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -6,6 +6,7 @@
 //! member URL's path.
 use super::body::RequestBody;
 use crate::balancer::Balancer;
+use crate::telemetry::Telemetry;
 use crate::upstream::pool::Pool;
 use http::HeaderValue;
 use std::sync::Arc;
@@ -20,8 +21,12 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn new(balancer: Arc<Balancer>) -> Upstream {
-        let pools = balancer.members.iter().map(|m| Pool::new(Arc::clone(m))).collect();
+    pub fn new(balancer: Arc<Balancer>, telemetry: &Arc<Telemetry>) -> Upstream {
+        let pools = balancer
+            .members
+            .iter()
+            .map(|m| Pool::new(Arc::clone(m), Arc::clone(telemetry)))
+            .collect();
         let hosts = balancer
             .members
             .iter()

@@ -1,8 +1,10 @@
 //! Open a TCP connection to a member with its `connectiontimeout` and socket options.
 use super::UpstreamError;
+use crate::balancer::Member;
 use crate::config::MemberConfig;
+use crate::telemetry::Telemetry;
 use std::net::{IpAddr, SocketAddr};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 /// Resolve a member's address: literal IPs directly, names through the system resolver.
 pub async fn resolve(cfg: &MemberConfig) -> Result<SocketAddr, UpstreamError> {
@@ -20,10 +22,15 @@ pub async fn resolve(cfg: &MemberConfig) -> Result<SocketAddr, UpstreamError> {
 }
 
 /// Connect to the member, applying `connectiontimeout`, TCP_NODELAY and (with `keepalive`)
-/// SO_KEEPALIVE.
-pub async fn connect(cfg: &MemberConfig) -> Result<TcpStream, UpstreamError> {
+/// SO_KEEPALIVE. The socket is registered with kernel telemetry before the SYN goes out.
+pub async fn connect(member: &Member, telemetry: &Telemetry) -> Result<TcpStream, UpstreamError> {
+    let cfg = &member.config;
     let addr = resolve(cfg).await?;
-    let stream = match tokio::time::timeout(cfg.connectiontimeout, TcpStream::connect(addr)).await {
+    member.set_endpoint(addr);
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }
+        .map_err(|source| UpstreamError::Connect { addr: addr.to_string(), source })?;
+    telemetry.register(&socket, addr);
+    let stream = match tokio::time::timeout(cfg.connectiontimeout, socket.connect(addr)).await {
         Err(_) => {
             return Err(UpstreamError::ConnectTimeout {
                 addr: addr.to_string(),

@@ -7,6 +7,7 @@
 use super::UpstreamError;
 use super::connect::connect;
 use crate::balancer::Member;
+use crate::telemetry::Telemetry;
 use crossbeam_queue::ArrayQueue;
 use hyper::body::Body;
 use hyper::client::conn::http1::{self, SendRequest};
@@ -25,6 +26,7 @@ struct Idle<B> {
 
 pub struct Pool<B> {
     member: Arc<Member>,
+    telemetry: Arc<Telemetry>,
     idle: ArrayQueue<Idle<B>>,
     slots: Option<Arc<Semaphore>>,
 }
@@ -45,13 +47,14 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    pub fn new(member: Arc<Member>) -> Arc<Pool<B>> {
+    pub fn new(member: Arc<Member>, telemetry: Arc<Telemetry>) -> Arc<Pool<B>> {
         let max = member.config.max;
         let idle_cap = max.map_or(DEFAULT_IDLE, |m| m as usize).max(1);
         Arc::new(Pool {
             idle: ArrayQueue::new(idle_cap),
             slots: max.map(|m| Arc::new(Semaphore::new(m as usize))),
             member,
+            telemetry,
         })
     }
 
@@ -105,7 +108,7 @@ where
 
     async fn open(&self) -> Result<SendRequest<B>, UpstreamError> {
         let cfg = &self.member.config;
-        let stream = connect(cfg).await?;
+        let stream = connect(&self.member, &self.telemetry).await?;
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await

@@ -1,0 +1,371 @@
+//! Kernel telemetry: what the kernel sees of lb's own connections to each member.
+//!
+//! Control path: eBPF maps ([`ebpf`]) → this sampler, every `interval` → one [`Snapshot`]
+//! (rates, EWMAs, connect-latency percentiles per member endpoint) published behind an
+//! `ArcSwap`, which the data path and the admin API read without locking.
+//!
+//! The source is chosen once at startup and said once in the log: `ebpf` when lb's object is
+//! built in and loads (root / CAP_BPF, BTF, cgroup v2), else `off`, with the reason.
+pub mod ebpf;
+
+use arc_swap::ArcSwap;
+use lb_common::{EndpointKey, EndpointStats, LAT_BUCKETS};
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("lb was built without its eBPF object: {0}")]
+    NotBuilt(String),
+    #[error("cannot read this process's cgroup: {0}")]
+    Cgroup(#[source] std::io::Error),
+    #[error("no cgroup v2 to attach to: {0}")]
+    NoCgroup2(String),
+    #[error("cannot load or attach the eBPF programs: {0}")]
+    Load(String),
+    #[error("cannot read a socket cookie: {0}")]
+    Cookie(#[source] std::io::Error),
+    #[error("eBPF map update failed: {0}")]
+    Map(String),
+    #[error("telemetry state poisoned by an earlier panic")]
+    Poisoned,
+}
+
+/// `[telemetry] source`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceChoice {
+    /// eBPF when it loads, else off (said at startup).
+    Auto,
+    /// eBPF or refuse to start.
+    Ebpf,
+    Off,
+}
+
+#[derive(Debug, Clone)]
+pub struct TelemetryConfig {
+    pub source: SourceChoice,
+    pub interval: Duration,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig { source: SourceChoice::Auto, interval: Duration::from_millis(250) }
+    }
+}
+
+/// Per-endpoint health as the sampler last computed it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct EndpointHealth {
+    pub connects: u64,
+    pub established: u64,
+    pub connect_failed: u64,
+    /// Established connections now open.
+    pub live: u64,
+    pub retransmits: u64,
+    pub syn_retransmits: u64,
+    pub rto: u64,
+    pub resets: u64,
+    pub retransmits_per_s: f64,
+    pub connect_failed_per_s: f64,
+    pub rto_per_s: f64,
+    /// Connect latency (SYN → ESTABLISHED) over the last 10 s, µs.
+    pub connect_p50_us: Option<u64>,
+    pub connect_p99_us: Option<u64>,
+    /// Smoothed RTT: an EWMA of the kernel's srtt that jumps up to a slower sample at once and
+    /// decays slowly (peak-EWMA), µs.
+    pub srtt_us: Option<f64>,
+    /// Standard deviation of the RTT samples of the last interval that had any, µs.
+    pub rttvar_us: Option<f64>,
+}
+
+/// Everything the sampler knows, by member endpoint.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub endpoints: HashMap<SocketAddr, EndpointHealth>,
+}
+
+/// Where telemetry comes from, for logs and `lb health`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    Ebpf,
+    Off,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Ebpf => "ebpf",
+            Source::Off => "off",
+        }
+    }
+}
+
+pub struct Telemetry {
+    pub source: Source,
+    /// Why this source (and not another) is active.
+    pub why: String,
+    pub interval: Duration,
+    kernel: Option<ebpf::Kernel>,
+    snapshot: ArcSwap<Snapshot>,
+}
+
+impl Telemetry {
+    /// Choose and start the source; says once in the log which one is active and why.
+    pub fn start(cfg: &TelemetryConfig) -> Result<Arc<Telemetry>, TelemetryError> {
+        let (kernel, source, why) = match cfg.source {
+            SourceChoice::Off => (None, Source::Off, "turned off in the config".to_owned()),
+            SourceChoice::Ebpf | SourceChoice::Auto => match ebpf::Kernel::load() {
+                Ok(k) => {
+                    let why = format!(
+                        "sock_ops on cgroup {} and tp_btf/tcp_receive_reset loaded",
+                        k.cgroup.display()
+                    );
+                    (Some(k), Source::Ebpf, why)
+                }
+                Err(e) if cfg.source == SourceChoice::Ebpf => return Err(e),
+                Err(e) => (None, Source::Off, e.to_string()),
+            },
+        };
+        match source {
+            Source::Ebpf => tracing::info!(source = "ebpf", "kernel telemetry: {why}"),
+            Source::Off => tracing::warn!(source = "off", "kernel telemetry is off: {why}"),
+        }
+        Ok(Arc::new(Telemetry {
+            source,
+            why,
+            interval: cfg.interval,
+            kernel,
+            snapshot: ArcSwap::from_pointee(Snapshot::default()),
+        }))
+    }
+
+    /// Telemetry that is off (for tools and tests that do not need it).
+    pub fn off(why: &str) -> Arc<Telemetry> {
+        Arc::new(Telemetry {
+            source: Source::Off,
+            why: why.to_owned(),
+            interval: Duration::from_secs(1),
+            kernel: None,
+            snapshot: ArcSwap::from_pointee(Snapshot::default()),
+        })
+    }
+
+    /// Register a member socket before `connect()` so the kernel side measures it.
+    pub fn register(&self, socket: &impl AsFd, endpoint: SocketAddr) {
+        if let Some(k) = &self.kernel
+            && let Err(e) = k.register(socket, endpoint)
+        {
+            tracing::warn!(%endpoint, error = %e, "cannot register a member socket for telemetry");
+        }
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// Sample the kernel counters every `interval` until `stop` resolves; also carries the eBPF
+    /// programs' log lines into lb's log.
+    pub async fn run(self: Arc<Self>, stop: impl std::future::Future<Output = ()>) {
+        let Some(kernel) = &self.kernel else {
+            stop.await;
+            return;
+        };
+        tokio::pin!(stop);
+        let mut sampler = Sampler::default();
+        let mut tick = tokio::time::interval(self.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let logs = log_pump(kernel);
+        tokio::pin!(logs);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    let now = Instant::now();
+                    let reads: Vec<(EndpointKey, EndpointStats)> = kernel
+                        .endpoints()
+                        .into_iter()
+                        .filter_map(|k| kernel.read(&k).map(|s| (k, s)))
+                        .collect();
+                    let snap = sampler.update(now, &reads);
+                    self.snapshot.store(Arc::new(snap));
+                }
+                _ = &mut logs => {}
+                _ = &mut stop => break,
+            }
+        }
+    }
+}
+
+/// Forward aya-log records from the kernel side (they reach `log`, which tracing picks up).
+async fn log_pump(kernel: &ebpf::Kernel) {
+    let Some(fd) = kernel.log_fd() else {
+        return std::future::pending().await;
+    };
+    // SAFETY: `fd` is an OwnedFd, moved into the AsyncFd: it stays open and is the same
+    // descriptor for the AsyncFd's whole life, and OwnedFd::as_raw_fd always returns it.
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+    };
+    let Ok(afd) = registered else {
+        return std::future::pending().await;
+    };
+    loop {
+        let Ok(mut guard) = afd.readable().await else { return std::future::pending().await };
+        // Reading goes through the logger; the fd clone only tells us when to.
+        kernel.flush_logs();
+        guard.clear_ready();
+    }
+}
+
+/// How far back connect-latency percentiles look.
+const LAT_WINDOW: Duration = Duration::from_secs(10);
+/// EWMA weight of a new srtt sample that is lower than the average (higher ones are taken as is).
+const SRTT_DECAY: f64 = 0.2;
+
+#[derive(Default)]
+struct EndpointTrack {
+    last: Option<(Instant, EndpointStats)>,
+    hist: VecDeque<(Instant, [u64; LAT_BUCKETS])>,
+    srtt: Option<f64>,
+    rttvar: Option<f64>,
+}
+
+/// Turns cumulative counters into rates, EWMAs and windowed percentiles.
+#[derive(Default)]
+pub struct Sampler {
+    tracks: HashMap<EndpointKey, EndpointTrack>,
+}
+
+fn key_addr(k: &EndpointKey) -> SocketAddr {
+    if k.family == lb_common::FAMILY_INET {
+        let ip = std::net::Ipv4Addr::new(k.addr[0], k.addr[1], k.addr[2], k.addr[3]);
+        SocketAddr::new(ip.into(), k.port)
+    } else {
+        SocketAddr::new(std::net::Ipv6Addr::from(k.addr).into(), k.port)
+    }
+}
+
+/// The latency at quantile `q` of a log2-µs histogram, interpolated inside its bucket.
+pub fn quantile(hist: &[u64; LAT_BUCKETS], q: f64) -> Option<u64> {
+    let n: u64 = hist.iter().sum();
+    if n == 0 {
+        return None;
+    }
+    let rank = ((q * n as f64).ceil() as u64).clamp(1, n);
+    let mut seen = 0u64;
+    for (b, &c) in hist.iter().enumerate() {
+        if c > 0 && seen + c >= rank {
+            let lo = if b == 0 { 0.0 } else { (1u64 << (b - 1)) as f64 };
+            let hi = (1u64 << b) as f64;
+            let frac = (rank - seen) as f64 / c as f64;
+            return Some((lo + (hi - lo) * frac).round() as u64);
+        }
+        seen += c;
+    }
+    None
+}
+
+impl Sampler {
+    pub fn update(&mut self, now: Instant, reads: &[(EndpointKey, EndpointStats)]) -> Snapshot {
+        let mut out = Snapshot::default();
+        for (key, s) in reads {
+            let t = self.tracks.entry(*key).or_default();
+            let mut h = EndpointHealth {
+                connects: s.connects,
+                established: s.established,
+                connect_failed: s.connect_failed,
+                live: s.established.saturating_sub(s.closed),
+                retransmits: s.retransmits,
+                syn_retransmits: s.syn_retransmits,
+                rto: s.rto,
+                resets: s.resets,
+                ..EndpointHealth::default()
+            };
+            if let Some((then, prev)) = &t.last {
+                let dt = now.duration_since(*then).as_secs_f64().max(1e-3);
+                h.retransmits_per_s = s.retransmits.saturating_sub(prev.retransmits) as f64 / dt;
+                h.connect_failed_per_s =
+                    s.connect_failed.saturating_sub(prev.connect_failed) as f64 / dt;
+                h.rto_per_s = s.rto.saturating_sub(prev.rto) as f64 / dt;
+                let n = s.rtt_samples.saturating_sub(prev.rtt_samples);
+                if n > 0 {
+                    let mean_srtt =
+                        s.srtt_sum_us.saturating_sub(prev.srtt_sum_us) as f64 / n as f64;
+                    t.srtt = Some(match t.srtt {
+                        Some(old) if mean_srtt < old => old + SRTT_DECAY * (mean_srtt - old),
+                        _ => mean_srtt,
+                    });
+                    let m = s.mrtt_sum_us.saturating_sub(prev.mrtt_sum_us) as f64 / n as f64;
+                    let sq = s.mrtt_sq_sum.saturating_sub(prev.mrtt_sq_sum) as f64 / n as f64;
+                    t.rttvar = Some((sq - m * m).max(0.0).sqrt());
+                }
+            } else if s.rtt_samples > 0 {
+                t.srtt = Some(s.srtt_sum_us as f64 / s.rtt_samples as f64);
+            }
+            h.srtt_us = t.srtt;
+            h.rttvar_us = t.rttvar;
+            t.hist.push_back((now, s.connect_lat_hist));
+            while t.hist.len() > 2 && now.duration_since(t.hist[1].0) >= LAT_WINDOW {
+                t.hist.pop_front();
+            }
+            // Latencies within the window: the newest cumulative histogram minus the oldest kept.
+            let oldest = if t.hist.len() > 1 && now.duration_since(t.hist[0].0) >= LAT_WINDOW {
+                t.hist[0].1
+            } else {
+                [0; LAT_BUCKETS]
+            };
+            let mut win = [0u64; LAT_BUCKETS];
+            for (i, w) in win.iter_mut().enumerate() {
+                *w = s.connect_lat_hist[i].saturating_sub(oldest[i]);
+            }
+            h.connect_p50_us = quantile(&win, 0.50);
+            h.connect_p99_us = quantile(&win, 0.99);
+            t.last = Some((now, *s));
+            out.endpoints.insert(key_addr(key), h);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_interpolate_within_log2_buckets() {
+        let mut h = [0u64; LAT_BUCKETS];
+        assert_eq!(quantile(&h, 0.5), None);
+        h[6] = 100; // 32..64 µs
+        assert_eq!(quantile(&h, 0.5), Some(48));
+        h[20] = 1; // one ~1 s outlier
+        assert_eq!(quantile(&h, 0.99), Some(64));
+        assert!(quantile(&h, 1.0).unwrap() > 500_000);
+    }
+
+    #[test]
+    fn sampler_turns_counters_into_rates_and_a_peak_ewma() {
+        let key = EndpointKey::v4([127, 0, 0, 1], 9);
+        let mut s = Sampler::default();
+        let t0 = Instant::now();
+        let mut st = EndpointStats::ZERO;
+        st.rtt_samples = 10;
+        st.srtt_sum_us = 1000; // 100 µs
+        s.update(t0, &[(key, st)]);
+        st.retransmits = 20;
+        st.rtt_samples = 20;
+        st.srtt_sum_us = 1000 + 10 * 10_000; // a 10 ms interval: taken at once
+        let snap = s.update(t0 + Duration::from_secs(2), &[(key, st)]);
+        let h = &snap.endpoints[&"127.0.0.1:9".parse().unwrap()];
+        assert!((h.retransmits_per_s - 10.0).abs() < 1e-9);
+        assert_eq!(h.srtt_us, Some(10_000.0));
+        st.rtt_samples = 30;
+        st.srtt_sum_us += 10 * 100; // back to 100 µs: decays, not dropped
+        let snap = s.update(t0 + Duration::from_secs(3), &[(key, st)]);
+        let srtt = snap.endpoints[&"127.0.0.1:9".parse().unwrap()].srtt_us.unwrap();
+        assert!((srtt - (10_000.0 + 0.2 * (100.0 - 10_000.0))).abs() < 1e-6);
+    }
+}
