@@ -22,6 +22,7 @@ pub mod admin;
 pub mod balancer;
 pub mod config;
 pub mod demo;
+pub mod health;
 pub mod http;
 pub mod runtime;
 pub mod status;

@@ -146,6 +146,7 @@ fn implicit_balancer(name: String, url: &crate::config::MemberUrl) -> BalancerCo
         failontimeout: false,
         forcerecovery: true,
         growth: 0,
+        ejection: crate::health::ejection::Policy::default(),
         members: vec![crate::config::MemberConfig::for_url(url.clone())],
     }
 }
@@ -182,7 +183,11 @@ impl Bound {
             tasks.spawn(crate::admin::serve(admin, Arc::clone(&self.lb.shared), rx.clone()));
         }
         let telemetry = Arc::clone(&self.lb.shared.telemetry);
-        tasks.spawn(telemetry.run(crate::http::server::stopped(rx.clone())));
+        tasks.spawn(telemetry.pump_logs(crate::http::server::stopped(rx.clone())));
+        tasks.spawn(crate::health::run(
+            Arc::clone(&self.lb.shared),
+            crate::http::server::stopped(rx.clone()),
+        ));
         shutdown.await;
         tracing::info!("shutting down");
         let _ = tx.send(true);

@@ -205,7 +205,9 @@ pub struct MemberHealth {
     pub url: String,
     /// The resolved address lb connects to (None before the first connection).
     pub endpoint: Option<String>,
-    /// `healthy`, or `unusable` while the member has any of D, S, E, C.
+    /// `healthy`; `ejected` or `probation` (kernel-driven ejection); `sick` (would be ejected,
+    /// but the balancer is at its ejection limit: panic mode); `unusable` (D, S, E or C for
+    /// another reason).
     pub state: String,
     /// Why the member is not healthy (its last error), when it is not.
     pub reason: Option<String>,
@@ -244,16 +246,25 @@ pub fn health(
                     .map(|m| {
                         let usable = m.usable();
                         let kernel = m.endpoint().and_then(|e| snap.endpoints.get(&e).cloned());
+                        let note = m.health_note();
+                        let (state, reason) = match note.as_deref() {
+                            Some(n) if n.state != "healthy" => {
+                                (n.state.to_owned(), n.reason.clone())
+                            }
+                            _ if usable => ("healthy".to_owned(), None),
+                            _ => (
+                                "unusable".to_owned(),
+                                Some(m.last_error().map_or_else(
+                                    || format!("status {}", m.flags().letters()),
+                                    |e| e.message.clone(),
+                                )),
+                            ),
+                        };
                         MemberHealth {
                             url: m.config.url.base(),
                             endpoint: m.endpoint().map(|e| e.to_string()),
-                            state: if usable { "healthy" } else { "unusable" }.to_owned(),
-                            reason: (!usable).then(|| {
-                                m.last_error().map_or_else(
-                                    || format!("status {}", m.flags().letters()),
-                                    |e| e.message.clone(),
-                                )
-                            }),
+                            state,
+                            reason,
                             status: m.flags().letters(),
                             in_flight: m.busy(),
                             busyness: m.busy() as f64,

@@ -381,6 +381,11 @@ pub fn config(balancer_body: &str) -> String {
     )
 }
 
+/// Put at the start of a `config` body: turns off lb's kernel-driven ejection for balancer `b`,
+/// for tests of Apache's own error/retry semantics (ejection would hold a failed member out for
+/// its ejection time instead of its `retry`).
+pub const APACHE_RETRY_ONLY: &str = "[balancer.b.ejection]\nenabled = false\n";
+
 /// `[[balancer.b.member]]` tables for these URLs, each with `extra` lines.
 pub fn members(urls: &[(&str, &str)]) -> String {
     let mut s = String::new();
@@ -469,4 +474,56 @@ pub fn lb_bin() -> PathBuf {
         bin.display()
     );
     bin
+}
+
+/// An nftables table of the test's own, deleted when dropped (also when the test panics).
+/// Rules go in an `input` chain: a loopback packet dropped there was sent, so the sender sees
+/// real loss and retransmits. (A drop in `output` is a local transmit error instead: TCP keeps the
+/// segment unsent and counts no retransmission, which is not what a lossy network does.)
+pub struct Nft {
+    table: String,
+}
+
+impl Nft {
+    /// Create the table with these rules (nft syntax, one per line).
+    pub fn new(rules: &[String]) -> Nft {
+        use std::sync::atomic::AtomicU32;
+        static N: AtomicU32 = AtomicU32::new(0);
+        let table = format!("lbtest_{}_{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
+        let mut script = format!(
+            "table inet {table} {{\n  chain input {{\n    type filter hook input priority 0; policy accept;\n"
+        );
+        for r in rules {
+            script.push_str(&format!("    {r}\n"));
+        }
+        script.push_str("  }\n}\n");
+        let nft = Nft { table };
+        nft.run(&script);
+        nft
+    }
+
+    fn run(&self, script: &str) {
+        use std::io::Write;
+        let mut child = std::process::Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("run nft (cargo xtask test installs nftables)");
+        child.stdin.take().expect("stdin").write_all(script.as_bytes()).expect("write nft script");
+        let status = child.wait().expect("nft");
+        assert!(status.success(), "nft failed on:\n{script}");
+    }
+
+    /// Remove every rule now (the table stays until drop).
+    pub fn clear(&self) {
+        self.run(&format!("flush chain inet {} input\n", self.table));
+    }
+}
+
+impl Drop for Nft {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("nft")
+            .args(["delete", "table", "inet", &self.table])
+            .status();
+    }
 }

@@ -9,7 +9,7 @@ async fn member_killed_under_load_fails_no_get_and_comes_back() {
     let ms = vec![Member::start("m0").await, Member::start("m1").await, Member::start("m2").await];
     let body =
         members(&[(&ms[0].url(), ""), (&ms[1].url(), "retry = \"500ms\""), (&ms[2].url(), "")]);
-    let lb = Lb::start(&config(&body)).await;
+    let lb = Lb::start(&config(&format!("{APACHE_RETRY_ONLY}{body}"))).await;
     let killed = Arc::new(AtomicBool::new(false));
     let mut workers = tokio::task::JoinSet::new();
     // Bounded load: 4 workers × 150 keep-alive GETs.
@@ -127,7 +127,8 @@ async fn maxattempts_zero_means_no_failover() {
 #[tokio::test]
 async fn forcerecovery_clears_error_when_all_members_fail() {
     let mut a = Member::start("a").await;
-    let lb = Lb::start(&config(&members(&[(&a.url(), "retry = 3600")]))).await;
+    let body = format!("{APACHE_RETRY_ONLY}{}", members(&[(&a.url(), "retry = 3600")]));
+    let lb = Lb::start(&config(&body)).await;
     a.kill().await;
     assert_eq!(get(&lb.url("/")).await.status, 503);
     assert_eq!(lb.member("b", 0).await["status"], "E");
@@ -185,7 +186,7 @@ async fn failonstatus_marks_the_member_in_error() {
 async fn balancer_timeout_waits_for_a_usable_member() {
     let mut a = Member::start("a").await;
     let body = format!(
-        "timeout = \"3s\"\nforcerecovery = false\n{}",
+        "timeout = \"3s\"\nforcerecovery = false\n{APACHE_RETRY_ONLY}{}",
         members(&[(&a.url(), "retry = \"400ms\"")])
     );
     let lb = Lb::start(&config(&body)).await;

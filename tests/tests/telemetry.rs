@@ -74,7 +74,9 @@ async fn ebpf_counts_each_members_connections_and_nothing_else() {
     assert!(k["connects"].as_u64().unwrap() >= 1, "{k}");
     assert_eq!(k["established"], 0, "{k}");
     assert!(k["resets"].as_u64().unwrap() >= 1, "{k}");
-    assert_eq!(m[3]["state"], "unusable");
+    // Out of rotation: in error from the failed request, and ejected once the sampler sees it.
+    assert!(matches!(m[3]["state"].as_str(), Some("unusable" | "ejected")), "{}", m[3]);
+    assert_eq!(m[3]["status"], "E");
     lb.stop().await;
 }
 

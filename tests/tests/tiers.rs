@@ -93,7 +93,7 @@ async fn member_in_error_returns_after_retry() {
     let mut a = Member::start("a").await;
     let b = Member::start("b").await;
     let body = members(&[(&a.url(), "retry = \"300ms\""), (&b.url(), "")]);
-    let lb = Lb::start(&config(&body)).await;
+    let lb = Lb::start(&config(&format!("{APACHE_RETRY_ONLY}{body}"))).await;
     a.kill().await;
     // Requests keep succeeding: the dead member is put in error and skipped.
     let c = counts(&lb, 4).await;

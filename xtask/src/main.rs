@@ -120,6 +120,8 @@ fn setup() -> Result<()> {
 
 fn test(extra: &[String]) -> Result<()> {
     setup()?;
+    // The ejection tests inject packet loss with nftables.
+    ensure_tool("nft", "nftables")?;
     let mut fmt = cargo();
     fmt.args(["fmt", "--all", "--", "--check"]);
     run(fmt)?;

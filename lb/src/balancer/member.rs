@@ -47,6 +47,11 @@ pub struct Member {
     last_error: ArcSwapOption<LastError>,
     /// The address connections go to (set when first resolved); telemetry is keyed by it.
     endpoint: std::sync::OnceLock<std::net::SocketAddr>,
+    /// While `now_ms` is below this, the member is ejected: the retry timer leaves E alone.
+    ejected_until_ms: AtomicU64,
+    /// Requests failed in a row (reset by any answered request).
+    consecutive_errors: AtomicU32,
+    health: ArcSwapOption<crate::health::HealthNote>,
 }
 
 impl Member {
@@ -64,6 +69,54 @@ impl Member {
             retries: AtomicU64::new(0),
             last_error: ArcSwapOption::empty(),
             endpoint: std::sync::OnceLock::new(),
+            ejected_until_ms: AtomicU64::new(0),
+            consecutive_errors: AtomicU32::new(0),
+            health: ArcSwapOption::empty(),
+        }
+    }
+
+    /// Eject: E until `until_ms` (the health monitor ends it), with the reason as last error.
+    pub fn eject(&self, until_ms: u64, reason: String) {
+        let now = now_ms();
+        self.ejected_until_ms.store(until_ms, Relaxed);
+        self.last_error.store(Some(Arc::new(LastError { at_ms: now, message: reason })));
+        self.error_time_ms.store(now, Relaxed);
+        self.set_flags(flags::IN_ERROR);
+    }
+
+    /// End an ejection: back in rotation (on probation).
+    pub fn end_ejection(&self) {
+        self.ejected_until_ms.store(0, Relaxed);
+        self.clear_flags(flags::IN_ERROR);
+    }
+
+    pub fn ejected_until_ms(&self) -> u64 {
+        self.ejected_until_ms.load(Relaxed)
+    }
+
+    pub fn consecutive_errors(&self) -> u32 {
+        self.consecutive_errors.load(Relaxed)
+    }
+
+    /// A request to this member got an answer.
+    pub fn record_success(&self) {
+        if self.consecutive_errors.load(Relaxed) != 0 {
+            self.consecutive_errors.store(0, Relaxed);
+        }
+    }
+
+    /// A request to this member failed (connect, exchange or timeout).
+    pub fn record_failure(&self) {
+        self.consecutive_errors.fetch_add(1, Relaxed);
+    }
+
+    pub fn health_note(&self) -> Option<Arc<crate::health::HealthNote>> {
+        self.health.load_full()
+    }
+
+    pub(crate) fn set_health_note(&self, note: crate::health::HealthNote) {
+        if self.health.load().as_deref() != Some(&note) {
+            self.health.store(Some(Arc::new(note)));
         }
     }
 
@@ -167,6 +220,9 @@ impl Member {
         if !f.contains(flags::IN_ERROR) {
             return;
         }
+        if now < self.ejected_until_ms() {
+            return;
+        }
         let retry = self.config.retry.as_millis() as u64;
         if f.contains(flags::IGNORE_ERRORS) || retry == 0 || now > self.error_time_ms() + retry {
             self.clear_flags(flags::IN_ERROR);
@@ -176,6 +232,7 @@ impl Member {
 
     /// Forced recovery: clear E regardless of the retry timer.
     pub(crate) fn force_recover(&self) {
+        self.ejected_until_ms.store(0, Relaxed);
         if self.flags().contains(flags::IN_ERROR) {
             self.clear_flags(flags::IN_ERROR);
             self.retries.fetch_add(1, Relaxed);

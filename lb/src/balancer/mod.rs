@@ -181,6 +181,7 @@ mod tests {
                 failontimeout: false,
                 forcerecovery: true,
                 growth: 0,
+                ejection: crate::health::ejection::Policy::default(),
                 members,
             },
             false,

@@ -107,6 +107,8 @@ pub struct BalancerConfig {
     pub failontimeout: bool,
     pub forcerecovery: bool,
     pub growth: u32,
+    /// When kernel signals and request errors eject a member.
+    pub ejection: crate::health::ejection::Policy,
     pub members: Vec<MemberConfig>,
 }
 
@@ -571,8 +573,74 @@ impl Validator<'_> {
             failontimeout: b.failontimeout.unwrap_or(false),
             forcerecovery: b.forcerecovery.unwrap_or(true),
             growth: b.growth.unwrap_or(0),
+            ejection: self.ejection(&path.key("ejection"), b.ejection.as_ref()),
             members,
         }
+    }
+
+    fn ejection(
+        &mut self,
+        path: &KeyPath,
+        raw: Option<&raw::RawEjection>,
+    ) -> crate::health::ejection::Policy {
+        let mut p = crate::health::ejection::Policy::default();
+        let Some(r) = raw else { return p };
+        let num = |n: RawNumber| match n {
+            RawNumber::Int(i) => i as f64,
+            RawNumber::Float(f) => f,
+        };
+        p.enabled = r.enabled.unwrap_or(true);
+        if let Some(v) = r.max_retransmits_per_s.map(num) {
+            if v > 0.0 {
+                p.max_retransmits_per_s = v
+            } else {
+                self.err(&path.key("max_retransmits_per_s"), "must be above 0")
+            }
+        }
+        if let Some(v) = r.latency_factor.map(num) {
+            if v >= 1.0 {
+                p.latency_factor = v
+            } else {
+                self.err(&path.key("latency_factor"), "must be at least 1")
+            }
+        }
+        if let Some(v) = r.max_failed_connects {
+            if v >= 1 {
+                p.max_failed_connects = v
+            } else {
+                self.err(&path.key("max_failed_connects"), "must be at least 1")
+            }
+        }
+        if let Some(v) = r.max_rto {
+            if v >= 1 {
+                p.max_rto = v
+            } else {
+                self.err(&path.key("max_rto"), "must be at least 1")
+            }
+        }
+        if let Some(v) = r.consecutive_errors {
+            p.consecutive_errors = v;
+        }
+        match r.max_ejected_percent {
+            Some(v) if v <= 100 => p.max_ejected_percent = v,
+            Some(v) => self.err(
+                &path.key("max_ejected_percent"),
+                format!("{v} is not a percentage (0..=100)"),
+            ),
+            None => {}
+        }
+        p.latency_floor =
+            self.duration(&path.key("latency_floor"), &r.latency_floor, p.latency_floor);
+        p.base_time = self.duration(&path.key("base_time"), &r.base_time, p.base_time);
+        p.max_time = self.duration(&path.key("max_time"), &r.max_time, p.max_time);
+        p.probation = self.duration(&path.key("probation"), &r.probation, p.probation);
+        if p.base_time.is_zero() {
+            self.err(&path.key("base_time"), "must be above 0");
+        }
+        if p.max_time < p.base_time {
+            self.err(&path.key("max_time"), "must be at least base_time");
+        }
+        p
     }
 
     fn member(&mut self, path: &KeyPath, m: &raw::RawMember) -> Option<MemberConfig> {

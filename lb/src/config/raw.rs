@@ -74,8 +74,26 @@ pub struct RawBalancer {
     pub stickysession: Option<String>,
     pub stickysessionsep: Option<String>,
     pub scolonpathdelim: Option<bool>,
+    pub ejection: Option<RawEjection>,
     #[serde(default)]
     pub member: Vec<RawMember>,
+}
+
+/// `[balancer.NAME.ejection]`: when kernel signals and request errors eject a member.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEjection {
+    pub enabled: Option<bool>,
+    pub max_retransmits_per_s: Option<RawNumber>,
+    pub max_failed_connects: Option<u64>,
+    pub max_rto: Option<u64>,
+    pub latency_factor: Option<RawNumber>,
+    pub latency_floor: Option<RawDuration>,
+    pub consecutive_errors: Option<u32>,
+    pub base_time: Option<RawDuration>,
+    pub max_time: Option<RawDuration>,
+    pub probation: Option<RawDuration>,
+    pub max_ejected_percent: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -243,10 +243,14 @@ impl HttpProxy {
             }
             match self.exchange(upstream, &out, &member, req).await {
                 Ok((resp, lease)) => {
+                    member.record_success();
                     return self.respond(route, &out, resp, lease, pick, client_upgrade, rec);
                 }
                 Err(Failed { error, back }) => {
                     let now = now_ms();
+                    if !matches!(error, UpstreamError::PoolExhausted { .. }) {
+                        member.record_failure();
+                    }
                     let msg = format!("member {}: {error}", member.config.url);
                     match &error {
                         UpstreamError::ResponseTimeout { .. } => {

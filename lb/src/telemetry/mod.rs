@@ -69,9 +69,13 @@ pub struct EndpointHealth {
     pub syn_retransmits: u64,
     pub rto: u64,
     pub resets: u64,
+    /// Rates over the last second (the sampler's rate window).
     pub retransmits_per_s: f64,
     pub connect_failed_per_s: f64,
     pub rto_per_s: f64,
+    /// Failed connects and RTOs within the last second.
+    pub connect_failed_recent: u64,
+    pub rto_recent: u64,
     /// Connect latency (SYN → ESTABLISHED) over the last 10 s, µs.
     pub connect_p50_us: Option<u64>,
     pub connect_p99_us: Option<u64>,
@@ -111,6 +115,7 @@ pub struct Telemetry {
     pub why: String,
     pub interval: Duration,
     kernel: Option<ebpf::Kernel>,
+    sampler: std::sync::Mutex<Sampler>,
     snapshot: ArcSwap<Snapshot>,
 }
 
@@ -131,6 +136,12 @@ impl Telemetry {
                 Err(e) => (None, Source::Off, e.to_string()),
             },
         };
+        // Loading parsed the kernel's BTF (tens of MiB, now freed): hand that memory back to the
+        // OS instead of keeping it in the allocator for the life of the process.
+        // SAFETY: malloc_trim only releases free heap memory; it takes no pointers.
+        unsafe {
+            libc::malloc_trim(0);
+        }
         match source {
             Source::Ebpf => tracing::info!(source = "ebpf", "kernel telemetry: {why}"),
             Source::Off => tracing::warn!(source = "off", "kernel telemetry is off: {why}"),
@@ -140,6 +151,7 @@ impl Telemetry {
             why,
             interval: cfg.interval,
             kernel,
+            sampler: std::sync::Mutex::new(Sampler::default()),
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
         }))
     }
@@ -151,6 +163,7 @@ impl Telemetry {
             why: why.to_owned(),
             interval: Duration::from_secs(1),
             kernel: None,
+            sampler: std::sync::Mutex::new(Sampler::default()),
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
         })
     }
@@ -168,34 +181,31 @@ impl Telemetry {
         self.snapshot.load_full()
     }
 
-    /// Sample the kernel counters every `interval` until `stop` resolves; also carries the eBPF
-    /// programs' log lines into lb's log.
-    pub async fn run(self: Arc<Self>, stop: impl std::future::Future<Output = ()>) {
+    /// Read the kernel counters now and publish a new snapshot (the control loop calls this
+    /// every `interval`). With no kernel source the snapshot stays empty.
+    pub fn sample(&self, now: Instant) -> Arc<Snapshot> {
+        if let Some(kernel) = &self.kernel {
+            let reads: Vec<(EndpointKey, EndpointStats)> = kernel
+                .endpoints()
+                .into_iter()
+                .filter_map(|k| kernel.read(&k).map(|s| (k, s)))
+                .collect();
+            if let Ok(mut sampler) = self.sampler.lock() {
+                self.snapshot.store(Arc::new(sampler.update(now, &reads)));
+            }
+        }
+        self.snapshot.load_full()
+    }
+
+    /// Carry the eBPF programs' log lines into lb's log until `stop` resolves.
+    pub async fn pump_logs(self: Arc<Self>, stop: impl std::future::Future<Output = ()>) {
         let Some(kernel) = &self.kernel else {
             stop.await;
             return;
         };
-        tokio::pin!(stop);
-        let mut sampler = Sampler::default();
-        let mut tick = tokio::time::interval(self.interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let logs = log_pump(kernel);
-        tokio::pin!(logs);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {
-                    let now = Instant::now();
-                    let reads: Vec<(EndpointKey, EndpointStats)> = kernel
-                        .endpoints()
-                        .into_iter()
-                        .filter_map(|k| kernel.read(&k).map(|s| (k, s)))
-                        .collect();
-                    let snap = sampler.update(now, &reads);
-                    self.snapshot.store(Arc::new(snap));
-                }
-                _ = &mut logs => {}
-                _ = &mut stop => break,
-            }
+        tokio::select! {
+            _ = log_pump(kernel) => {}
+            _ = stop => {}
         }
     }
 }
@@ -223,12 +233,16 @@ async fn log_pump(kernel: &ebpf::Kernel) {
 
 /// How far back connect-latency percentiles look.
 const LAT_WINDOW: Duration = Duration::from_secs(10);
+/// How far back rates (retransmits/s, failed connects/s, RTOs/s) look.
+pub const RATE_WINDOW: Duration = Duration::from_secs(1);
 /// EWMA weight of a new srtt sample that is lower than the average (higher ones are taken as is).
 const SRTT_DECAY: f64 = 0.2;
 
 #[derive(Default)]
 struct EndpointTrack {
     last: Option<(Instant, EndpointStats)>,
+    /// (time, retransmits, connect_failed, rto) over the rate window.
+    rates: VecDeque<(Instant, u64, u64, u64)>,
     hist: VecDeque<(Instant, [u64; LAT_BUCKETS])>,
     srtt: Option<f64>,
     rttvar: Option<f64>,
@@ -273,7 +287,13 @@ impl Sampler {
     pub fn update(&mut self, now: Instant, reads: &[(EndpointKey, EndpointStats)]) -> Snapshot {
         let mut out = Snapshot::default();
         for (key, s) in reads {
-            let t = self.tracks.entry(*key).or_default();
+            let t = self.tracks.entry(*key).or_insert_with(|| {
+                // lb creates each endpoint's counters zeroed when it first connects to it, so
+                // everything counted so far happened within the last rate window.
+                let mut t = EndpointTrack::default();
+                t.rates.push_back((now.checked_sub(RATE_WINDOW).unwrap_or(now), 0, 0, 0));
+                t
+            });
             let mut h = EndpointHealth {
                 connects: s.connects,
                 established: s.established,
@@ -285,12 +305,22 @@ impl Sampler {
                 resets: s.resets,
                 ..EndpointHealth::default()
             };
-            if let Some((then, prev)) = &t.last {
-                let dt = now.duration_since(*then).as_secs_f64().max(1e-3);
-                h.retransmits_per_s = s.retransmits.saturating_sub(prev.retransmits) as f64 / dt;
-                h.connect_failed_per_s =
-                    s.connect_failed.saturating_sub(prev.connect_failed) as f64 / dt;
-                h.rto_per_s = s.rto.saturating_sub(prev.rto) as f64 / dt;
+            t.rates.push_back((now, s.retransmits, s.connect_failed, s.rto));
+            while t.rates.len() > 2 && now.duration_since(t.rates[1].0) >= RATE_WINDOW {
+                t.rates.pop_front();
+            }
+            if let Some(&(then, retr, failed, rto)) = t.rates.front()
+                && then < now
+            {
+                // Over at least one interval and at most about the rate window.
+                let dt = now.duration_since(then).as_secs_f64().max(1e-3);
+                h.retransmits_per_s = s.retransmits.saturating_sub(retr) as f64 / dt;
+                h.connect_failed_recent = s.connect_failed.saturating_sub(failed);
+                h.rto_recent = s.rto.saturating_sub(rto);
+                h.connect_failed_per_s = h.connect_failed_recent as f64 / dt;
+                h.rto_per_s = h.rto_recent as f64 / dt;
+            }
+            if let Some((_, prev)) = &t.last {
                 let n = s.rtt_samples.saturating_sub(prev.rtt_samples);
                 if n > 0 {
                     let mean_srtt =

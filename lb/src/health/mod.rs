@@ -1,0 +1,142 @@
+//! Member health: the control loop that turns kernel telemetry and request outcomes into
+//! ejections.
+//!
+//! Every telemetry interval: sample the kernel counters (telemetry) → build each member's
+//! [`ejection::Signals`] → [`ejection::verdict`] → step the member's [`ejection::Tracker`] →
+//! apply the transition to the member (flag E with the reason, or back in rotation). The data
+//! path only ever reads member flags, so it never waits for this loop.
+pub mod ejection;
+
+use crate::balancer::{Balancer, now_ms};
+use crate::runtime::Shared;
+use crate::telemetry::Snapshot;
+use ejection::{Signals, State, Tracker, Transition};
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::time::Instant;
+
+/// What `lb health` shows as a member's state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthNote {
+    /// `healthy`, `ejected`, `probation`, or `sick` (sick but kept: the balancer is in panic mode).
+    pub state: &'static str,
+    pub reason: Option<String>,
+}
+
+/// Ejection trackers for every member of every balancer.
+#[derive(Default)]
+pub struct Monitor {
+    trackers: HashMap<(String, usize), Tracker>,
+}
+
+/// Lower median (robust with two members: one sick member cannot drag it up).
+fn lower_median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    Some(v[(v.len() - 1) / 2])
+}
+
+impl Monitor {
+    pub fn evaluate(&mut self, balancers: &[Arc<Balancer>], snap: &Snapshot, now: Instant) {
+        for b in balancers {
+            let policy = &b.config.ejection;
+            let kernel: Vec<_> = b
+                .members
+                .iter()
+                .map(|m| m.endpoint().and_then(|e| snap.endpoints.get(&e)))
+                .collect();
+            let median =
+                lower_median(kernel.iter().filter_map(|k| k.and_then(|k| k.srtt_us)).collect());
+            let budget = policy.max_ejected(b.members.len());
+            let mut ejected = b
+                .members
+                .iter()
+                .filter(|m| {
+                    self.trackers
+                        .get(&(b.name().to_owned(), m.index))
+                        .is_some_and(Tracker::is_ejected)
+                })
+                .count();
+            for (m, k) in b.members.iter().zip(&kernel) {
+                let t = self
+                    .trackers
+                    .entry((b.name().to_owned(), m.index))
+                    .or_insert_with(|| Tracker::new(now));
+                let signals = Signals {
+                    retransmits_per_s: k.map_or(0.0, |k| k.retransmits_per_s),
+                    failed_connects: k.map_or(0, |k| k.connect_failed_recent),
+                    rto: k.map_or(0, |k| k.rto_recent),
+                    srtt_us: k.and_then(|k| k.srtt_us),
+                    median_srtt_us: median,
+                    consecutive_errors: m.consecutive_errors(),
+                };
+                let sick = ejection::verdict(policy, &signals);
+                let transition = t.step(policy, now, sick, ejected < budget);
+                match &transition {
+                    Some(Transition::Ejected { reason, for_, count }) => {
+                        ejected += 1;
+                        let until = now_ms() + for_.as_millis() as u64;
+                        m.eject(
+                            until,
+                            format!("ejected for {for_:?} (ejection #{count}): {reason}"),
+                        );
+                        tracing::warn!(
+                            balancer = %b.name(), member = %m.config.url, reason = %reason,
+                            ejection_s = for_.as_secs_f64(), count, "member ejected"
+                        );
+                    }
+                    Some(Transition::Probation) => {
+                        m.end_ejection();
+                        tracing::info!(balancer = %b.name(), member = %m.config.url, "ejection over: member on probation");
+                    }
+                    Some(Transition::Healthy) => {
+                        tracing::info!(balancer = %b.name(), member = %m.config.url, "member healthy again");
+                    }
+                    Some(Transition::Withheld(reason))
+                        if m.health_note().is_none_or(|n| n.state != "sick") =>
+                    {
+                        tracing::warn!(
+                            balancer = %b.name(), member = %m.config.url, reason = %reason,
+                            "member is sick but the balancer already has {budget} member(s) ejected: panic mode, kept in rotation"
+                        );
+                    }
+                    _ => {}
+                }
+                let note = match (&t.state, &transition) {
+                    (_, Some(Transition::Withheld(r))) => HealthNote {
+                        state: "sick",
+                        reason: Some(format!(
+                            "{r} (not ejected: ejection limit reached, panic mode)"
+                        )),
+                    },
+                    (State::Healthy, _) => HealthNote { state: "healthy", reason: None },
+                    (State::Ejected { reason, .. }, _) => {
+                        HealthNote { state: "ejected", reason: Some(reason.to_string()) }
+                    }
+                    (State::Probation { .. }, _) => HealthNote { state: "probation", reason: None },
+                };
+                m.set_health_note(note);
+            }
+        }
+    }
+}
+
+/// The control loop: sample telemetry and evaluate health every interval until `stop`.
+pub async fn run(shared: Arc<Shared>, stop: impl std::future::Future<Output = ()>) {
+    tokio::pin!(stop);
+    let mut monitor = Monitor::default();
+    let mut tick = tokio::time::interval(shared.telemetry.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let now = Instant::now();
+                let snap = shared.telemetry.sample(now.into_std());
+                monitor.evaluate(&shared.balancers.load(), &snap, now);
+            }
+            _ = &mut stop => break,
+        }
+    }
+}

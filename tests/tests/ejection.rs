@@ -1,0 +1,163 @@
+//! Kernel-signal ejection with real faults on loopback: packet loss (nftables `numgen`), a SYN
+//! black hole, a closed port. Needs root, CAP_BPF and nftables; CI runs it as root.
+use lb_tests::*;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+fn ejecting_config(body: &str) -> String {
+    config(&format!("[balancer.b.ejection]\nbase_time = \"1s\"\nprobation = \"1s\"\n{body}"))
+        .replacen(
+            "[[listener]]",
+            "[telemetry]\nsource = \"ebpf\"\ninterval = \"100ms\"\n\n[[listener]]",
+            1,
+        )
+}
+
+async fn member_health(lb: &Lb, i: usize) -> serde_json::Value {
+    let r = get(&format!("http://{}/health", lb.admin)).await;
+    let v: serde_json::Value = serde_json::from_slice(&r.body).expect("health json");
+    v["balancers"][0]["members"][i].clone()
+}
+
+/// Bounded load: `workers` clients sending GETs until `stop` (at most `cap` each); every answer
+/// must be a 200.
+fn load(
+    lb: &Lb,
+    workers: usize,
+    cap: usize,
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+) -> tokio::task::JoinSet<()> {
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..workers {
+        let (url, stop, ok) = (lb.url("/"), Arc::clone(&stop), Arc::clone(&ok));
+        set.spawn(async move {
+            let c = client();
+            for _ in 0..cap {
+                if stop.load(Relaxed) {
+                    break;
+                }
+                let r = send(&c, http::Request::get(&url).body(full("")).unwrap())
+                    .await
+                    .expect("transport");
+                assert_eq!(r.status, 200, "a GET failed: {}", r.text());
+                ok.fetch_add(1, Relaxed);
+            }
+        });
+    }
+    set
+}
+
+#[tokio::test]
+async fn lossy_member_is_ejected_fast_while_the_others_stay_clean() {
+    let ms = [Member::start("a").await, Member::start("b").await, Member::start("c").await];
+    let body = members(&[(&ms[0].url(), ""), (&ms[1].url(), ""), (&ms[2].url(), "")]);
+    let lb = Lb::start(&ejecting_config(&body)).await;
+    let (stop, ok) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+    let mut workers = load(&lb, 6, 3000, Arc::clone(&stop), Arc::clone(&ok));
+    // Load is flowing to every member before the fault.
+    let flowing = eventually(Duration::from_secs(10), || async {
+        ms.iter().all(|m| m.hits.load(Relaxed) > 50).then_some(())
+    })
+    .await;
+    assert!(flowing.is_some());
+    let port = ms[2].addr.port();
+    let nft = Nft::new(&[format!("tcp dport {port} numgen random mod 100 < 20 drop")]);
+    let fault = Instant::now();
+    let ejected = eventually(Duration::from_secs(2), || async {
+        let h = member_health(&lb, 2).await;
+        (h["state"] == "ejected").then_some(h)
+    })
+    .await;
+    let took = fault.elapsed();
+    eprintln!("20% loss → ejected after {took:?}");
+    let h = ejected.unwrap_or_else(|| panic!("not ejected within 2 s of sustained load"));
+    assert!(
+        h["reason"].as_str().unwrap_or("").contains("retransmit")
+            || h["reason"].as_str().unwrap_or("").contains("timeout")
+            || h["reason"].as_str().unwrap_or("").contains("srtt"),
+        "{h}"
+    );
+    assert_eq!(h["status"], "E", "{h}");
+    assert!(h["kernel"]["retransmits"].as_u64().unwrap() > 0, "{h}");
+    // Keep the load on the others for a while after the ejection: still no GET may fail.
+    let after = ok.load(Relaxed);
+    let more = eventually(Duration::from_secs(10), || async {
+        (ok.load(Relaxed) >= after + 300).then_some(())
+    })
+    .await;
+    assert!(more.is_some(), "load stalled after the ejection");
+    stop.store(true, Relaxed);
+    while let Some(r) = workers.join_next().await {
+        r.expect("a client GET failed");
+    }
+    drop(nft);
+    for i in 0..2 {
+        let h = member_health(&lb, i).await;
+        assert_eq!(h["kernel"]["retransmits"], 0, "clean member {i} charged with retransmits: {h}");
+        assert_eq!(h["state"], "healthy", "{h}");
+    }
+    lb.stop().await;
+}
+
+#[tokio::test]
+async fn syn_black_hole_is_ejected_and_recovers() {
+    let a = Member::start("a").await;
+    let b = Member::start("b").await;
+    // a needs a new connection per request, so the black hole hits every request to it.
+    let body = members(&[
+        (&a.url(), "disablereuse = true\nconnectiontimeout = \"300ms\""),
+        (&b.url(), ""),
+    ]);
+    let lb = Lb::start(&ejecting_config(&body)).await;
+    let nft = Nft::new(&[format!("tcp dport {} tcp flags syn drop", a.addr.port())]);
+    // Requests keep succeeding (failed over to b) while a's connects time out.
+    let ejected = eventually(Duration::from_secs(10), || async {
+        assert_eq!(get(&lb.url("/")).await.status, 200);
+        let h = member_health(&lb, 0).await;
+        (h["state"] == "ejected").then_some(h)
+    })
+    .await
+    .expect("black-holed member never ejected");
+    assert!(ejected["kernel"]["connect_failed"].as_u64().unwrap() >= 1, "{ejected}");
+    assert!(ejected["kernel"]["syn_retransmits"].as_u64().is_some(), "{ejected}");
+    assert!(ejected["reason"].as_str().unwrap().contains("failed connect"), "{ejected}");
+    // Fault removed: after its ejection and probation the member serves again.
+    nft.clear();
+    let before = a.hits.load(Relaxed);
+    let back = eventually(Duration::from_secs(15), || async {
+        assert_eq!(get(&lb.url("/")).await.status, 200);
+        let h = member_health(&lb, 0).await;
+        (a.hits.load(Relaxed) > before && h["state"] == "healthy").then_some(())
+    })
+    .await;
+    assert!(back.is_some(), "member did not recover after the black hole was removed");
+    lb.stop().await;
+}
+
+#[tokio::test]
+async fn closed_port_is_ejected_and_recovers() {
+    let mut a = Member::start("a").await;
+    let b = Member::start("b").await;
+    let lb = Lb::start(&ejecting_config(&members(&[(&a.url(), ""), (&b.url(), "")]))).await;
+    a.kill().await;
+    let ejected = eventually(Duration::from_secs(10), || async {
+        assert_eq!(get(&lb.url("/")).await.status, 200);
+        let h = member_health(&lb, 0).await;
+        (h["state"] == "ejected").then_some(h)
+    })
+    .await
+    .expect("closed-port member never ejected");
+    assert!(ejected["kernel"]["connect_failed"].as_u64().unwrap() >= 1, "{ejected}");
+    assert!(ejected["kernel"]["resets"].as_u64().unwrap() >= 1, "{ejected}");
+    a.restart().await;
+    let before = a.hits.load(Relaxed);
+    let back = eventually(Duration::from_secs(15), || async {
+        assert_eq!(get(&lb.url("/")).await.status, 200);
+        (a.hits.load(Relaxed) > before).then_some(())
+    })
+    .await;
+    assert!(back.is_some(), "member did not recover after it came back");
+    lb.stop().await;
+}
