@@ -174,6 +174,7 @@ async fn dispatch(cmd: Cmd) -> Result<ExitCode> {
             let listener = tokio::net::TcpListener::bind(&bind)
                 .await
                 .with_context(|| format!("bind {bind}"))?;
+            println!("listening on {}", listener.local_addr()?);
             let body = body_size.map(|n| Bytes::from(vec![b'x'; n]));
             lb::demo::serve_member(
                 listener,

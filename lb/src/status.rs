@@ -215,7 +215,7 @@ pub struct MemberHealth {
     pub status: String,
     /// Requests in flight to the member.
     pub in_flight: u64,
-    /// The bybusyness score (today: requests in flight, as Apache counts it).
+    /// The bybusyness score: (in-flight + 1) × max(1, srtt / balancer median srtt).
     pub busyness: f64,
     /// Ready capacity from heartbeats, when any arrive.
     pub heartbeat_ready: Option<u64>,
@@ -267,7 +267,7 @@ pub fn health(
                             reason,
                             status: m.flags().letters(),
                             in_flight: m.busy(),
-                            busyness: m.busy() as f64,
+                            busyness: m.busyness(),
                             heartbeat_ready: None,
                             source: telemetry.source.as_str().to_owned(),
                             kernel,

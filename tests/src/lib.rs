@@ -527,3 +527,95 @@ impl Drop for Nft {
             .status();
     }
 }
+
+fn sh(args: &[&str]) {
+    let status =
+        std::process::Command::new(args[0]).args(&args[1..]).status().expect("run command");
+    assert!(status.success(), "{args:?} failed");
+}
+
+/// A network namespace of the test's own, joined to this one by a veth pair (host side
+/// `10.213.N.1/30`, namespace side `10.213.N.2/30`), removed when dropped.
+pub struct Netns {
+    pub name: String,
+    host_if: String,
+    ns_if: String,
+    pub ns_ip: std::net::Ipv4Addr,
+}
+
+impl Netns {
+    pub fn create() -> Netns {
+        use std::sync::atomic::AtomicU32;
+        static N: AtomicU32 = AtomicU32::new(0);
+        let n = (std::process::id() % 200) * 4 + N.fetch_add(1, Ordering::Relaxed) % 4;
+        let (a, b) = (n / 250 + 1, n % 250);
+        let name = format!("lbt{}_{n}", std::process::id());
+        let (host_if, ns_if) = (format!("lbh{n}"), format!("lbn{n}"));
+        let ns = Netns {
+            name: name.clone(),
+            host_if: host_if.clone(),
+            ns_if: ns_if.clone(),
+            ns_ip: std::net::Ipv4Addr::new(10, 213 + a as u8 - 1, b as u8, 2),
+        };
+        let host_ip = format!("10.{}.{b}.1/30", 213 + a - 1);
+        let ns_ip = format!("{}/30", ns.ns_ip);
+        sh(&["ip", "netns", "add", &name]);
+        sh(&["ip", "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if]);
+        sh(&["ip", "link", "set", &ns_if, "netns", &name]);
+        sh(&["ip", "addr", "add", &host_ip, "dev", &host_if]);
+        sh(&["ip", "link", "set", &host_if, "up"]);
+        sh(&["ip", "netns", "exec", &name, "ip", "addr", "add", &ns_ip, "dev", &ns_if]);
+        sh(&["ip", "netns", "exec", &name, "ip", "link", "set", &ns_if, "up"]);
+        sh(&["ip", "netns", "exec", &name, "ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// Shape traffic leaving the namespace (member → lb) with a token bucket: under load it
+    /// queues, which is queueing delay on the member's path.
+    pub fn tbf(&self, rate: &str, burst: &str, latency: &str) {
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &self.name,
+            "tc",
+            "qdisc",
+            "add",
+            "dev",
+            &self.ns_if,
+            "root",
+            "tbf",
+            "rate",
+            rate,
+            "burst",
+            burst,
+            "latency",
+            latency,
+        ]);
+    }
+
+    /// Start `lb member` inside the namespace on port 0; returns the process and its address.
+    pub fn member(&self, name: &str, body_size: usize) -> (std::process::Child, SocketAddr) {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .arg(lb_bin())
+            .args(["member", "--bind", &format!("{}:0", self.ns_ip), "--name", name])
+            .args(["--body-size", &body_size.to_string()])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start member in namespace");
+        let out = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        std::io::BufReader::new(out).read_line(&mut line).expect("member address");
+        let addr = line.trim().trim_start_matches("listening on ").parse().expect("member address");
+        (child, addr)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = std::process::Command::new("ip").args(["link", "del", &self.host_if]).status();
+    }
+}

@@ -52,6 +52,9 @@ pub struct Member {
     /// Requests failed in a row (reset by any answered request).
     consecutive_errors: AtomicU32,
     health: ArcSwapOption<crate::health::HealthNote>,
+    /// bybusyness latency weight (f64 bits): max(1, srtt / balancer median srtt), set by the
+    /// health monitor; 1.0 without telemetry.
+    latency_weight: AtomicU64,
 }
 
 impl Member {
@@ -72,7 +75,24 @@ impl Member {
             ejected_until_ms: AtomicU64::new(0),
             consecutive_errors: AtomicU32::new(0),
             health: ArcSwapOption::empty(),
+            latency_weight: AtomicU64::new(1.0f64.to_bits()),
         }
+    }
+
+    /// The kernel-latency weight bybusyness multiplies in-flight requests by (≥ 1).
+    pub fn latency_weight(&self) -> f64 {
+        f64::from_bits(self.latency_weight.load(Relaxed))
+    }
+
+    pub(crate) fn set_latency_weight(&self, w: f64) {
+        let w = if w.is_finite() { w.max(1.0) } else { 1.0 };
+        self.latency_weight.store(w.to_bits(), Relaxed);
+    }
+
+    /// lb's bybusyness score: (in-flight + 1) × latency weight. With telemetry off every weight
+    /// is 1, and the order is Apache's plain in-flight count.
+    pub fn busyness(&self) -> f64 {
+        (self.busy() + 1) as f64 * self.latency_weight()
     }
 
     /// Eject: E until `until_ms` (the health monitor ends it), with the reason as last error.

@@ -33,7 +33,9 @@ pub fn is_best(method: LbMethod, cur: &Member, best: Option<&Member>, acc: &mut 
             match best {
                 None => true,
                 Some(b) => {
-                    let (cb, bb) = (cur.busy(), b.busy());
+                    // Apache compares in-flight counts; lb weights them by kernel latency
+                    // (see Member::busyness), which keeps Apache's order when telemetry is off.
+                    let (cb, bb) = (cur.busyness(), b.busyness());
                     cb < bb || (cb == bb && s > b.lbstatus())
                 }
             }

@@ -60,6 +60,11 @@ impl Monitor {
                 })
                 .count();
             for (m, k) in b.members.iter().zip(&kernel) {
+                let weight = match (k.and_then(|k| k.srtt_us), median) {
+                    (Some(srtt), Some(med)) if med > 0.0 => srtt / med,
+                    _ => 1.0,
+                };
+                m.set_latency_weight(weight);
                 let t = self
                     .trackers
                     .entry((b.name().to_owned(), m.index))
