@@ -1,19 +1,27 @@
-//! The admin listener (loopback by default): a JSON view of every balancer and member.
+//! The admin listener (loopback by default).
 //!
-//! `GET /status` returns [`crate::status::StatusReport`]; `lb status` reads it. Live changes
-//! (balancer-manager) will be added here.
+//! - `GET /status`: every balancer and member ([`crate::status::StatusReport`]; `lb status`).
+//! - `GET /health`: kernel-sourced member health ([`crate::status::HealthReport`]; `lb health`).
+//! - `POST /heartbeat`: a mod_heartbeat body (`v=1&ready=N&busy=M[&port=P]`) from a member, for
+//!   the heartbeat method; the sender's address identifies it, as with the UDP datagrams.
+//!
+//! Live changes (balancer-manager) will be added here.
 use crate::http::server::stopped;
 use crate::runtime::Shared;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+
+/// Largest heartbeat body accepted.
+const MAX_HEARTBEAT: usize = 1024;
 
 fn reply(status: StatusCode, ctype: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(body.into()));
@@ -22,30 +30,43 @@ fn reply(status: StatusCode, ctype: &'static str, body: impl Into<Bytes>) -> Res
     r
 }
 
-fn route(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
-    match (req.method(), req.uri().path()) {
-        (&Method::GET, "/status") => {
-            let report = crate::status::report(&shared.balancers.load());
-            match serde_json::to_vec_pretty(&report) {
-                Ok(v) => reply(StatusCode::OK, "application/json", v),
-                Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("{e}\n")),
+fn json<T: serde::Serialize>(v: &T) -> Response<Full<Bytes>> {
+    match serde_json::to_vec_pretty(v) {
+        Ok(v) => reply(StatusCode::OK, "application/json", v),
+        Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("{e}\n")),
+    }
+}
+
+const INDEX: &str = "lb admin\n  GET /status      balancers and members (JSON)\n  GET /health      kernel-sourced member health (JSON)\n  POST /heartbeat  v=1&ready=N&busy=M[&port=P] from a member\n";
+
+async fn route(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
+    match (req.method().clone(), req.uri().path()) {
+        (Method::GET, "/status") => json(&crate::status::report(&shared.balancers.load())),
+        (Method::GET, "/health") => {
+            json(&crate::status::health(&shared.balancers.load(), &shared.telemetry))
+        }
+        (Method::GET, "/") => reply(StatusCode::OK, "text/plain", INDEX),
+        (Method::POST, "/heartbeat") => {
+            let body = match Limited::new(req.into_body(), MAX_HEARTBEAT).collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(e) => {
+                    return reply(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "text/plain",
+                        format!("heartbeat body: {e}\n"),
+                    );
+                }
+            };
+            let text = String::from_utf8_lossy(&body);
+            match shared.heartbeats.receive(peer.ip(), &text, std::time::Instant::now()) {
+                Ok(()) => reply(StatusCode::NO_CONTENT, "text/plain", Bytes::new()),
+                Err(e) => reply(StatusCode::BAD_REQUEST, "text/plain", format!("{e}\n")),
             }
         }
-        (&Method::GET, "/health") => {
-            let report = crate::status::health(&shared.balancers.load(), &shared.telemetry);
-            match serde_json::to_vec_pretty(&report) {
-                Ok(v) => reply(StatusCode::OK, "application/json", v),
-                Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("{e}\n")),
-            }
-        }
-        (&Method::GET, "/") => reply(
-            StatusCode::OK,
-            "text/plain",
-            "lb admin\n  GET /status  balancers and members (JSON)\n  GET /health  kernel-sourced member health (JSON)\n",
-        ),
         (_, "/status" | "/" | "/health") => {
             reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use GET\n")
         }
+        (_, "/heartbeat") => reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use POST\n"),
         (_, p) => reply(StatusCode::NOT_FOUND, "text/plain", format!("no admin endpoint {p}\n")),
     }
 }
@@ -56,12 +77,12 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: watch::
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
+                let Ok((stream, peer)) = accepted else { continue };
                 let shared = Arc::clone(&shared);
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
-                        let r = route(&shared, &req);
-                        async move { Ok::<_, Infallible>(r) }
+                        let shared = Arc::clone(&shared);
+                        async move { Ok::<_, Infallible>(route(&shared, req, peer).await) }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), svc)

@@ -4,6 +4,7 @@
 //! real ports of `:0` binds before traffic starts), [`Bound::run`] serves until the shutdown
 //! future resolves. The balancer set sits behind an `ArcSwap` so a reload can swap it whole.
 use crate::balancer::Balancer;
+use crate::balancer::heartbeat::Heartbeats;
 use crate::config::{BalancerConfig, Config, LbMethod, ListenerConfig, Target};
 use crate::http::proxy::HttpProxy;
 use crate::http::route::{ReverseMap, Route, RouteTable, Upstream};
@@ -21,12 +22,14 @@ use tokio::sync::watch;
 pub struct Shared {
     pub balancers: ArcSwap<Vec<Arc<Balancer>>>,
     pub telemetry: Arc<Telemetry>,
+    pub heartbeats: Arc<Heartbeats>,
 }
 
 pub struct Lb {
     shared: Arc<Shared>,
     listeners: Vec<(ListenerConfig, Arc<HttpProxy>)>,
     admin: Option<SocketAddr>,
+    heartbeat: Option<SocketAddr>,
 }
 
 /// Everything bound, nothing served yet.
@@ -34,6 +37,7 @@ pub struct Bound {
     lb: Lb,
     sockets: Vec<TcpListener>,
     admin: Option<TcpListener>,
+    heartbeat: Option<tokio::net::UdpSocket>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -52,10 +56,11 @@ pub enum RunError {
 impl Lb {
     pub fn build(cfg: &Config) -> Result<Lb, RunError> {
         let telemetry = Telemetry::start(&cfg.telemetry).map_err(RunError::Telemetry)?;
+        let heartbeats = Arc::new(Heartbeats::default());
         let mut balancers: Vec<Arc<Balancer>> = Vec::new();
         let mut upstreams: HashMap<String, Arc<Upstream>> = HashMap::new();
         for b in &cfg.balancers {
-            let bal = Arc::new(Balancer::new(b.clone(), false));
+            let bal = Arc::new(Balancer::new(b.clone(), false, Arc::clone(&heartbeats)));
             upstreams.insert(b.name.clone(), Arc::new(Upstream::new(Arc::clone(&bal), &telemetry)));
             balancers.push(bal);
         }
@@ -74,8 +79,12 @@ impl Lb {
                         let u = upstreams
                             .entry(key.clone())
                             .or_insert_with(|| {
-                                let bal =
-                                    Arc::new(Balancer::new(implicit_balancer(key, url), true));
+                                let beats = Arc::clone(&heartbeats);
+                                let bal = Arc::new(Balancer::new(
+                                    implicit_balancer(key, url),
+                                    true,
+                                    beats,
+                                ));
                                 balancers.push(Arc::clone(&bal));
                                 Arc::new(Upstream::new(bal, &telemetry))
                             })
@@ -103,9 +112,14 @@ impl Lb {
             listeners.push((l.clone(), Arc::new(proxy)));
         }
         Ok(Lb {
-            shared: Arc::new(Shared { balancers: ArcSwap::from_pointee(balancers), telemetry }),
+            shared: Arc::new(Shared {
+                balancers: ArcSwap::from_pointee(balancers),
+                telemetry,
+                heartbeats,
+            }),
             listeners,
             admin: cfg.admin.as_ref().map(|a| a.bind),
+            heartbeat: cfg.heartbeat_listen,
         })
     }
 
@@ -131,7 +145,16 @@ impl Lb {
                 source,
             })?),
         };
-        Ok(Bound { lb: self, sockets, admin })
+        let heartbeat =
+            match self.heartbeat {
+                None => None,
+                Some(addr) => {
+                    Some(tokio::net::UdpSocket::bind(addr).await.map_err(|source| {
+                        RunError::Bind { name: "heartbeat".into(), addr, source }
+                    })?)
+                }
+            };
+        Ok(Bound { lb: self, sockets, admin, heartbeat })
     }
 }
 
@@ -158,6 +181,10 @@ impl Bound {
         self.sockets.get(i)?.local_addr().ok()
     }
 
+    pub fn heartbeat_addr(&self) -> Option<SocketAddr> {
+        self.heartbeat.as_ref()?.local_addr().ok()
+    }
+
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin.as_ref()?.local_addr().ok()
     }
@@ -182,6 +209,13 @@ impl Bound {
             }
             tasks.spawn(crate::admin::serve(admin, Arc::clone(&self.lb.shared), rx.clone()));
         }
+        if let Some(sock) = self.heartbeat {
+            if let Ok(a) = sock.local_addr() {
+                tracing::info!(addr = %a, "heartbeat listening (udp)");
+            }
+            let beats = Arc::clone(&self.lb.shared.heartbeats);
+            tasks.spawn(heartbeat_listener(sock, beats, crate::http::server::stopped(rx.clone())));
+        }
         let telemetry = Arc::clone(&self.lb.shared.telemetry);
         tasks.spawn(telemetry.pump_logs(crate::http::server::stopped(rx.clone())));
         tasks.spawn(crate::health::run(
@@ -192,5 +226,27 @@ impl Bound {
         tracing::info!("shutting down");
         let _ = tx.send(true);
         while tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Receive mod_heartbeat datagrams until `stop`.
+async fn heartbeat_listener(
+    sock: tokio::net::UdpSocket,
+    beats: Arc<Heartbeats>,
+    stop: impl Future<Output = ()>,
+) {
+    tokio::pin!(stop);
+    let mut buf = [0u8; 1024];
+    loop {
+        tokio::select! {
+            r = sock.recv_from(&mut buf) => {
+                let Ok((n, from)) = r else { continue };
+                let body = String::from_utf8_lossy(&buf[..n]);
+                if let Err(e) = beats.receive(from.ip(), &body, std::time::Instant::now()) {
+                    tracing::debug!(%from, error = %e, "ignored a heartbeat datagram");
+                }
+            }
+            _ = &mut stop => break,
+        }
     }
 }

@@ -268,7 +268,7 @@ pub fn health(
                             status: m.flags().letters(),
                             in_flight: m.busy(),
                             busyness: m.busyness(),
-                            heartbeat_ready: None,
+                            heartbeat_ready: heartbeat_ready(b, m),
                             source: telemetry.source.as_str().to_owned(),
                             kernel,
                         }
@@ -277,6 +277,17 @@ pub fn health(
             })
             .collect(),
     }
+}
+
+/// Heartbeat balancers: the ready figure picking uses (a heartbeat, or the agentless estimate);
+/// others: the member's heartbeat when one has arrived.
+fn heartbeat_ready(b: &Balancer, m: &crate::balancer::Member) -> Option<u64> {
+    use crate::balancer::heartbeat;
+    let now = std::time::Instant::now();
+    if b.method() == crate::config::LbMethod::Heartbeat {
+        return Some(heartbeat::ready(m, &b.heartbeats, now).0);
+    }
+    m.endpoint().and_then(|e| b.heartbeats.record(e, now)).map(|r| r.ready)
 }
 
 fn fmt_us(v: Option<f64>) -> String {

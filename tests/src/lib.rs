@@ -314,6 +314,8 @@ pub async fn dead_port() -> SocketAddr {
 pub struct Lb {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
+    /// The `[heartbeat] listen` UDP address, when configured.
+    pub heartbeat: Option<SocketAddr>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -330,11 +332,12 @@ impl Lb {
             .expect("bind lb");
         let addr = bound.listener_addr("web").expect("listener web");
         let admin = bound.admin_addr().expect("admin");
+        let heartbeat = bound.heartbeat_addr();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(bound.run(async move {
             let _ = rx.await;
         }));
-        Lb { addr, admin, stop: Some(tx), task: Some(task) }
+        Lb { addr, admin, heartbeat, stop: Some(tx), task: Some(task) }
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -61,14 +61,16 @@ async fn bybusyness_avoids_the_member_with_queueing_delay() {
             }
         });
     }
-    // Ejection off: this test is about the method's arithmetic, not about ejecting.
-    let body = format!(
-        "lbmethod = \"bybusyness\"\n[balancer.b.ejection]\nenabled = false\n{}",
-        members(&[(&format!("http://{slow_addr}"), ""), (&fast.url(), "")])
-    );
+    // Ejection off: this test is about the methods' arithmetic, not about ejecting.
+    let body = |method: &str| {
+        format!(
+            "lbmethod = \"{method}\"\n[balancer.b.ejection]\nenabled = false\n{}",
+            members(&[(&format!("http://{slow_addr}"), ""), (&fast.url(), "")])
+        )
+    };
     let mut shares = Vec::new();
-    for source in ["off", "ebpf"] {
-        let cfg = config(&body).replacen(
+    for (method, source) in [("bybusyness", "off"), ("bybusyness", "ebpf"), ("heartbeat", "ebpf")] {
+        let cfg = config(&body(method)).replacen(
             "[[listener]]",
             &format!("[telemetry]\nsource = \"{source}\"\ninterval = \"50ms\"\n\n[[listener]]"),
             1,
@@ -78,13 +80,22 @@ async fn bybusyness_avoids_the_member_with_queueing_delay() {
         // to its byrequests score and alternates.
         slow_share(&lb, 1, 6).await;
         let share = slow_share(&lb, 1, 30).await;
-        eprintln!("telemetry {source}: slow member answered {:.1}% of requests", share * 100.0);
+        eprintln!(
+            "{method}, telemetry {source}: slow member answered {:.1}% of requests",
+            share * 100.0
+        );
         shares.push(share);
         lb.stop().await;
     }
     stop.store(true, Relaxed);
     while cross.join_next().await.is_some() {}
-    let (apache, weighted) = (shares[0], shares[1]);
+    let (apache, weighted, heartbeat) = (shares[0], shares[1], shares[2]);
+    // Agentless heartbeat: ready capacity estimated from the kernel (100 / latency weight).
+    assert!(
+        heartbeat < 0.25,
+        "heartbeat estimate sent {:.1}% to the slow member",
+        heartbeat * 100.0
+    );
     assert!(apache >= 0.4, "plain counting should alternate, gave {:.1}%", apache * 100.0);
     assert!(
         weighted <= apache * 0.5,

@@ -52,13 +52,18 @@ pub struct Member {
     /// Requests failed in a row (reset by any answered request).
     consecutive_errors: AtomicU32,
     health: ArcSwapOption<crate::health::HealthNote>,
-    /// bybusyness latency weight (f64 bits): max(1, srtt / balancer median srtt), set by the
-    /// health monitor; 1.0 without telemetry.
+    /// bybusyness latency weight (f64 bits): max(1, (srtt + 100 µs) / (balancer median srtt +
+    /// 100 µs)), set by the health monitor; 1.0 without telemetry.
     latency_weight: AtomicU64,
 }
 
 impl Member {
     pub fn new(index: usize, config: MemberConfig) -> Member {
+        // An IP-literal member knows its endpoint before the first connection.
+        let endpoint = std::sync::OnceLock::new();
+        if let Ok(ip) = config.url.host.parse::<std::net::IpAddr>() {
+            let _ = endpoint.set(std::net::SocketAddr::new(ip, config.url.port));
+        }
         Member {
             index,
             status: AtomicU32::new(config.status.0),
@@ -71,7 +76,7 @@ impl Member {
             read: AtomicU64::new(0),
             retries: AtomicU64::new(0),
             last_error: ArcSwapOption::empty(),
-            endpoint: std::sync::OnceLock::new(),
+            endpoint,
             ejected_until_ms: AtomicU64::new(0),
             consecutive_errors: AtomicU32::new(0),
             health: ArcSwapOption::empty(),

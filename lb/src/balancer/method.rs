@@ -40,6 +40,8 @@ pub fn is_best(method: LbMethod, cur: &Member, best: Option<&Member>, acc: &mut 
                 }
             }
         }
+        // Heartbeat picks by weighted random (balancer::heartbeat), never through this loop.
+        LbMethod::Heartbeat => best.is_none(),
         LbMethod::ByTraffic => {
             let f = cur.config.lbfactor.max(1) as u64;
             let traffic = cur.transferred() / f + cur.read() / f;
@@ -59,7 +61,7 @@ pub fn settle(method: LbMethod, winner: &Member, acc: &Acc) {
         LbMethod::ByRequests | LbMethod::ByBusyness => {
             winner.add_lbstatus(-acc.total);
         }
-        LbMethod::ByTraffic => {}
+        LbMethod::ByTraffic | LbMethod::Heartbeat => {}
     }
 }
 

@@ -8,6 +8,7 @@
 //! the shared candidate loop in [`method`], and the method's arithmetic on the members' atomics.
 //! Nothing here takes a lock.
 pub mod flags;
+pub mod heartbeat;
 pub mod member;
 pub mod method;
 
@@ -37,23 +38,34 @@ impl Pick {
     }
 }
 
-#[derive(Debug)]
 pub struct Balancer {
     pub config: BalancerConfig,
     pub members: Vec<Arc<Member>>,
     /// True for the implicit one-member balancer behind a plain `http://` ProxyPass.
     pub implicit: bool,
+    /// Heartbeat records (shared by every balancer), for the heartbeat method.
+    pub heartbeats: Arc<heartbeat::Heartbeats>,
+}
+
+impl std::fmt::Debug for Balancer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Balancer").field("name", &self.config.name).finish_non_exhaustive()
+    }
 }
 
 impl Balancer {
-    pub fn new(config: BalancerConfig, implicit: bool) -> Balancer {
+    pub fn new(
+        config: BalancerConfig,
+        implicit: bool,
+        heartbeats: Arc<heartbeat::Heartbeats>,
+    ) -> Balancer {
         let members = config
             .members
             .iter()
             .enumerate()
             .map(|(i, m)| Arc::new(Member::new(i, m.clone())))
             .collect();
-        Balancer { config, members, implicit }
+        Balancer { config, members, implicit, heartbeats }
     }
 
     pub fn name(&self) -> &str {
@@ -70,7 +82,12 @@ impl Balancer {
         self.force_recovery(now);
         let mut acc = method::Acc::default();
         let method = self.method();
-        let winner = method::best_member(method, &self.members, now, &ctx.tried, &mut acc)?;
+        let winner = if method == LbMethod::Heartbeat {
+            let t = std::time::Instant::now();
+            heartbeat::pick(&self.members, &self.heartbeats, &ctx.tried, now, t)?
+        } else {
+            method::best_member(method, &self.members, now, &ctx.tried, &mut acc)?
+        };
         method::settle(method, winner, &acc);
         winner.note_elected();
         let guard = winner.begin();
@@ -185,6 +202,7 @@ mod tests {
                 members,
             },
             false,
+            Arc::default(),
         )
     }
 

@@ -27,6 +27,8 @@ pub const DEFAULT_ADMIN_BIND: &str = "127.0.0.1:9090";
 pub struct Config {
     pub admin: Option<AdminConfig>,
     pub telemetry: TelemetryConfig,
+    /// Apache `HeartbeatListen`: UDP address for mod_heartbeat datagrams.
+    pub heartbeat_listen: Option<SocketAddr>,
     pub listeners: Vec<ListenerConfig>,
     pub balancers: Vec<BalancerConfig>,
 }
@@ -82,6 +84,7 @@ pub enum LbMethod {
     ByRequests,
     ByTraffic,
     ByBusyness,
+    Heartbeat,
 }
 
 impl LbMethod {
@@ -90,6 +93,7 @@ impl LbMethod {
             LbMethod::ByRequests => "byrequests",
             LbMethod::ByTraffic => "bytraffic",
             LbMethod::ByBusyness => "bybusyness",
+            LbMethod::Heartbeat => "heartbeat",
         }
     }
 }
@@ -358,7 +362,18 @@ impl Validator<'_> {
                 telemetry.interval = interval;
             }
         }
-        Config { admin, telemetry, listeners, balancers }
+        let heartbeat_listen =
+            raw.heartbeat.as_ref().and_then(|h| h.listen.as_ref()).and_then(|l| {
+                l.parse::<SocketAddr>()
+                    .map_err(|_| {
+                        self.err(
+                            &root.key("heartbeat").key("listen"),
+                            format!("{l:?} is not an IP:port address"),
+                        )
+                    })
+                    .ok()
+            });
+        Config { admin, telemetry, heartbeat_listen, listeners, balancers }
     }
 
     fn listener(
@@ -489,15 +504,12 @@ impl Validator<'_> {
             "byrequests" => LbMethod::ByRequests,
             "bytraffic" => LbMethod::ByTraffic,
             "bybusyness" => LbMethod::ByBusyness,
-            "heartbeat" => {
-                self.err(&path.key("lbmethod"), "lbmethod \"heartbeat\" is not supported yet (it arrives with kernel telemetry)");
-                LbMethod::ByRequests
-            }
+            "heartbeat" => LbMethod::Heartbeat,
             other => {
                 self.err(
                     &path.key("lbmethod"),
                     format!(
-                        "unknown lbmethod {other:?}: expected byrequests, bytraffic or bybusyness"
+                        "unknown lbmethod {other:?}: expected byrequests, bytraffic, bybusyness or heartbeat"
                     ),
                 );
                 LbMethod::ByRequests

@@ -14,6 +14,7 @@ use std::fmt;
 pub struct RawConfig {
     pub admin: Option<RawAdmin>,
     pub telemetry: Option<RawTelemetry>,
+    pub heartbeat: Option<RawHeartbeat>,
     #[serde(default)]
     pub listener: Vec<RawListener>,
     #[serde(default)]
@@ -24,6 +25,12 @@ pub struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
     pub bind: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHeartbeat {
+    pub listen: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

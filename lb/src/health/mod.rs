@@ -15,6 +15,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::time::Instant;
 
+/// Added to srtt and to the median before they are compared for the latency weight, so that
+/// microsecond jitter between equal members (loopback, one rack) does not tilt the balance.
+pub const LATENCY_NOISE_US: f64 = 100.0;
+
 /// What `lb health` shows as a member's state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HealthNote {
@@ -61,7 +65,7 @@ impl Monitor {
                 .count();
             for (m, k) in b.members.iter().zip(&kernel) {
                 let weight = match (k.and_then(|k| k.srtt_us), median) {
-                    (Some(srtt), Some(med)) if med > 0.0 => srtt / med,
+                    (Some(srtt), Some(med)) => (srtt + LATENCY_NOISE_US) / (med + LATENCY_NOISE_US),
                     _ => 1.0,
                 };
                 m.set_latency_weight(weight);
