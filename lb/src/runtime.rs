@@ -42,7 +42,7 @@ pub struct Bound {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("cannot bind listener {name:?} on {addr}: {source}")]
+    #[error("cannot bind listener {name:?} on {addr}")]
     Bind {
         name: String,
         addr: SocketAddr,

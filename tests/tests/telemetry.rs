@@ -145,3 +145,198 @@ async fn telemetry_off_says_so() {
     assert!(h["balancers"][0]["members"][0]["kernel"].is_null());
     lb.stop().await;
 }
+
+fn tcp_info_config(body: &str) -> String {
+    config(body).replacen(
+        "[[listener]]",
+        "[telemetry]\nsource = \"tcp_info\"\ninterval = \"100ms\"\n\n[[listener]]",
+        1,
+    )
+}
+
+/// Where BPF is not used, TCP_INFO of lb's own member connections feeds the same snapshot.
+#[tokio::test]
+async fn tcp_info_feeds_the_same_snapshot() {
+    let a = Member::start("a").await;
+    let b = Member::start("b").await;
+    let body = format!(
+        "[balancer.b.ejection]\nbase_time = \"1s\"\n{}",
+        members(&[(&a.url(), ""), (&b.url(), "")])
+    );
+    let lb = Lb::start(&tcp_info_config(&body)).await;
+    for _ in 0..20 {
+        assert_eq!(get(&lb.url("/")).await.status, 200);
+    }
+    let h = eventually(Duration::from_secs(5), || async {
+        let h = health(&lb).await;
+        let ready = (0..2).all(|i| {
+            let k = &h["balancers"][0]["members"][i]["kernel"];
+            k["srtt_us"].as_f64().is_some() && k["connect_p50_us"].as_u64().is_some()
+        });
+        ready.then_some(h)
+    })
+    .await
+    .expect("TCP_INFO never filled the snapshot");
+    assert_eq!(h["source"], "tcp_info");
+    assert!(h["why"].as_str().unwrap().contains("TCP_INFO"), "{}", h["why"]);
+    for i in 0..2 {
+        let m = &h["balancers"][0]["members"][i];
+        let k = &m["kernel"];
+        assert_eq!(m["source"], "tcp_info");
+        // Each request came through lb on a new connection (get() opens one per call to lb, but
+        // lb pools its member connections): at least one connect per member, all established.
+        assert!(k["connects"].as_u64().unwrap() >= 1, "{k}");
+        assert_eq!(k["connects"], k["established"], "{k}");
+        assert_eq!(k["retransmits"], 0, "{k}");
+    }
+
+    // 20% loss towards b: its retransmits rise in the TCP_INFO figures, a's stay at 0, and b is
+    // ejected.
+    let nft = Nft::new(&[format!("tcp dport {} numgen random mod 100 < 20 drop", b.addr.port())]);
+    let ejected = eventually(Duration::from_secs(15), || async {
+        // Concurrent load, as a member under loss sees in production.
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..6 {
+            let url = lb.url("/");
+            set.spawn(async move {
+                let c = client();
+                for _ in 0..10 {
+                    let req = http::Request::get(&url).body(full("")).unwrap();
+                    assert_eq!(send(&c, req).await.unwrap().status, 200);
+                }
+            });
+        }
+        while let Some(r) = set.join_next().await {
+            r.expect("a GET failed");
+        }
+        let h = health(&lb).await;
+        (h["balancers"][0]["members"][1]["state"] == "ejected").then_some(h)
+    })
+    .await
+    .expect("lossy member never ejected on TCP_INFO figures");
+    drop(nft);
+    let m = &ejected["balancers"][0]["members"];
+    assert!(m[1]["kernel"]["retransmits"].as_u64().unwrap() > 0, "{}", m[1]);
+    assert_eq!(m[0]["kernel"]["retransmits"], 0, "{}", m[0]);
+    lb.stop().await;
+}
+
+#[tokio::test]
+async fn tcp_info_counts_failed_connects_and_ejects() {
+    let dead = dead_port().await;
+    let b = Member::start("b").await;
+    let lb =
+        Lb::start(&tcp_info_config(&members(&[(&format!("http://{dead}"), ""), (&b.url(), "")])))
+            .await;
+    assert_eq!(get(&lb.url("/")).await.status, 200);
+    let h = eventually(Duration::from_secs(5), || async {
+        let h = health(&lb).await;
+        (h["balancers"][0]["members"][0]["state"] == "ejected").then_some(h)
+    })
+    .await
+    .expect("closed port never ejected with the TCP_INFO source");
+    let k = &h["balancers"][0]["members"][0]["kernel"];
+    assert!(k["connect_failed"].as_u64().unwrap() >= 1, "{k}");
+    assert_eq!(k["established"], 0, "{k}");
+    lb.stop().await;
+}
+
+/// aya-log: a warning logged by the eBPF program (a failed member connect) reaches lb's log.
+#[tokio::test]
+async fn ebpf_warnings_reach_lbs_log() {
+    use std::io::{BufRead, BufReader};
+    let dead = dead_port().await;
+    let b = Member::start("b").await;
+    let admin = dead_port().await.port();
+    let port = dead_port().await.port();
+    let dir = std::env::temp_dir().join(format!("lb-ayalog-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("lb.toml");
+    let cfg = telemetry_config(&members(&[(&format!("http://{dead}"), ""), (&b.url(), "")]))
+        .replacen("bind = \"127.0.0.1:0\"", &format!("bind = \"127.0.0.1:{admin}\""), 1)
+        .replacen("bind = \"127.0.0.1:0\"", &format!("bind = \"127.0.0.1:{port}\""), 1);
+    std::fs::write(&path, cfg).unwrap();
+    let mut child = std::process::Command::new(lb_bin())
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "warn")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn lb");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let up = eventually(Duration::from_secs(10), || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok().map(|_| ())
+    })
+    .await;
+    assert!(up.is_some(), "lb did not start");
+    assert_eq!(get(&format!("http://127.0.0.1:{port}/")).await.status, 200);
+    let wanted = format!("connect to member port {} failed", dead.port());
+    let mut seen = Vec::new();
+    let found = eventually(Duration::from_secs(5), || {
+        while let Ok(l) = rx.try_recv() {
+            seen.push(l);
+        }
+        let hit = seen.iter().any(|l| l.contains(&wanted));
+        async move { hit.then_some(()) }
+    })
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(found.is_some(), "eBPF warning {wanted:?} not in lb's log:\n{}", seen.join("\n"));
+}
+
+/// Without BPF privilege (lb run as `nobody`), lb falls back to TCP_INFO and says why, once.
+#[tokio::test]
+async fn without_bpf_privilege_lb_falls_back_to_tcp_info_and_says_why() {
+    let m = Member::start("m").await;
+    let (admin, port) = (dead_port().await.port(), dead_port().await.port());
+    let dir = std::env::temp_dir().join(format!("lb-nopriv-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("lb.toml");
+    let cfg = config(&members(&[(&m.url(), "")]))
+        .replacen("bind = \"127.0.0.1:0\"", &format!("bind = \"127.0.0.1:{admin}\""), 1)
+        .replacen("bind = \"127.0.0.1:0\"", &format!("bind = \"127.0.0.1:{port}\""), 1);
+    std::fs::write(&path, cfg).unwrap();
+    let log = dir.join("stderr");
+    let child = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(lb_bin())
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "warn")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("spawn lb as nobody");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _child = Kill(child);
+    let up = eventually(Duration::from_secs(10), || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok().map(|_| ())
+    })
+    .await;
+    assert!(
+        up.is_some(),
+        "lb did not start: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert_eq!(get(&format!("http://127.0.0.1:{port}/")).await.status, 200);
+    let r = get(&format!("http://127.0.0.1:{admin}/health")).await;
+    let h: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(h["source"], "tcp_info", "{h}");
+    assert!(h["why"].as_str().unwrap().contains("not permitted"), "{}", h["why"]);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(text.matches("kernel telemetry:").count(), 1, "said once:\n{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -348,10 +348,11 @@ impl Validator<'_> {
                 None | Some("auto") => {}
                 Some("ebpf") => telemetry.source = SourceChoice::Ebpf,
                 Some("off") => telemetry.source = SourceChoice::Off,
+                Some("tcp_info") => telemetry.source = SourceChoice::TcpInfo,
                 Some(other) => self.err(
                     &tp.key("source"),
                     format!(
-                        "unknown telemetry source {other:?}: expected \"auto\", \"ebpf\" or \"off\""
+                        "unknown telemetry source {other:?}: expected \"auto\", \"ebpf\", \"tcp_info\" or \"off\""
                     ),
                 ),
             }

@@ -7,6 +7,7 @@
 //! The source is chosen once at startup and said once in the log: `ebpf` when lb's object is
 //! built in and loads (root / CAP_BPF, BTF, cgroup v2), else `off`, with the reason.
 pub mod ebpf;
+pub mod tcp_info;
 
 use arc_swap::ArcSwap;
 use lb_common::{EndpointKey, EndpointStats, LAT_BUCKETS};
@@ -21,13 +22,13 @@ use std::time::{Duration, Instant};
 pub enum TelemetryError {
     #[error("lb was built without its eBPF object: {0}")]
     NotBuilt(String),
-    #[error("cannot read this process's cgroup: {0}")]
+    #[error("cannot read this process's cgroup")]
     Cgroup(#[source] std::io::Error),
     #[error("no cgroup v2 to attach to: {0}")]
     NoCgroup2(String),
     #[error("cannot load or attach the eBPF programs: {0}")]
     Load(String),
-    #[error("cannot read a socket cookie: {0}")]
+    #[error("cannot read a socket cookie")]
     Cookie(#[source] std::io::Error),
     #[error("eBPF map update failed: {0}")]
     Map(String),
@@ -42,6 +43,8 @@ pub enum SourceChoice {
     Auto,
     /// eBPF or refuse to start.
     Ebpf,
+    /// TCP_INFO of lb's member connections (what auto falls back to).
+    TcpInfo,
     Off,
 }
 
@@ -97,6 +100,7 @@ pub struct Snapshot {
 #[serde(rename_all = "snake_case")]
 pub enum Source {
     Ebpf,
+    TcpInfo,
     Off,
 }
 
@@ -104,6 +108,7 @@ impl Source {
     pub fn as_str(self) -> &'static str {
         match self {
             Source::Ebpf => "ebpf",
+            Source::TcpInfo => "tcp_info",
             Source::Off => "off",
         }
     }
@@ -115,6 +120,7 @@ pub struct Telemetry {
     pub why: String,
     pub interval: Duration,
     kernel: Option<ebpf::Kernel>,
+    tcp_info: Option<Arc<tcp_info::TcpInfoSource>>,
     sampler: std::sync::Mutex<Sampler>,
     snapshot: ArcSwap<Snapshot>,
 }
@@ -122,8 +128,20 @@ pub struct Telemetry {
 impl Telemetry {
     /// Choose and start the source; says once in the log which one is active and why.
     pub fn start(cfg: &TelemetryConfig) -> Result<Arc<Telemetry>, TelemetryError> {
+        let tcp_info_why = |e: &TelemetryError| {
+            format!(
+                "TCP_INFO of lb's member connections, because the eBPF programs are unavailable: {}",
+                ebpf::chain(e)
+            )
+        };
         let (kernel, source, why) = match cfg.source {
             SourceChoice::Off => (None, Source::Off, "turned off in the config".to_owned()),
+            SourceChoice::TcpInfo => (
+                None,
+                Source::TcpInfo,
+                "TCP_INFO of lb's member connections (source = \"tcp_info\" in the config)"
+                    .to_owned(),
+            ),
             SourceChoice::Ebpf | SourceChoice::Auto => match ebpf::Kernel::load() {
                 Ok(k) => {
                     let why = format!(
@@ -133,9 +151,10 @@ impl Telemetry {
                     (Some(k), Source::Ebpf, why)
                 }
                 Err(e) if cfg.source == SourceChoice::Ebpf => return Err(e),
-                Err(e) => (None, Source::Off, e.to_string()),
+                Err(e) => (None, Source::TcpInfo, tcp_info_why(&e)),
             },
         };
+        let tcp_info = (source == Source::TcpInfo).then(Arc::default);
         // Loading parsed the kernel's BTF (tens of MiB, now freed): hand that memory back to the
         // OS instead of keeping it in the allocator for the life of the process.
         // SAFETY: malloc_trim only releases free heap memory; it takes no pointers.
@@ -144,6 +163,7 @@ impl Telemetry {
         }
         match source {
             Source::Ebpf => tracing::info!(source = "ebpf", "kernel telemetry: {why}"),
+            Source::TcpInfo => tracing::warn!(source = "tcp_info", "kernel telemetry: {why}"),
             Source::Off => tracing::warn!(source = "off", "kernel telemetry is off: {why}"),
         }
         Ok(Arc::new(Telemetry {
@@ -151,6 +171,7 @@ impl Telemetry {
             why,
             interval: cfg.interval,
             kernel,
+            tcp_info,
             sampler: std::sync::Mutex::new(Sampler::default()),
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
         }))
@@ -163,6 +184,7 @@ impl Telemetry {
             why: why.to_owned(),
             interval: Duration::from_secs(1),
             kernel: None,
+            tcp_info: None,
             sampler: std::sync::Mutex::new(Sampler::default()),
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
         })
@@ -184,17 +206,51 @@ impl Telemetry {
     /// Read the kernel counters now and publish a new snapshot (the control loop calls this
     /// every `interval`). With no kernel source the snapshot stays empty.
     pub fn sample(&self, now: Instant) -> Arc<Snapshot> {
-        if let Some(kernel) = &self.kernel {
-            let reads: Vec<(EndpointKey, EndpointStats)> = kernel
-                .endpoints()
-                .into_iter()
-                .filter_map(|k| kernel.read(&k).map(|s| (k, s)))
-                .collect();
-            if let Ok(mut sampler) = self.sampler.lock() {
-                self.snapshot.store(Arc::new(sampler.update(now, &reads)));
-            }
+        let reads: Option<Vec<(EndpointKey, EndpointStats)>> = if let Some(kernel) = &self.kernel {
+            Some(
+                kernel
+                    .endpoints()
+                    .into_iter()
+                    .filter_map(|k| kernel.read(&k).map(|s| (k, s)))
+                    .collect(),
+            )
+        } else {
+            self.tcp_info.as_ref().map(|t| t.read_all(clock_ns()))
+        };
+        if let Some(reads) = reads
+            && let Ok(mut sampler) = self.sampler.lock()
+        {
+            self.snapshot.store(Arc::new(sampler.update(now, &reads)));
         }
         self.snapshot.load_full()
+    }
+
+    /// The connect path tells the TCP_INFO source about connects it measures itself
+    /// (the eBPF source sees them in the kernel).
+    pub fn connect_started(&self, addr: SocketAddr) {
+        if let Some(t) = &self.tcp_info {
+            t.connect_started(addr);
+        }
+    }
+
+    pub fn connect_failed(&self, addr: SocketAddr) {
+        if let Some(t) = &self.tcp_info {
+            t.connect_failed(addr);
+        }
+    }
+
+    /// A member connection is up: with the TCP_INFO source, wrap it to be sampled.
+    pub fn connected(
+        &self,
+        addr: SocketAddr,
+        latency: Duration,
+        stream: tokio::net::TcpStream,
+    ) -> tcp_info::TrackedStream {
+        let track = self
+            .tcp_info
+            .as_ref()
+            .and_then(|t| t.connected(addr, latency, &stream).map(|slot| (slot, Arc::clone(t))));
+        tcp_info::TrackedStream::new(stream, track)
     }
 
     /// Carry the eBPF programs' log lines into lb's log until `stop` resolves.
@@ -229,6 +285,12 @@ async fn log_pump(kernel: &ebpf::Kernel) {
         kernel.flush_logs();
         guard.clear_ready();
     }
+}
+
+/// Monotonic nanoseconds (for the `last_sample_ns` the eBPF side stamps with its own clock).
+fn clock_ns() -> u64 {
+    static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    ORIGIN.get_or_init(Instant::now).elapsed().as_nanos() as u64
 }
 
 /// How far back connect-latency percentiles look.

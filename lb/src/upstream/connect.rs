@@ -3,8 +3,9 @@ use super::UpstreamError;
 use crate::balancer::Member;
 use crate::config::MemberConfig;
 use crate::telemetry::Telemetry;
+use crate::telemetry::tcp_info::TrackedStream;
 use std::net::{IpAddr, SocketAddr};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpSocket;
 
 /// Resolve a member's address: literal IPs directly, names through the system resolver.
 pub async fn resolve(cfg: &MemberConfig) -> Result<SocketAddr, UpstreamError> {
@@ -23,21 +24,28 @@ pub async fn resolve(cfg: &MemberConfig) -> Result<SocketAddr, UpstreamError> {
 
 /// Connect to the member, applying `connectiontimeout`, TCP_NODELAY and (with `keepalive`)
 /// SO_KEEPALIVE. The socket is registered with kernel telemetry before the SYN goes out.
-pub async fn connect(member: &Member, telemetry: &Telemetry) -> Result<TcpStream, UpstreamError> {
+pub async fn connect(
+    member: &Member,
+    telemetry: &Telemetry,
+) -> Result<TrackedStream, UpstreamError> {
     let cfg = &member.config;
     let addr = resolve(cfg).await?;
     member.set_endpoint(addr);
     let socket = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }
         .map_err(|source| UpstreamError::Connect { addr: addr.to_string(), source })?;
     telemetry.register(&socket, addr);
+    telemetry.connect_started(addr);
+    let started = std::time::Instant::now();
     let stream = match tokio::time::timeout(cfg.connectiontimeout, socket.connect(addr)).await {
         Err(_) => {
+            telemetry.connect_failed(addr);
             return Err(UpstreamError::ConnectTimeout {
                 addr: addr.to_string(),
                 after: cfg.connectiontimeout,
             });
         }
         Ok(Err(source)) => {
+            telemetry.connect_failed(addr);
             return Err(UpstreamError::Connect { addr: addr.to_string(), source });
         }
         Ok(Ok(s)) => s,
@@ -47,5 +55,5 @@ pub async fn connect(member: &Member, telemetry: &Telemetry) -> Result<TcpStream
     if cfg.keepalive {
         let _ = socket2::SockRef::from(&stream).set_keepalive(true);
     }
-    Ok(stream)
+    Ok(telemetry.connected(addr, started.elapsed(), stream))
 }

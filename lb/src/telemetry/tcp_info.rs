@@ -1,0 +1,232 @@
+//! The fallback telemetry source: `getsockopt(TCP_INFO)` on lb's own member connections.
+//!
+//! Used where the eBPF programs cannot be loaded. It yields the same [`EndpointStats`] counters,
+//! so the sampler, ejection and bybusyness work unchanged, from other origins:
+//! connects, failures and connect latency are measured by lb around `connect()`; srtt,
+//! retransmits and RTOs come from TCP_INFO of every open member connection at each sample.
+//! What TCP_INFO cannot tell (resets, SYN retransmits, retransmits after a socket's last sample)
+//! stays zero or is counted at the last sample.
+use lb_common::{EndpointKey, EndpointStats, lat_bucket};
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// What the sampler knows of one open member connection.
+struct SlotState {
+    /// None once the connection is closing: the descriptor must not be used any more.
+    fd: Option<RawFd>,
+    total_retrans: u64,
+    /// The socket's current consecutive-RTO count at the last sample.
+    rto_streak: u8,
+}
+
+/// One tracked member connection.
+pub struct SocketSlot {
+    key: EndpointKey,
+    state: Mutex<SlotState>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Counters lb measured itself, plus what closed sockets had accumulated.
+    endpoints: HashMap<EndpointKey, EndpointStats>,
+    sockets: Vec<Arc<SocketSlot>>,
+}
+
+#[derive(Default)]
+pub struct TcpInfoSource {
+    state: Mutex<State>,
+}
+
+/// The kernel's TCP_INFO for `fd`.
+fn tcp_info(fd: RawFd) -> io::Result<libc::tcp_info> {
+    // SAFETY: all-zero bytes are a valid tcp_info (integers only).
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: `fd` is an open socket (the caller holds the slot lock, and a slot's fd is cleared
+    // under that lock before the socket closes); `info` and `len` are valid for writes of `len`
+    // bytes, and the kernel writes at most `len` bytes.
+    let rc = unsafe {
+        libc::getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_INFO, (&raw mut info).cast(), &mut len)
+    };
+    if rc == 0 { Ok(info) } else { Err(io::Error::last_os_error()) }
+}
+
+impl TcpInfoSource {
+    fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> Option<T> {
+        self.state.lock().ok().map(|mut s| f(&mut s))
+    }
+
+    pub fn connect_started(&self, addr: SocketAddr) {
+        self.with(|s| s.endpoints.entry(addr.into()).or_insert(EndpointStats::ZERO).connects += 1);
+    }
+
+    pub fn connect_failed(&self, addr: SocketAddr) {
+        self.with(|s| {
+            s.endpoints.entry(addr.into()).or_insert(EndpointStats::ZERO).connect_failed += 1
+        });
+    }
+
+    /// A connect succeeded after `latency`: count it and start tracking the socket.
+    pub fn connected(
+        &self,
+        addr: SocketAddr,
+        latency: Duration,
+        stream: &TcpStream,
+    ) -> Option<Arc<SocketSlot>> {
+        let key = EndpointKey::from(addr);
+        let slot = Arc::new(SocketSlot {
+            key,
+            state: Mutex::new(SlotState {
+                fd: Some(stream.as_raw_fd()),
+                total_retrans: 0,
+                rto_streak: 0,
+            }),
+        });
+        self.with(|s| {
+            let e = s.endpoints.entry(key).or_insert(EndpointStats::ZERO);
+            let us = latency.as_micros() as u64;
+            e.established += 1;
+            e.connect_lat_sum_us += us;
+            if let Some(b) = e.connect_lat_hist.get_mut(lat_bucket(us)) {
+                *b += 1;
+            }
+            s.sockets.push(Arc::clone(&slot));
+            Arc::clone(&slot)
+        })
+    }
+
+    /// The connection is closing: stop using its descriptor and keep what it had counted.
+    fn closed(&self, slot: &SocketSlot) {
+        let retrans = match slot.state.lock() {
+            Ok(mut st) => {
+                st.fd = None;
+                st.total_retrans
+            }
+            Err(_) => 0,
+        };
+        self.with(|s| {
+            let e = s.endpoints.entry(slot.key).or_insert(EndpointStats::ZERO);
+            e.closed += 1;
+            e.retransmits += retrans;
+            s.sockets.retain(|x| !std::ptr::eq(x.as_ref(), slot));
+        });
+    }
+
+    /// Sample every open connection; cumulative counters per endpoint.
+    pub fn read_all(&self, now_ns: u64) -> Vec<(EndpointKey, EndpointStats)> {
+        let Some((mut out, sockets)) = self.with(|s| (s.endpoints.clone(), s.sockets.clone()))
+        else {
+            return Vec::new();
+        };
+        let mut rto_new: HashMap<EndpointKey, u64> = HashMap::new();
+        for slot in &sockets {
+            let Ok(mut st) = slot.state.lock() else { continue };
+            let Some(fd) = st.fd else { continue };
+            let Ok(info) = tcp_info(fd) else { continue };
+            st.total_retrans = u64::from(info.tcpi_total_retrans);
+            if info.tcpi_retransmits > st.rto_streak {
+                *rto_new.entry(slot.key).or_default() +=
+                    u64::from(info.tcpi_retransmits - st.rto_streak);
+            }
+            st.rto_streak = info.tcpi_retransmits;
+            let e = out.entry(slot.key).or_insert(EndpointStats::ZERO);
+            e.retransmits += st.total_retrans;
+            if info.tcpi_rtt > 0 {
+                let rtt = u64::from(info.tcpi_rtt);
+                e.rtt_samples += 1;
+                e.srtt_sum_us += rtt;
+                e.mrtt_sum_us += rtt;
+                e.mrtt_sq_sum = e.mrtt_sq_sum.saturating_add(rtt * rtt);
+                e.srtt_last_us = rtt;
+                e.last_sample_ns = now_ns;
+            }
+        }
+        // RTOs are events: remember them in the cumulative counters.
+        self.with(|s| {
+            for (k, n) in &rto_new {
+                s.endpoints.entry(*k).or_insert(EndpointStats::ZERO).rto += n;
+            }
+        });
+        for (k, n) in rto_new {
+            out.entry(k).or_insert(EndpointStats::ZERO).rto += n;
+        }
+        // RTT samples are cumulative too: fold this sample's into the kept counters.
+        self.with(|s| {
+            for (k, e) in &out {
+                let kept = s.endpoints.entry(*k).or_insert(EndpointStats::ZERO);
+                kept.rtt_samples = e.rtt_samples;
+                kept.srtt_sum_us = e.srtt_sum_us;
+                kept.mrtt_sum_us = e.mrtt_sum_us;
+                kept.mrtt_sq_sum = e.mrtt_sq_sum;
+                kept.srtt_last_us = e.srtt_last_us;
+                kept.last_sample_ns = e.last_sample_ns;
+            }
+        });
+        out.into_iter().collect()
+    }
+}
+
+/// A member connection, tracked for TCP_INFO while the fallback source is active.
+pub struct TrackedStream {
+    inner: TcpStream,
+    track: Option<(Arc<SocketSlot>, Arc<TcpInfoSource>)>,
+}
+
+impl TrackedStream {
+    pub fn new(inner: TcpStream, track: Option<(Arc<SocketSlot>, Arc<TcpInfoSource>)>) -> Self {
+        TrackedStream { inner, track }
+    }
+}
+
+impl Drop for TrackedStream {
+    fn drop(&mut self) {
+        // Runs before `inner` closes the descriptor.
+        if let Some((slot, source)) = &self.track {
+            source.closed(slot);
+        }
+    }
+}
+
+impl AsyncRead for TrackedStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TrackedStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
