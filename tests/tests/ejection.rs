@@ -112,6 +112,7 @@ async fn syn_black_hole_is_ejected_and_recovers() {
     ]);
     let lb = Lb::start(&ejecting_config(&body)).await;
     let nft = Nft::new(&[format!("tcp dport {} tcp flags syn drop", a.addr.port())]);
+    let fault = Instant::now();
     // Requests keep succeeding (failed over to b) while a's connects time out.
     let ejected = eventually(Duration::from_secs(10), || async {
         assert_eq!(get(&lb.url("/")).await.status, 200);
@@ -120,6 +121,7 @@ async fn syn_black_hole_is_ejected_and_recovers() {
     })
     .await
     .expect("black-holed member never ejected");
+    eprintln!("SYN black hole → ejected after {:?} (connectiontimeout 300 ms)", fault.elapsed());
     assert!(ejected["kernel"]["connect_failed"].as_u64().unwrap() >= 1, "{ejected}");
     assert!(ejected["kernel"]["syn_retransmits"].as_u64().is_some(), "{ejected}");
     assert!(ejected["reason"].as_str().unwrap().contains("failed connect"), "{ejected}");
@@ -142,6 +144,7 @@ async fn closed_port_is_ejected_and_recovers() {
     let b = Member::start("b").await;
     let lb = Lb::start(&ejecting_config(&members(&[(&a.url(), ""), (&b.url(), "")]))).await;
     a.kill().await;
+    let fault = Instant::now();
     let ejected = eventually(Duration::from_secs(10), || async {
         assert_eq!(get(&lb.url("/")).await.status, 200);
         let h = member_health(&lb, 0).await;
@@ -149,6 +152,7 @@ async fn closed_port_is_ejected_and_recovers() {
     })
     .await
     .expect("closed-port member never ejected");
+    eprintln!("closed port → ejected after {:?}", fault.elapsed());
     assert!(ejected["kernel"]["connect_failed"].as_u64().unwrap() >= 1, "{ejected}");
     assert!(ejected["kernel"]["resets"].as_u64().unwrap() >= 1, "{ejected}");
     a.restart().await;

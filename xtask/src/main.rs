@@ -319,58 +319,65 @@ fn bench(args: &[String]) -> Result<()> {
             .context("start bench member")?,
     );
     wait_port(member_port)?;
-    let lb_port = free_port()?;
-    let admin_port = free_port()?;
     let dir = std::env::temp_dir().join(format!("lb-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let cfg = dir.join("bench.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[admin]\nbind = \"127.0.0.1:{admin_port}\"\n\n[[listener]]\nname = \"bench\"\nbind = \"127.0.0.1:{lb_port}\"\naccess_log = false\nmax_keepalive_requests = 0\n\n  [[listener.proxy_pass]]\n  path = \"/\"\n  to = \"balancer://bench/\"\n\n[balancer.bench]\n  [[balancer.bench.member]]\n  url = \"http://127.0.0.1:{member_port}\"\n"
-        ),
-    )?;
-    let _lb = Guard(
-        Command::new("taskset")
-            .args(["-c", proxy_cpu])
-            .arg(&lb)
-            .args(["run", "--config"])
-            .arg(&cfg)
-            .env("RUST_LOG", "warn")
-            .spawn()
-            .context("start lb")?,
-    );
-    wait_port(lb_port)?;
+    // Two lb processes on CPU 0, one with kernel telemetry off and one with eBPF; only one carries
+    // load at a time.
+    let mut lbs = Vec::new();
+    for source in ["off", "ebpf"] {
+        let (lb_port, admin_port) = (free_port()?, free_port()?);
+        let cfg = dir.join(format!("bench-{source}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "[admin]\nbind = \"127.0.0.1:{admin_port}\"\n\n[telemetry]\nsource = \"{source}\"\n\n[[listener]]\nname = \"bench\"\nbind = \"127.0.0.1:{lb_port}\"\naccess_log = false\nmax_keepalive_requests = 0\n\n  [[listener.proxy_pass]]\n  path = \"/\"\n  to = \"balancer://bench/\"\n\n[balancer.bench]\n  [[balancer.bench.member]]\n  url = \"http://127.0.0.1:{member_port}\"\n"
+            ),
+        )?;
+        let guard = Guard(
+            Command::new("taskset")
+                .args(["-c", proxy_cpu])
+                .arg(&lb)
+                .args(["run", "--config"])
+                .arg(&cfg)
+                .env("RUST_LOG", "warn")
+                .spawn()
+                .context("start lb")?,
+        );
+        wait_port(lb_port)?;
+        lbs.push((source, lb_port, guard));
+    }
 
     println!("HTTP/1.1 keep-alive, 100-byte responses, {conns} connections, {secs} s per run");
     println!(
         "lb pinned to CPU {proxy_cpu}; wrk and the member pinned to CPU {load_cpu}; access log off\n"
     );
-    // Warm up both paths, then alternate so drift hits both alike.
-    wrk(&format!("http://127.0.0.1:{member_port}/"), load_cpu, 2, conns)?;
-    wrk(&format!("http://127.0.0.1:{lb_port}/"), load_cpu, 2, conns)?;
-    let mut rows = Vec::new();
-    for round in 1..=2 {
-        let d = wrk(&format!("http://127.0.0.1:{member_port}/"), load_cpu, secs, conns)?;
-        let p = wrk(&format!("http://127.0.0.1:{lb_port}/"), load_cpu, secs, conns)?;
-        rows.push((round, d, p));
+    let direct_url = format!("http://127.0.0.1:{member_port}/");
+    // Warm up every path, then alternate so drift hits all alike.
+    wrk(&direct_url, load_cpu, 2, conns)?;
+    for (_, port, _) in &lbs {
+        wrk(&format!("http://127.0.0.1:{port}/"), load_cpu, 2, conns)?;
     }
     println!(
-        "{:<6} {:>12} {:>9} {:>9}   {:>12} {:>9} {:>9}   {:>6}",
-        "round", "direct rps", "p50 ms", "p99 ms", "lb rps", "p50 ms", "p99 ms", "ratio"
+        "{:<6} {:<14} {:>10} {:>9} {:>9} {:>8}",
+        "round", "path", "rps", "p50 ms", "p99 ms", "ratio"
     );
-    for (round, d, p) in &rows {
+    for round in 1..=2 {
+        let d = wrk(&direct_url, load_cpu, secs, conns)?;
         println!(
-            "{:<6} {:>12.0} {:>9.3} {:>9.3}   {:>12.0} {:>9.3} {:>9.3}   {:>6.3}",
-            round,
-            d.rps,
-            d.p50_ms,
-            d.p99_ms,
-            p.rps,
-            p.p50_ms,
-            p.p99_ms,
-            p.rps / d.rps
+            "{round:<6} {:<14} {:>10.0} {:>9.3} {:>9.3} {:>8}",
+            "direct", d.rps, d.p50_ms, d.p99_ms, "1.000"
         );
+        for (source, port, _) in &lbs {
+            let p = wrk(&format!("http://127.0.0.1:{port}/"), load_cpu, secs, conns)?;
+            println!(
+                "{round:<6} {:<14} {:>10.0} {:>9.3} {:>9.3} {:>8.3}",
+                format!("lb ({source})"),
+                p.rps,
+                p.p50_ms,
+                p.p99_ms,
+                p.rps / d.rps
+            );
+        }
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
