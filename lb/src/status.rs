@@ -108,6 +108,36 @@ fn human_bytes(n: u64) -> String {
     if i == 0 { format!("{n}") } else { format!("{v:.1}{}", UNITS[i]) }
 }
 
+/// Left-aligned columns under `header`, each row followed by its note (if any) on a line of its
+/// own.
+fn render_columns<const N: usize>(
+    header: &[&str; N],
+    rows: &[[String; N]],
+    notes: &[Option<String>],
+) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, c) in widths.iter_mut().zip(row.iter()) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut s = String::from("  ");
+        for (c, w) in cells.zip(&widths) {
+            s.push_str(&format!("{c:<w$}  ", w = *w));
+        }
+        s.trim_end().to_owned() + "\n"
+    };
+    let mut out = line(&mut header.iter().copied());
+    for (row, note) in rows.iter().zip(notes.iter().chain(std::iter::repeat(&None))) {
+        out.push_str(&line(&mut row.iter().map(String::as_str)));
+        if let Some(n) = note {
+            out.push_str(&format!("      {n}\n"));
+        }
+    }
+    out
+}
+
 /// Apache balancer-manager style table.
 pub fn render_table(r: &StatusReport) -> String {
     let mut out = String::new();
@@ -153,30 +183,16 @@ pub fn render_table(r: &StatusReport) -> String {
                 ]
             })
             .collect();
-        let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-        for row in &rows {
-            for (w, c) in widths.iter_mut().zip(row.iter()) {
-                *w = (*w).max(c.len());
-            }
-        }
-        let line = |cells: Vec<&str>| {
-            let mut s = String::from("  ");
-            for (c, w) in cells.iter().zip(&widths) {
-                s.push_str(&format!("{c:<w$}  ", w = *w));
-            }
-            s.trim_end().to_owned() + "\n"
-        };
-        out.push_str(&line(header.to_vec()));
-        for (row, m) in rows.iter().zip(&b.members) {
-            out.push_str(&line(row.iter().map(String::as_str).collect()));
-            if let Some(e) = &m.last_error {
-                out.push_str(&format!(
-                    "      last error {}s ago: {}\n",
-                    e.age_ms / 1000,
-                    e.message
-                ));
-            }
-        }
+        let notes: Vec<Option<String>> = b
+            .members
+            .iter()
+            .map(|m| {
+                m.last_error
+                    .as_ref()
+                    .map(|e| format!("last error {}s ago: {}", e.age_ms / 1000, e.message))
+            })
+            .collect();
+        out.push_str(&render_columns(&header, &rows, &notes));
         out.push('\n');
     }
     out
@@ -340,26 +356,9 @@ pub fn render_health(r: &HealthReport) -> String {
                 ]
             })
             .collect();
-        let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-        for row in &rows {
-            for (w, c) in widths.iter_mut().zip(row.iter()) {
-                *w = (*w).max(c.len());
-            }
-        }
-        let line = |cells: Vec<&str>| {
-            let mut s = String::from("  ");
-            for (c, w) in cells.iter().zip(&widths) {
-                s.push_str(&format!("{c:<w$}  ", w = *w));
-            }
-            s.trim_end().to_owned() + "\n"
-        };
-        out.push_str(&line(header.to_vec()));
-        for (row, m) in rows.iter().zip(&b.members) {
-            out.push_str(&line(row.iter().map(String::as_str).collect()));
-            if let Some(reason) = &m.reason {
-                out.push_str(&format!("      reason: {reason}\n"));
-            }
-        }
+        let notes: Vec<Option<String>> =
+            b.members.iter().map(|m| m.reason.as_ref().map(|r| format!("reason: {r}"))).collect();
+        out.push_str(&render_columns(&header, &rows, &notes));
         out.push('\n');
     }
     out

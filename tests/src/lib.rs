@@ -622,3 +622,13 @@ impl Drop for Netns {
         let _ = std::process::Command::new("ip").args(["link", "del", &self.host_if]).status();
     }
 }
+
+/// A child process killed (and reaped) when dropped, also when the test panics.
+pub struct ChildGuard(pub std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -4,14 +4,6 @@ use lb_tests::*;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-struct Kill(std::process::Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Share of `n` requests (from `workers` concurrent clients) that the slow member answered.
 async fn slow_share(lb: &Lb, workers: usize, n: u64) -> f64 {
     let (slow, done) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
@@ -43,7 +35,7 @@ async fn bybusyness_avoids_the_member_with_queueing_delay() {
     // 4 Mbit/s out of the namespace, queueing up to 300 ms.
     ns.tbf("4mbit", "16kb", "300ms");
     let (child, slow_addr) = ns.member("slow", 16 * 1024);
-    let _slow = Kill(child);
+    let _slow = ChildGuard(child);
     let fast = Member::start_with("fast", Some(16 * 1024)).await;
     // Cross traffic that does not go through lb fills the slow member's queue, as a congested
     // path would: lb's in-flight counts cannot see it, the kernel's RTT can.

@@ -1,16 +1,8 @@
 //! The CLI as an operator uses it: `lb status` against a running lb, and `lb demo`.
 use lb_tests::*;
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
-
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn lb_cmd(args: &[&str]) -> std::process::Output {
     Command::new(lb_bin()).args(args).output().expect("run lb")
@@ -67,7 +59,7 @@ async fn demo_runs_three_members_behind_a_balancer() {
         .spawn()
         .expect("spawn lb demo");
     let stdout = child.stdout.take().expect("stdout");
-    let _guard = Proc(child);
+    let _guard = ChildGuard(child);
     // The demo prints what to try; take the addresses from there, as a user would.
     let lines = tokio::task::spawn_blocking(move || {
         let mut seen = Vec::new();

@@ -2,7 +2,7 @@
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use lb_tests::*;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -187,14 +187,6 @@ async fn h2c_clients_are_served() {
     lb.stop().await;
 }
 
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn vm_hwm_kib(pid: u32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
     s.lines()
@@ -225,7 +217,7 @@ async fn hundred_mib_each_way_with_bounded_memory() {
             1,
         );
     std::fs::write(&path, cfg).unwrap();
-    let child = Proc(
+    let child = ChildGuard(
         Command::new(lb_bin())
             .args(["run", "--config"])
             .arg(&path)

@@ -314,14 +314,7 @@ async fn without_bpf_privilege_lb_falls_back_to_tcp_info_and_says_why() {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .expect("spawn lb as nobody");
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _child = Kill(child);
+    let _child = ChildGuard(child);
     let up = eventually(Duration::from_secs(10), || async {
         tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok().map(|_| ())
     })
