@@ -26,6 +26,7 @@ fn main() {
     }
 }
 
+/// The same nightly build as `cargo xtask build-ebpf`.
 fn build(root: &Path) -> Result<PathBuf, String> {
     if std::env::var_os("LB_NO_EBPF").is_some() {
         return Err("LB_NO_EBPF was set at build time".into());

@@ -14,12 +14,13 @@ fn main() -> Result<()> {
     let (cmd, rest) = args.split_first().map_or(("help", &[][..]), |(c, r)| (c.as_str(), r));
     match cmd {
         "setup" => setup(),
+        "build-ebpf" => build_ebpf(),
         "test" => test(rest),
         "demo" => demo(rest),
         "bench" => bench(rest),
         _ => {
             eprintln!(
-                "usage: cargo xtask <task>\n\n  setup  install the eBPF toolchain (nightly rust-src, bpf-linker); quick when done\n  test   setup, fmt check, clippy, build, run every test (what CI runs)\n  demo   build lb and start `lb demo` (args are passed on)\n  bench  lb vs direct-to-member with wrk [--duration SECS] [--connections N]"
+                "usage: cargo xtask <task>\n\n  setup  install the eBPF toolchain (nightly rust-src, bpf-linker); quick when done\n  build-ebpf  setup, then build the eBPF object (lb's build script does the same and embeds it)\n  test   setup, fmt check, clippy, build, run every test (what CI runs)\n  demo   build lb and start `lb demo` (args are passed on)\n  bench  lb vs direct-to-member with wrk [--duration SECS] [--connections N]"
             );
             if cmd == "help" { Ok(()) } else { bail!("unknown task {cmd:?}") }
         }
@@ -115,6 +116,25 @@ fn setup() -> Result<()> {
     run(c)?;
     std::fs::write(&stamp, &want)?;
     eprintln!("installed {want} in {:.1?}", started.elapsed());
+    Ok(())
+}
+
+/// Build lb-ebpf for the bpfel target. lb/build.rs runs the same command (and embeds the result),
+/// so a plain `cargo build` never uses a stale object; this task is for working on the eBPF
+/// side alone.
+fn build_ebpf() -> Result<()> {
+    setup()?;
+    let target_dir = root().join("target/ebpf");
+    let mut c = Command::new("rustup");
+    c.args(["run", "nightly", "cargo", "build", "-p", "lb-ebpf", "--bins", "--release"])
+        .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core", "--target-dir"])
+        .arg(&target_dir)
+        .current_dir(root())
+        .env("RUSTFLAGS", "-Cdebuginfo=2 -Clink-arg=--btf")
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("CARGO");
+    run(c)?;
+    println!("{}", target_dir.join("bpfel-unknown-none/release/lb-ebpf").display());
     Ok(())
 }
 
