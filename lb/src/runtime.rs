@@ -123,10 +123,6 @@ impl Lb {
         })
     }
 
-    pub fn shared(&self) -> &Arc<Shared> {
-        &self.shared
-    }
-
     pub async fn bind(self) -> Result<Bound, RunError> {
         let mut sockets = Vec::new();
         for (l, _) in &self.listeners {
@@ -187,10 +183,6 @@ impl Bound {
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin.as_ref()?.local_addr().ok()
-    }
-
-    pub fn shared(&self) -> &Arc<Shared> {
-        &self.lb.shared
     }
 
     /// Serve until `shutdown` resolves; then stop accepting and let open requests finish.

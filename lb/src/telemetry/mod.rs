@@ -177,19 +177,6 @@ impl Telemetry {
         }))
     }
 
-    /// Telemetry that is off (for tools and tests that do not need it).
-    pub fn off(why: &str) -> Arc<Telemetry> {
-        Arc::new(Telemetry {
-            source: Source::Off,
-            why: why.to_owned(),
-            interval: Duration::from_secs(1),
-            kernel: None,
-            tcp_info: None,
-            sampler: std::sync::Mutex::new(Sampler::default()),
-            snapshot: ArcSwap::from_pointee(Snapshot::default()),
-        })
-    }
-
     /// Register a member socket before `connect()` so the kernel side measures it.
     pub fn register(&self, socket: &impl AsFd, endpoint: SocketAddr) {
         if let Some(k) = &self.kernel

@@ -42,17 +42,3 @@ pub enum UpstreamError {
         source: hyper::Error,
     },
 }
-
-impl UpstreamError {
-    /// True when nothing of the request reached the member, so another member may take it.
-    pub fn before_send(&self) -> bool {
-        matches!(
-            self,
-            UpstreamError::Resolve { .. }
-                | UpstreamError::ConnectTimeout { .. }
-                | UpstreamError::Connect { .. }
-                | UpstreamError::Handshake { .. }
-                | UpstreamError::PoolExhausted { .. }
-        )
-    }
-}

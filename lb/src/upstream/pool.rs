@@ -62,11 +62,6 @@ where
         &self.member
     }
 
-    /// Idle connections now in the pool.
-    pub fn idle_len(&self) -> usize {
-        self.idle.len()
-    }
-
     /// Check out a connection: a live idle one if there is one, else a new one.
     /// `fresh` skips the idle queue (used to retry after a stale keep-alive connection failed).
     pub async fn checkout(self: &Arc<Self>, fresh: bool) -> Result<Lease<B>, UpstreamError> {
