@@ -254,6 +254,9 @@ async fn demo(bind: &str, admin: &str) -> Result<()> {
         "  lb status --admin {admin_addr}                                # or: cargo run -q -p lb -- status --admin {admin_addr}"
     );
     println!("  curl -s http://{admin_addr}/status                            # the same as JSON");
+    println!(
+        "  lb health --admin {admin_addr}                                # kernel-sourced member health (srtt, retransmits, ejection)"
+    );
     println!("Ctrl-C stops the demo.\n");
     bound.run(shutdown_signal()).await;
     Ok(())

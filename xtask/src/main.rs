@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (cmd, rest) = args.split_first().map_or(("help", &[][..]), |(c, r)| (c.as_str(), r));
+    // `cargo xtask demo -- --bind ...`: the separator is for us, not for the task.
+    let rest = rest.strip_prefix(&["--".to_owned()]).unwrap_or(rest);
     match cmd {
         "setup" => setup(),
         "build-ebpf" => build_ebpf(),
