@@ -76,7 +76,7 @@ fn every_config_error_class_is_located() {
         &GOOD.replace("lbmethod", "lbmethd"),
         "lbmethd",
         "balancer.mycluster.lbmethd",
-        "unknown field",
+        "unknown key `lbmethd`",
     );
     // Wrong type.
     assert_error(
@@ -139,6 +139,29 @@ fn every_config_error_class_is_located() {
     assert_eq!(code, 1);
     assert!(out.contains("missing field `url`"), "{out}");
     assert!(out.contains("key `balancer.mycluster.member"), "{out}");
+}
+
+#[test]
+fn every_unknown_key_is_reported_in_one_run() {
+    let text = GOOD
+        .replace("lbmethod = \"byrequests\"", "lbmethod = \"byrequests\"\nmaxatempts = 2")
+        .replace("  route = \"server1\"", "  route = \"server1\"\n  weight = 3")
+        .replace("[admin]\n", "[admin]\nport = 1\n");
+    let (code, out, file) = check(&text);
+    assert_eq!(code, 1, "{out}");
+    for (needle, key) in [
+        ("maxatempts", "balancer.mycluster.maxatempts"),
+        ("weight", "balancer.mycluster.member[0].weight"),
+        ("port = 1", "admin.port"),
+    ] {
+        let line = line_of(&text, needle);
+        let wanted = format!("{file}:{line}:");
+        assert!(
+            out.lines().any(|l| l.starts_with(&wanted) && l.contains(&format!("key `{key}`"))),
+            "{key} at line {line} missing:\n{out}"
+        );
+    }
+    assert!(out.contains("3 error(s)"), "{out}");
 }
 
 #[test]

@@ -160,6 +160,24 @@ impl<'a> Locator<'a> {
         best
     }
 
+    /// Span of the last key of `path` itself (for "unknown key" errors), else of its value.
+    pub fn key_span_of(&self, path: &KeyPath) -> Option<Range<usize>> {
+        if let (Some(Seg::Key(k)), Some(doc)) = (path.0.last(), self.doc.as_ref()) {
+            let parent = KeyPath(path.0[..path.0.len() - 1].to_vec());
+            let mut item: &Item = doc.as_item();
+            for seg in &parent.0 {
+                item = match seg {
+                    Seg::Key(k) => item.as_table_like().and_then(|t| t.get(k))?,
+                    Seg::Index(i) => item.get(*i)?,
+                };
+            }
+            if let Some(span) = item.as_table_like().and_then(|t| t.key(k)).and_then(|k| k.span()) {
+                return Some(span);
+            }
+        }
+        self.span_of(path)
+    }
+
     /// The deepest key path whose key or value covers `offset` (to name the key of a parse error).
     pub fn key_at(&self, offset: usize) -> KeyPath {
         let mut path = KeyPath::default();
@@ -170,7 +188,27 @@ impl<'a> Locator<'a> {
     }
 
     pub fn diagnostic(&self, file: &std::path::Path, path: &KeyPath, msg: String) -> Diagnostic {
-        let (line, column) = self.span_of(path).map_or((0, 0), |s| self.line_col(s.start));
+        self.diagnostic_with(file, path, msg, self.span_of(path))
+    }
+
+    /// A diagnostic placed on the key itself rather than its value.
+    pub fn key_diagnostic(
+        &self,
+        file: &std::path::Path,
+        path: &KeyPath,
+        msg: String,
+    ) -> Diagnostic {
+        self.diagnostic_with(file, path, msg, self.key_span_of(path))
+    }
+
+    fn diagnostic_with(
+        &self,
+        file: &std::path::Path,
+        path: &KeyPath,
+        msg: String,
+        span: Option<Range<usize>>,
+    ) -> Diagnostic {
+        let (line, column) = span.map_or((0, 0), |s| self.line_col(s.start));
         Diagnostic { file: file.to_owned(), line, column, key: path.to_string(), message: msg }
     }
 }

@@ -242,29 +242,46 @@ impl Config {
     /// Validate config text; `file` names it in diagnostics.
     pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
         let loc = Locator::new(text);
-        let raw: RawConfig = match toml::from_str(text) {
-            Ok(r) => r,
-            Err(e) => {
-                let (line, column, key) = match e.span() {
-                    Some(s) => {
-                        let (l, c) = loc.line_col(s.start);
-                        (l, c, loc.key_at(s.start).to_string())
-                    }
-                    None => (0, 0, String::new()),
-                };
-                let message = e.message().trim().to_owned();
-                return Err(ConfigError::Invalid(vec![Diagnostic {
-                    file: file.to_owned(),
-                    line,
-                    column,
-                    key,
-                    message,
-                }]));
+        let toml_error = |e: toml::de::Error| {
+            let (line, column, key) = match e.span() {
+                Some(s) => {
+                    let (l, c) = loc.line_col(s.start);
+                    (l, c, loc.key_at(s.start).to_string())
+                }
+                None => (0, 0, String::new()),
+            };
+            let message = e.message().trim().to_owned();
+            Diagnostic { file: file.to_owned(), line, column, key, message }
+        };
+        let de = toml::Deserializer::parse(text)
+            .map_err(|e| ConfigError::Invalid(vec![toml_error(e)]))?;
+        let mut unknown: Vec<KeyPath> = Vec::new();
+        let raw: Result<RawConfig, _> =
+            serde_ignored::deserialize(de, |path| unknown.push(ignored_path(&path)));
+        let unknown_errors = |v: &mut Validator| {
+            for path in &unknown {
+                let key = path.0.last().map_or(String::new(), |s| match s {
+                    error::Seg::Key(k) => k.clone(),
+                    error::Seg::Index(i) => i.to_string(),
+                });
+                let d = loc.key_diagnostic(file, path, format!("unknown key `{key}`"));
+                v.errors.push(d);
             }
         };
         let mut v = Validator { loc: &loc, file, errors: Vec::new() };
-        let cfg = v.config(raw);
-        if v.errors.is_empty() { Ok(cfg) } else { Err(ConfigError::Invalid(v.errors)) }
+        let cfg = match raw {
+            Ok(raw) => Some(v.config(raw)),
+            Err(e) => {
+                v.errors.push(toml_error(e));
+                None
+            }
+        };
+        unknown_errors(&mut v);
+        v.errors.sort_by_key(|d| (d.line, d.column));
+        match cfg {
+            Some(cfg) if v.errors.is_empty() => Ok(cfg),
+            _ => Err(ConfigError::Invalid(v.errors)),
+        }
     }
 }
 
@@ -727,6 +744,19 @@ impl Validator<'_> {
     }
 }
 
+/// The key path of a key `serde_ignored` reports.
+fn ignored_path(p: &serde_ignored::Path) -> KeyPath {
+    use serde_ignored::Path;
+    match p {
+        Path::Root => KeyPath::default(),
+        Path::Seq { parent, index } => ignored_path(parent).index(*index),
+        Path::Map { parent, key } => ignored_path(parent).key(key),
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => ignored_path(parent),
+    }
+}
+
 /// Parse `http://host[:port][/path]` as a member URL.
 pub fn parse_member_url(s: &str) -> Result<MemberUrl, String> {
     let uri: http::Uri = s.parse().map_err(|e| format!("{s:?} is not a URL: {e}"))?;
@@ -829,7 +859,26 @@ failonstatus = "500, 503"
         assert_eq!(d.key, "balancer.mycluster.maxatempts");
         let line = text.lines().position(|l| l.starts_with("maxatempts")).unwrap() + 1;
         assert_eq!((d.line, d.column), (line, 1));
-        assert!(d.message.contains("unknown field"), "{}", d.message);
+        assert!(d.message.contains("unknown key `maxatempts`"), "{}", d.message);
+    }
+
+    #[test]
+    fn every_unknown_key_is_reported_with_the_semantic_errors() {
+        let text = GOOD
+            .replace("maxattempts = 2", "maxattempts = 2\nmaxatempts = 3")
+            .replace("route = \"server1\"", "route = \"server1\"\n  weight = 5")
+            .replace("loadfactor = 1.5", "loadfactor = 0");
+        let e = parse(&text).unwrap_err();
+        let keys: Vec<&str> = e.diagnostics().iter().map(|d| d.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "balancer.mycluster.maxatempts",
+                "balancer.mycluster.member[0].loadfactor",
+                "balancer.mycluster.member[0].weight"
+            ],
+            "{e}"
+        );
     }
 
     #[test]

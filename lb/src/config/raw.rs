@@ -1,6 +1,8 @@
 //! Stage one of config loading: the TOML file exactly as written.
 //!
-//! These structs mirror the file's shape and reject unknown keys; they hold no meaning yet.
+//! These structs mirror the file's shape; they hold no meaning yet. Unknown keys are errors, but
+//! they are collected (with `serde_ignored`) rather than refused by `deny_unknown_fields`, so that
+//! `lb check` reports every one of them, not only the first.
 //! [`super::validate`] turns them into the typed [`super::Config`], reporting every semantic error
 //! with the key path it came from. Key names follow Apache's parameter names wherever Apache has
 //! one, so `lb import-apache` can map directives one to one.
@@ -10,7 +12,6 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 #[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 pub struct RawConfig {
     pub admin: Option<RawAdmin>,
     pub telemetry: Option<RawTelemetry>,
@@ -22,26 +23,22 @@ pub struct RawConfig {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawAdmin {
     pub bind: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawHeartbeat {
     pub listen: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawTelemetry {
     pub source: Option<String>,
     pub interval: Option<RawDuration>,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawListener {
     pub name: String,
     pub bind: String,
@@ -57,7 +54,6 @@ pub struct RawListener {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawProxyPass {
     pub path: String,
     pub to: String,
@@ -68,7 +64,6 @@ pub struct RawProxyPass {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawBalancer {
     pub lbmethod: Option<String>,
     pub maxattempts: Option<u32>,
@@ -88,7 +83,6 @@ pub struct RawBalancer {
 
 /// `[balancer.NAME.ejection]`: when kernel signals and request errors eject a member.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawEjection {
     pub enabled: Option<bool>,
     pub max_retransmits_per_s: Option<RawNumber>,
@@ -104,7 +98,6 @@ pub struct RawEjection {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RawMember {
     pub url: String,
     pub loadfactor: Option<RawNumber>,
