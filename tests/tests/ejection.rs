@@ -165,3 +165,32 @@ async fn closed_port_is_ejected_and_recovers() {
     assert!(back.is_some(), "member did not recover after it came back");
     lb.stop().await;
 }
+
+/// Never more than `max_ejected_percent` of a balancer ejected: with both members down, one is
+/// ejected and the other is kept in rotation, marked sick (panic mode).
+#[tokio::test]
+async fn ejection_budget_keeps_the_rest_in_rotation() {
+    let (d1, d2) = (dead_port().await, dead_port().await);
+    let body = format!(
+        "forcerecovery = false\n[balancer.b.ejection]\nbase_time = \"1s\"\n{}",
+        members(&[(&format!("http://{d1}"), ""), (&format!("http://{d2}"), "")])
+    );
+    let cfg = config(&body).replacen(
+        "[[listener]]",
+        "[telemetry]\nsource = \"ebpf\"\ninterval = \"100ms\"\n\n[[listener]]",
+        1,
+    );
+    let lb = Lb::start(&cfg).await;
+    let states = eventually(Duration::from_secs(10), || async {
+        assert_eq!(get(&lb.url("/")).await.status, 503);
+        let s = [member_health(&lb, 0).await, member_health(&lb, 1).await];
+        let st: Vec<String> =
+            s.iter().map(|m| m["state"].as_str().unwrap_or("").to_owned()).collect();
+        (st.contains(&"ejected".to_owned()) && st.contains(&"sick".to_owned())).then_some(s)
+    })
+    .await
+    .expect("expected one ejected and one sick member");
+    let sick = states.iter().find(|m| m["state"] == "sick").unwrap();
+    assert!(sick["reason"].as_str().unwrap().contains("panic mode"), "{sick}");
+    lb.stop().await;
+}

@@ -333,3 +333,25 @@ async fn without_bpf_privilege_lb_falls_back_to_tcp_info_and_says_why() {
     assert_eq!(text.matches("kernel telemetry:").count(), 1, "said once:\n{text}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// IPv6 member endpoints are measured like IPv4 ones.
+#[tokio::test]
+async fn ebpf_counts_ipv6_member_connections() {
+    let m = Member::start_v6("v6").await;
+    let lb = Lb::start(&telemetry_config(&members(&[(&m.url(), "disablereuse = true")]))).await;
+    for _ in 0..4 {
+        assert_eq!(get(&lb.url("/")).await.status, 200);
+    }
+    let h = eventually(Duration::from_secs(5), || async {
+        let h = health(&lb).await;
+        let k = &h["balancers"][0]["members"][0]["kernel"];
+        (k["connects"].as_u64() == Some(4) && k["established"].as_u64() == Some(4)).then_some(h)
+    })
+    .await;
+    let h = match h {
+        Some(h) => h,
+        None => panic!("IPv6 connections not counted:\n{:#}", health(&lb).await),
+    };
+    assert_eq!(h["balancers"][0]["members"][0]["endpoint"], m.addr.to_string());
+    lb.stop().await;
+}
