@@ -101,6 +101,18 @@ async fn lossy_member_is_ejected_fast_while_the_others_stay_clean() {
     lb.stop().await;
 }
 
+/// Keep GETs flowing (each must succeed, failed over to the healthy member) until member 0 is
+/// ejected; its health entry then.
+async fn until_first_ejected(lb: &Lb, what: &str) -> serde_json::Value {
+    eventually(Duration::from_secs(10), || async {
+        assert_eq!(get(&lb.url("/")).await.status, 200);
+        let h = member_health(lb, 0).await;
+        (h["state"] == "ejected").then_some(h)
+    })
+    .await
+    .unwrap_or_else(|| panic!("{what} member never ejected"))
+}
+
 #[tokio::test]
 async fn syn_black_hole_is_ejected_and_recovers() {
     let a = Member::start("a").await;
@@ -114,13 +126,7 @@ async fn syn_black_hole_is_ejected_and_recovers() {
     let nft = Nft::new(&[format!("tcp dport {} tcp flags syn drop", a.addr.port())]);
     let fault = Instant::now();
     // Requests keep succeeding (failed over to b) while a's connects time out.
-    let ejected = eventually(Duration::from_secs(10), || async {
-        assert_eq!(get(&lb.url("/")).await.status, 200);
-        let h = member_health(&lb, 0).await;
-        (h["state"] == "ejected").then_some(h)
-    })
-    .await
-    .expect("black-holed member never ejected");
+    let ejected = until_first_ejected(&lb, "black-holed").await;
     eprintln!("SYN black hole → ejected after {:?} (connectiontimeout 300 ms)", fault.elapsed());
     assert!(ejected["kernel"]["connect_failed"].as_u64().unwrap() >= 1, "{ejected}");
     assert!(ejected["kernel"]["syn_retransmits"].as_u64().is_some(), "{ejected}");
@@ -145,13 +151,7 @@ async fn closed_port_is_ejected_and_recovers() {
     let lb = Lb::start(&ejecting_config(&members(&[(&a.url(), ""), (&b.url(), "")]))).await;
     a.kill().await;
     let fault = Instant::now();
-    let ejected = eventually(Duration::from_secs(10), || async {
-        assert_eq!(get(&lb.url("/")).await.status, 200);
-        let h = member_health(&lb, 0).await;
-        (h["state"] == "ejected").then_some(h)
-    })
-    .await
-    .expect("closed-port member never ejected");
+    let ejected = until_first_ejected(&lb, "closed-port").await;
     eprintln!("closed port → ejected after {:?}", fault.elapsed());
     assert!(ejected["kernel"]["connect_failed"].as_u64().unwrap() >= 1, "{ejected}");
     assert!(ejected["kernel"]["resets"].as_u64().unwrap() >= 1, "{ejected}");
