@@ -301,7 +301,7 @@ fn heartbeat_ready(b: &Balancer, m: &crate::balancer::Member) -> Option<u64> {
     use crate::balancer::heartbeat;
     let now = std::time::Instant::now();
     if b.method() == crate::config::LbMethod::Heartbeat {
-        return Some(heartbeat::ready(m, &b.heartbeats, now).0);
+        return Some(heartbeat::ready(m, &b.heartbeats, now));
     }
     m.endpoint().and_then(|e| b.heartbeats.record(e, now)).map(|r| r.ready)
 }

@@ -101,22 +101,14 @@ impl Heartbeats {
     }
 }
 
-/// Where a member's ready figure comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReadySource {
-    Heartbeat,
-    Estimate,
-}
-
 /// A member's ready capacity for picking: its heartbeat (Apache's `ready / 4` rule applied), or
 /// the agentless estimate.
-pub fn ready(m: &Member, beats: &Heartbeats, now: Instant) -> (u64, ReadySource) {
+pub fn ready(m: &Member, beats: &Heartbeats, now: Instant) -> u64 {
     if let Some(r) = m.endpoint().and_then(|e| beats.record(e, now)) {
-        let ready = if r.busy == 0 && r.ready > 0 { r.ready / 4 } else { r.ready };
-        return (ready, ReadySource::Heartbeat);
+        return if r.busy == 0 && r.ready > 0 { r.ready / 4 } else { r.ready };
     }
     let slots = AGENTLESS_SLOTS * m.lbfactor() as f64 / 100.0 / m.latency_weight();
-    ((slots.round() as u64).saturating_sub(m.busy()), ReadySource::Estimate)
+    (slots.round() as u64).saturating_sub(m.busy())
 }
 
 thread_local! {
@@ -169,7 +161,7 @@ pub fn pick<'a>(
         if !m.usable() || exclude.contains(&m.index) {
             continue;
         }
-        let (r, _) = ready(m, beats, now);
+        let r = ready(m, beats, now);
         open += r;
         candidates.push((m, r));
     }

@@ -104,7 +104,7 @@ impl Member {
     pub fn eject(&self, until_ms: u64, reason: String) {
         let now = now_ms();
         self.ejected_until_ms.store(until_ms, Relaxed);
-        self.last_error.store(Some(Arc::new(LastError { at_ms: now, message: reason })));
+        self.note_error(now, reason);
         self.error_time_ms.store(now, Relaxed);
         self.set_flags(flags::IN_ERROR);
     }

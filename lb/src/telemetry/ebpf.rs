@@ -144,20 +144,20 @@ impl Kernel {
         maps.sockets.insert(cookie, info, 0).map_err(|e| TelemetryError::Map(e.to_string()))
     }
 
-    /// Endpoints registered so far.
-    pub fn endpoints(&self) -> Vec<EndpointKey> {
-        self.maps.lock().map(|m| m.known.iter().copied().collect()).unwrap_or_default()
-    }
-
-    /// Counters for `key`, summed over CPUs.
-    pub fn read(&self, key: &EndpointKey) -> Option<EndpointStats> {
-        let maps = self.maps.lock().ok()?;
-        let values = maps.stats.get(key, 0).ok()?;
-        let mut sum = EndpointStats::ZERO;
-        for v in values.iter() {
-            add(&mut sum, v);
-        }
-        Some(sum)
+    /// Counters of every registered endpoint, summed over CPUs.
+    pub fn read_all(&self) -> Vec<(EndpointKey, EndpointStats)> {
+        let Ok(maps) = self.maps.lock() else { return Vec::new() };
+        maps.known
+            .iter()
+            .filter_map(|key| {
+                let values = maps.stats.get(key, 0).ok()?;
+                let mut sum = EndpointStats::ZERO;
+                for v in values.iter() {
+                    add(&mut sum, v);
+                }
+                Some((*key, sum))
+            })
+            .collect()
     }
 }
 

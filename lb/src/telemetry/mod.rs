@@ -193,16 +193,10 @@ impl Telemetry {
     /// Read the kernel counters now and publish a new snapshot (the control loop calls this
     /// every `interval`). With no kernel source the snapshot stays empty.
     pub fn sample(&self, now: Instant) -> Arc<Snapshot> {
-        let reads: Option<Vec<(EndpointKey, EndpointStats)>> = if let Some(kernel) = &self.kernel {
-            Some(
-                kernel
-                    .endpoints()
-                    .into_iter()
-                    .filter_map(|k| kernel.read(&k).map(|s| (k, s)))
-                    .collect(),
-            )
-        } else {
-            self.tcp_info.as_ref().map(|t| t.read_all(clock_ns()))
+        let reads = match (&self.kernel, &self.tcp_info) {
+            (Some(kernel), _) => Some(kernel.read_all()),
+            (None, Some(t)) => Some(t.read_all(clock_ns())),
+            (None, None) => None,
         };
         if let Some(reads) = reads
             && let Ok(mut sampler) = self.sampler.lock()

@@ -122,55 +122,54 @@ impl TcpInfoSource {
 
     /// Sample every open connection; cumulative counters per endpoint.
     pub fn read_all(&self, now_ns: u64) -> Vec<(EndpointKey, EndpointStats)> {
-        let Some((mut out, sockets)) = self.with(|s| (s.endpoints.clone(), s.sockets.clone()))
-        else {
+        let Some(sockets) = self.with(|s| s.sockets.clone()) else {
             return Vec::new();
         };
-        let mut rto_new: HashMap<EndpointKey, u64> = HashMap::new();
+        // This sample, per endpoint: RTT samples and new RTOs (events, kept in the cumulative
+        // counters) and the retransmits of open connections (kept only once a connection closes).
+        let mut sample: HashMap<EndpointKey, EndpointStats> = HashMap::new();
         for slot in &sockets {
             let Ok(mut st) = slot.state.lock() else { continue };
             let Some(fd) = st.fd else { continue };
             let Ok(info) = tcp_info(fd) else { continue };
+            let d = sample.entry(slot.key).or_insert(EndpointStats::ZERO);
             st.total_retrans = u64::from(info.tcpi_total_retrans);
-            if info.tcpi_retransmits > st.rto_streak {
-                *rto_new.entry(slot.key).or_default() +=
-                    u64::from(info.tcpi_retransmits - st.rto_streak);
-            }
+            d.retransmits += st.total_retrans;
+            d.rto += u64::from(info.tcpi_retransmits.saturating_sub(st.rto_streak));
             st.rto_streak = info.tcpi_retransmits;
-            let e = out.entry(slot.key).or_insert(EndpointStats::ZERO);
-            e.retransmits += st.total_retrans;
             if info.tcpi_rtt > 0 {
                 let rtt = u64::from(info.tcpi_rtt);
-                e.rtt_samples += 1;
-                e.srtt_sum_us += rtt;
-                e.mrtt_sum_us += rtt;
-                e.mrtt_sq_sum = e.mrtt_sq_sum.saturating_add(rtt * rtt);
-                e.srtt_last_us = rtt;
-                e.last_sample_ns = now_ns;
+                d.rtt_samples += 1;
+                d.srtt_sum_us += rtt;
+                d.mrtt_sum_us += rtt;
+                d.mrtt_sq_sum = d.mrtt_sq_sum.saturating_add(rtt * rtt);
+                d.srtt_last_us = rtt;
+                d.last_sample_ns = now_ns;
             }
         }
-        // RTOs are events: remember them in the cumulative counters.
         self.with(|s| {
-            for (k, n) in &rto_new {
-                s.endpoints.entry(*k).or_insert(EndpointStats::ZERO).rto += n;
-            }
-        });
-        for (k, n) in rto_new {
-            out.entry(k).or_insert(EndpointStats::ZERO).rto += n;
-        }
-        // RTT samples are cumulative too: fold this sample's into the kept counters.
-        self.with(|s| {
-            for (k, e) in &out {
+            for (k, d) in &sample {
                 let kept = s.endpoints.entry(*k).or_insert(EndpointStats::ZERO);
-                kept.rtt_samples = e.rtt_samples;
-                kept.srtt_sum_us = e.srtt_sum_us;
-                kept.mrtt_sum_us = e.mrtt_sum_us;
-                kept.mrtt_sq_sum = e.mrtt_sq_sum;
-                kept.srtt_last_us = e.srtt_last_us;
-                kept.last_sample_ns = e.last_sample_ns;
+                kept.rto += d.rto;
+                kept.rtt_samples += d.rtt_samples;
+                kept.srtt_sum_us += d.srtt_sum_us;
+                kept.mrtt_sum_us += d.mrtt_sum_us;
+                kept.mrtt_sq_sum = kept.mrtt_sq_sum.saturating_add(d.mrtt_sq_sum);
+                if d.rtt_samples > 0 {
+                    kept.srtt_last_us = d.srtt_last_us;
+                    kept.last_sample_ns = d.last_sample_ns;
+                }
             }
-        });
-        out.into_iter().collect()
+            s.endpoints
+                .iter()
+                .map(|(k, kept)| {
+                    let mut e = *kept;
+                    e.retransmits += sample.get(k).map_or(0, |d| d.retransmits);
+                    (*k, e)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
     }
 }
 
