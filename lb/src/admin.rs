@@ -4,10 +4,13 @@
 //! - `GET /health`: kernel-sourced member health ([`crate::status::HealthReport`]; `lb health`).
 //! - `POST /heartbeat`: a mod_heartbeat body (`v=1&ready=N&busy=M[&port=P]`) from a member, for
 //!   the heartbeat method; the sender's address identifies it, as with the UDP datagrams.
+//! - `POST /reload`: re-read the config file (`lb reload`); 200 with what changed, or 422 with
+//!   every error `lb check` would print (the old config keeps serving).
 //!
-//! Live changes (balancer-manager) will be added here.
-use crate::http::server::stopped;
-use crate::runtime::Shared;
+//! Admin connections are plain HTTP/1.1 with a head-read timeout, so an idle or slow client
+//! cannot hold one open.
+use crate::shutdown::stopped;
+use crate::state::Shared;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
@@ -17,8 +20,12 @@ use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+
+/// The longest wait for a request head, and for a reload to be answered.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Largest heartbeat body accepted.
 const MAX_HEARTBEAT: usize = 1024;
@@ -37,7 +44,26 @@ fn json<T: serde::Serialize>(v: &T) -> Response<Full<Bytes>> {
     }
 }
 
-const INDEX: &str = "lb admin\n  GET /status      balancers and members (JSON)\n  GET /health      kernel-sourced member health (JSON)\n  POST /heartbeat  v=1&ready=N&busy=M[&port=P] from a member\n";
+const INDEX: &str = "lb admin\n  GET /status      balancers and members (JSON)\n  GET /health      kernel-sourced member health (JSON)\n  POST /heartbeat  v=1&ready=N&busy=M[&port=P] from a member\n  POST /reload     re-read the config file\n";
+
+async fn reload(shared: &Shared) -> Response<Full<Bytes>> {
+    let Some(tx) = &shared.reload else {
+        return reply(
+            StatusCode::CONFLICT,
+            "text/plain",
+            "lb runs without a config file: nothing to reload\n",
+        );
+    };
+    let (answer, rx) = tokio::sync::oneshot::channel();
+    if tx.send(answer).await.is_err() {
+        return reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "lb is shutting down\n");
+    }
+    match tokio::time::timeout(ADMIN_TIMEOUT, rx).await {
+        Ok(Ok(Ok(done))) => reply(StatusCode::OK, "text/plain", done),
+        Ok(Ok(Err(refused))) => reply(StatusCode::UNPROCESSABLE_ENTITY, "text/plain", refused),
+        _ => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "the reload was not answered\n"),
+    }
+}
 
 async fn route(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
     match (req.method().clone(), req.uri().path()) {
@@ -63,10 +89,13 @@ async fn route(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -> Res
                 Err(e) => reply(StatusCode::BAD_REQUEST, "text/plain", format!("{e}\n")),
             }
         }
+        (Method::POST, "/reload") => reload(shared).await,
         (_, "/status" | "/" | "/health") => {
             reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use GET\n")
         }
-        (_, "/heartbeat") => reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use POST\n"),
+        (_, "/heartbeat" | "/reload") => {
+            reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use POST\n")
+        }
         (_, p) => reply(StatusCode::NOT_FOUND, "text/plain", format!("no admin endpoint {p}\n")),
     }
 }
@@ -77,16 +106,28 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: watch::
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let Ok((stream, peer)) = accepted else { continue };
+                let (stream, peer) = match accepted {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // Out of descriptors and the like: say so and back off instead of spinning.
+                        tracing::warn!(error = %e, "admin accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
                 let shared = Arc::clone(&shared);
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
                         let shared = Arc::clone(&shared);
                         async move { Ok::<_, Infallible>(route(&shared, req, peer).await) }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .timer(hyper_util::rt::TokioTimer::new())
+                        .header_read_timeout(ADMIN_TIMEOUT)
+                        .serve_connection(TokioIo::new(stream), svc);
+                    // A request whose answer takes longer than this is cut (a reload waits at
+                    // most ADMIN_TIMEOUT itself).
+                    let _ = tokio::time::timeout(ADMIN_TIMEOUT * 6, conn).await;
                 });
             }
             _ = &mut stop => break,

@@ -1,30 +1,41 @@
-//! lb: a load balancer with Apache mod_proxy_balancer semantics.
+//! lb: a layer 4 / layer 7 load balancer with Apache mod_proxy_balancer semantics and kernel-
+//! sourced member health.
 //!
-//! # Data path (per request)
+//! # Data path (per connection / request)
 //! ```text
-//! client ─▶ http::server  (accept, HTTP/1.1 + h2c, one span per connection)
-//!        ─▶ http::proxy   (ProxyPass route, header rewriting, failover loop)
-//!        ─▶ balancer      (candidate loop + byrequests | bytraffic | bybusyness)
-//!        ─▶ upstream::pool (pooled keep-alive connection to the member)
-//!        ─▶ member        (upstream::connect opens new connections)
+//! client ─▶ conn          PROXY header (accept_proxy), ClientHello SNI (passthrough)
+//!        ─▶ tls           TLS termination, certificate by SNI (listener [[tls]])
+//!        ─▶ http::server  HTTP/1.1 + h2 ─▶ http::proxy  ProxyPass route, headers, failover
+//!        ─▶ tcp           layer 4: pick, connect with failover, send_proxy, tcp::relay
+//!        ─▶ balancer      protocol-neutral: candidate loop + byrequests | bytraffic | bybusyness
+//!                         | heartbeat; pick → InFlight guard; report(Outcome)
+//!        ─▶ upstream      connect (connectiontimeout, telemetry registration); HTTP pool (+ TLS)
 //! ```
 //! Nothing on this path takes a lock: member state is atomics, pools are lock-free queues, and
-//! the balancer set is an `ArcSwap` snapshot.
+//! each listener reads its service (routes, balancers, certificates) from an `ArcSwap` slot.
 //!
 //! # Control path
 //! ```text
-//! request outcomes ─▶ balancer::member (E flag, retry timer, counters)
-//!                  ─▶ status / admin   (JSON for `lb status`)
+//! telemetry (eBPF / TCP_INFO) ─▶ health (ejection state machine per MemberId) ─▶ member flags
+//! runtime: config ─▶ Routing (members kept by balancer + URL) ─▶ swap slots  (start, reload)
+//! admin (/status, /health, /heartbeat, /reload) ─▶ state::Shared ─▶ status (reports)
 //! ```
-//! Kernel telemetry (eBPF maps → telemetry → health state machine → scheduler inputs) joins this
-//! path next, feeding the same member state the data path reads.
+//! Module layering, leaves first: `config`, `shutdown` → `telemetry`, `conn`, `tls` →
+//! `balancer` → `health`, `upstream`, `status`, `state` → `http`, `tcp`, `admin` → `routing` →
+//! `runtime`.
 pub mod admin;
 pub mod balancer;
 pub mod config;
+pub mod conn;
 pub mod demo;
 pub mod health;
 pub mod http;
+pub mod routing;
 pub mod runtime;
+pub mod shutdown;
+pub mod state;
 pub mod status;
+pub mod tcp;
 pub mod telemetry;
+pub mod tls;
 pub mod upstream;

@@ -1,4 +1,4 @@
-//! The `lb` command: daemon (`run`, `demo`) and CLI (`check`, `status`).
+//! The `lb` command: daemon (`run`, `demo`) and CLI (`check`, `reload`, `status`, `health`).
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
@@ -28,6 +28,13 @@ enum Cmd {
     Check {
         #[arg(long, short)]
         config: PathBuf,
+    },
+    /// Make the running lb re-read its config file (like SIGHUP); prints what changed, or every
+    /// error `lb check` would print (the running config then stays).
+    Reload {
+        /// Admin address of the running lb.
+        #[arg(long, default_value = DEFAULT_ADMIN_BIND)]
+        admin: String,
     },
     /// Show every balancer and member, like Apache's balancer-manager.
     Status {
@@ -110,7 +117,7 @@ async fn dispatch(cmd: Cmd) -> Result<ExitCode> {
     match cmd {
         Cmd::Run { config } => {
             let cfg = load_or_report(&config)?;
-            run(&cfg).await?;
+            run(&cfg, &config).await?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Check { config } => match Config::load(&config) {
@@ -155,6 +162,16 @@ async fn dispatch(cmd: Cmd) -> Result<ExitCode> {
                 }
             }
         }
+        Cmd::Reload { admin } => match request(&admin, hyper::Method::POST, "/reload").await? {
+            (status, body) if status.is_success() => {
+                println!("{}", body.trim_end());
+                Ok(ExitCode::SUCCESS)
+            }
+            (_, body) => {
+                eprint!("reload refused; the running config stays:\n{body}");
+                Ok(ExitCode::FAILURE)
+            }
+        },
         Cmd::Status { admin, json } => {
             let body = fetch(&admin, "/status").await?;
             if json {
@@ -187,15 +204,7 @@ async fn dispatch(cmd: Cmd) -> Result<ExitCode> {
 }
 
 fn print_config_error(e: &ConfigError) {
-    match e {
-        ConfigError::Invalid(diags) => {
-            for d in diags {
-                eprintln!("{d}");
-            }
-            eprintln!("{} error(s)", diags.len());
-        }
-        other => eprintln!("{other}"),
-    }
+    eprint!("{}", e.report());
 }
 
 fn load_or_report(path: &Path) -> Result<Config> {
@@ -205,8 +214,19 @@ fn load_or_report(path: &Path) -> Result<Config> {
     })
 }
 
-async fn run(cfg: &Config) -> Result<()> {
-    let bound = Lb::build(cfg)?.bind().await?;
+async fn run(cfg: &Config, path: &Path) -> Result<()> {
+    let bound = Lb::build(cfg)?.with_config_path(path.to_owned()).bind().await?;
+    // SIGHUP re-reads the config file, like `lb reload`.
+    let handle = bound.handle();
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("cannot listen for SIGHUP")?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading the config file");
+            // The runtime logs the outcome.
+            let _ = handle.reload_file().await;
+        }
+    });
     bound.run(shutdown_signal()).await;
     Ok(())
 }
@@ -262,17 +282,30 @@ async fn demo(bind: &str, admin: &str) -> Result<()> {
     Ok(())
 }
 
-async fn fetch(admin: &str, path: &str) -> Result<String> {
+/// One request to the admin listener: its status and body.
+async fn request(
+    admin: &str,
+    method: hyper::Method,
+    path: &str,
+) -> Result<(hyper::StatusCode, String)> {
     let stream = tokio::net::TcpStream::connect(admin).await.with_context(|| {
         format!("cannot reach lb's admin listener at {admin} (is lb running? see --admin)")
     })?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
-    let req = hyper::Request::get(path).header("host", admin).body(Empty::<Bytes>::new())?;
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", admin)
+        .body(Empty::<Bytes>::new())?;
     let resp = sender.send_request(req).await?;
     let status = resp.status();
     let body = resp.into_body().collect().await?.to_bytes();
-    let body = String::from_utf8_lossy(&body).into_owned();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+async fn fetch(admin: &str, path: &str) -> Result<String> {
+    let (status, body) = request(admin, hyper::Method::GET, path).await?;
     if !status.is_success() {
         bail!("admin answered {status}: {body}");
     }

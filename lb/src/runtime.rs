@@ -1,13 +1,17 @@
-//! Wiring: validated config → balancers, pools and listeners; bind; run until shutdown.
+//! Wiring and life cycle: validated config → live balancers, routes and listeners; bind; run;
+//! reload; shut down.
 //!
-//! [`Lb::build`] makes the live objects, [`Lb::bind`] binds every socket (so a caller learns the
-//! real ports of `:0` binds before traffic starts), [`Bound::run`] serves until the shutdown
-//! future resolves. The balancer set sits behind an `ArcSwap` so a reload can swap it whole.
-use crate::balancer::Balancer;
+//! [`Lb::build`] makes the live objects ([`crate::routing::Routing`]), [`Lb::bind`] binds every socket (so a
+//! caller learns the real ports of `:0` binds before traffic starts), [`Bound::run`] serves until
+//! the shutdown future resolves. A reload ([`Handle::reload`], SIGHUP, `POST /reload`) builds a
+//! new `Routing` that keeps every member whose balancer and URL are unchanged (same `Member`,
+//! counters, health and pool), binds what is new, then swaps: the balancer set and each
+//! listener's service slot are `ArcSwap`s the data path reads, so no request or stream is cut.
 use crate::balancer::heartbeat::Heartbeats;
-use crate::config::{BalancerConfig, Config, LbMethod, ListenerConfig, Target};
-use crate::http::proxy::HttpProxy;
-use crate::http::route::{ReverseMap, Route, RouteTable, Upstream};
+use crate::config::{Config, ListenerConfig};
+use crate::routing::{BuildError, Routing, Service};
+use crate::shutdown::stopped;
+use crate::state::{ReloadRequest, Shared};
 use crate::telemetry::{Telemetry, TelemetryError};
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
@@ -16,29 +20,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
-
-/// State shared with the control plane (admin API).
-pub struct Shared {
-    pub balancers: ArcSwap<Vec<Arc<Balancer>>>,
-    pub telemetry: Arc<Telemetry>,
-    pub heartbeats: Arc<Heartbeats>,
-}
-
-pub struct Lb {
-    shared: Arc<Shared>,
-    listeners: Vec<(ListenerConfig, Arc<HttpProxy>)>,
-    admin: Option<SocketAddr>,
-    heartbeat: Option<SocketAddr>,
-}
-
-/// Everything bound, nothing served yet.
-pub struct Bound {
-    lb: Lb,
-    sockets: Vec<TcpListener>,
-    admin: Option<TcpListener>,
-    heartbeat: Option<tokio::net::UdpSocket>,
-}
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -51,98 +34,109 @@ pub enum RunError {
     },
     #[error("kernel telemetry was required (source = \"ebpf\") but cannot start")]
     Telemetry(#[source] TelemetryError),
+    #[error(transparent)]
+    Build(#[from] BuildError),
+}
+
+pub struct Lb {
+    config: Config,
+    shared: Arc<Shared>,
+    routing: Routing,
+    reload_rx: mpsc::Receiver<ReloadRequest>,
+    apply_tx: mpsc::Sender<(Box<Config>, ReloadRequest)>,
+    apply_rx: mpsc::Receiver<(Box<Config>, ReloadRequest)>,
+    /// The file a reload re-reads (None: reloads take a `Config` through [`Handle::reload`]).
+    config_path: Option<std::path::PathBuf>,
+}
+
+/// Asks a running lb to reload.
+#[derive(Clone)]
+pub struct Handle {
+    apply: mpsc::Sender<(Box<Config>, ReloadRequest)>,
+    file: mpsc::Sender<ReloadRequest>,
+    shared: Arc<Shared>,
+}
+
+impl Handle {
+    /// The bound address of each running listener, by name (as of the last start or reload).
+    pub fn listeners(&self) -> HashMap<String, SocketAddr> {
+        self.shared.listeners.load().iter().cloned().collect()
+    }
+
+    /// Apply this config (validated already); the answer says what changed or why not.
+    pub async fn reload(&self, cfg: Config) -> Result<String, String> {
+        let (tx, rx) = oneshot::channel();
+        self.apply.send((Box::new(cfg), tx)).await.map_err(|_| "lb has stopped".to_owned())?;
+        rx.await.map_err(|_| "lb has stopped".to_owned())?
+    }
+
+    /// Re-read the config file lb was started with.
+    pub async fn reload_file(&self) -> Result<String, String> {
+        let (tx, rx) = oneshot::channel();
+        self.file.send(tx).await.map_err(|_| "lb has stopped".to_owned())?;
+        rx.await.map_err(|_| "lb has stopped".to_owned())?
+    }
+}
+
+/// Everything bound, nothing served yet.
+pub struct Bound {
+    lb: Lb,
+    sockets: Vec<TcpListener>,
+    admin: Option<TcpListener>,
+    heartbeat: Option<tokio::net::UdpSocket>,
+    file_tx: mpsc::Sender<ReloadRequest>,
+}
+
+async fn bind(name: &str, addr: SocketAddr) -> Result<TcpListener, RunError> {
+    TcpListener::bind(addr).await.map_err(|source| RunError::Bind {
+        name: name.to_owned(),
+        addr,
+        source,
+    })
 }
 
 impl Lb {
     pub fn build(cfg: &Config) -> Result<Lb, RunError> {
         let telemetry = Telemetry::start(&cfg.telemetry).map_err(RunError::Telemetry)?;
         let heartbeats = Arc::new(Heartbeats::default());
-        let mut balancers: Vec<Arc<Balancer>> = Vec::new();
-        let mut upstreams: HashMap<String, Arc<Upstream>> = HashMap::new();
-        for b in &cfg.balancers {
-            let bal = Arc::new(Balancer::new(b.clone(), false, Arc::clone(&heartbeats)));
-            upstreams.insert(b.name.clone(), Arc::new(Upstream::new(Arc::clone(&bal), &telemetry)));
-            balancers.push(bal);
-        }
-        let mut listeners = Vec::new();
-        for l in &cfg.listeners {
-            let mut routes = Vec::new();
-            for r in &l.routes {
-                let (upstream, target_path) = match &r.target {
-                    Target::Balancer { name, path } => match upstreams.get(name) {
-                        Some(u) => (Arc::clone(u), path.clone()),
-                        // Validation guarantees the balancer exists.
-                        None => continue,
-                    },
-                    Target::Url { url, path } => {
-                        let key = format!("url:{}", url.base());
-                        let u = upstreams
-                            .entry(key.clone())
-                            .or_insert_with(|| {
-                                let beats = Arc::clone(&heartbeats);
-                                let bal = Arc::new(Balancer::new(
-                                    implicit_balancer(key, url),
-                                    true,
-                                    beats,
-                                ));
-                                balancers.push(Arc::clone(&bal));
-                                Arc::new(Upstream::new(bal, &telemetry))
-                            })
-                            .clone();
-                        (u, path.clone())
-                    }
-                };
-                let reverse =
-                    r.reverse.then(|| ReverseMap::new(&upstream.balancer, &target_path, &r.path));
-                routes.push(Route {
-                    prefix: r.path.clone(),
-                    target_path,
-                    upstream,
-                    reverse,
-                    preserve_host: r.preserve_host,
-                });
-            }
-            let proxy = HttpProxy {
-                name: Arc::from(l.name.as_str()),
-                routes: RouteTable::new(routes),
-                access_log: l.access_log,
-                keepalive: l.keepalive,
-                max_keepalive_requests: l.max_keepalive_requests,
-            };
-            listeners.push((l.clone(), Arc::new(proxy)));
-        }
+        let routing = Routing::build(cfg, None, &telemetry, &heartbeats)?;
+        let (reload_tx, reload_rx) = mpsc::channel(4);
+        let (apply_tx, apply_rx) = mpsc::channel(4);
+        let shared = Arc::new(Shared {
+            balancers: Arc::new(ArcSwap::from_pointee(routing.balancers.clone())),
+            telemetry,
+            heartbeats,
+            reload: Some(reload_tx),
+            listeners: ArcSwap::default(),
+        });
         Ok(Lb {
-            shared: Arc::new(Shared {
-                balancers: ArcSwap::from_pointee(balancers),
-                telemetry,
-                heartbeats,
-            }),
-            listeners,
-            admin: cfg.admin.as_ref().map(|a| a.bind),
-            heartbeat: cfg.heartbeat_listen,
+            config: cfg.clone(),
+            shared,
+            routing,
+            reload_rx,
+            apply_tx,
+            apply_rx,
+            config_path: None,
         })
+    }
+
+    /// Reloads (SIGHUP, `lb reload`) re-read this file.
+    pub fn with_config_path(mut self, path: std::path::PathBuf) -> Lb {
+        self.config_path = Some(path);
+        self
     }
 
     pub async fn bind(self) -> Result<Bound, RunError> {
         let mut sockets = Vec::new();
-        for (l, _) in &self.listeners {
-            let s = TcpListener::bind(l.bind).await.map_err(|source| RunError::Bind {
-                name: l.name.clone(),
-                addr: l.bind,
-                source,
-            })?;
-            sockets.push(s);
+        for l in &self.config.listeners {
+            sockets.push(bind(&l.name, l.bind).await?);
         }
-        let admin = match self.admin {
+        let admin = match &self.config.admin {
             None => None,
-            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| RunError::Bind {
-                name: "admin".into(),
-                addr,
-                source,
-            })?),
+            Some(a) => Some(bind("admin", a.bind).await?),
         };
         let heartbeat =
-            match self.heartbeat {
+            match self.config.heartbeat_listen {
                 None => None,
                 Some(addr) => {
                     Some(tokio::net::UdpSocket::bind(addr).await.map_err(|source| {
@@ -150,31 +144,73 @@ impl Lb {
                     })?)
                 }
             };
-        Ok(Bound { lb: self, sockets, admin, heartbeat })
+        let file_tx = self.shared.reload.clone().unwrap_or_else(|| mpsc::channel(1).0);
+        Ok(Bound { lb: self, sockets, admin, heartbeat, file_tx })
     }
 }
 
-fn implicit_balancer(name: String, url: &crate::config::MemberUrl) -> BalancerConfig {
-    BalancerConfig {
-        name,
-        lbmethod: LbMethod::ByRequests,
-        maxattempts: 0,
-        nofailover: false,
-        timeout: Duration::ZERO,
-        failonstatus: Vec::new(),
-        failontimeout: false,
-        forcerecovery: true,
-        growth: 0,
-        ejection: crate::health::ejection::Policy::default(),
-        members: vec![crate::config::MemberConfig::for_url(url.clone())],
+/// A listener being served.
+struct Running {
+    cfg: ListenerConfig,
+    addr: SocketAddr,
+    slot: RunningSlot,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+enum RunningSlot {
+    Http(crate::http::server::Slot),
+    Tcp(crate::tcp::Slot),
+}
+
+fn start(cfg: &ListenerConfig, socket: TcpListener, service: Service, grace: Duration) -> Running {
+    let addr = socket.local_addr().unwrap_or(cfg.bind);
+    let (stop, rx) = watch::channel(false);
+    let name: Arc<str> = Arc::from(cfg.name.as_str());
+    let tls = if cfg.tls.is_empty() { "" } else { "+tls" };
+    tracing::info!(listener = %cfg.name, %addr, "listening ({}{tls})", cfg.protocol.as_str());
+    let (slot, task) = match service {
+        Service::Http(s) => {
+            let slot = Arc::new(ArcSwap::new(s));
+            let task = tokio::spawn(crate::http::server::serve(
+                socket,
+                name,
+                Arc::clone(&slot),
+                rx,
+                grace,
+            ));
+            (RunningSlot::Http(slot), task)
+        }
+        Service::Tcp(s) => {
+            let slot = Arc::new(ArcSwap::new(s));
+            let task = tokio::spawn(crate::tcp::serve(socket, name, Arc::clone(&slot), rx, grace));
+            (RunningSlot::Tcp(slot), task)
+        }
+    };
+    Running { cfg: cfg.clone(), addr, slot, stop, task }
+}
+
+/// Store `service` into a running listener's slot; false when the kinds differ.
+fn swap(slot: &RunningSlot, service: Service) -> bool {
+    match (slot, service) {
+        (RunningSlot::Http(slot), Service::Http(s)) => slot.store(s),
+        (RunningSlot::Tcp(slot), Service::Tcp(s)) => slot.store(s),
+        _ => return false,
     }
+    true
 }
 
 impl Bound {
     /// The bound address of the listener called `name`.
     pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
-        let i = self.lb.listeners.iter().position(|(l, _)| l.name == name)?;
+        let i = self.lb.config.listeners.iter().position(|l| l.name == name)?;
         self.sockets.get(i)?.local_addr().ok()
+    }
+
+    /// Every listener's name and bound address, in config order.
+    pub fn listener_addrs(&self) -> Vec<(String, SocketAddr)> {
+        let names = self.lb.config.listeners.iter().map(|l| l.name.clone());
+        names.zip(self.sockets.iter().filter_map(|s| s.local_addr().ok())).collect()
     }
 
     pub fn heartbeat_addr(&self) -> Option<SocketAddr> {
@@ -185,40 +221,171 @@ impl Bound {
         self.admin.as_ref()?.local_addr().ok()
     }
 
-    /// Serve until `shutdown` resolves; then stop accepting and let open requests finish.
+    pub fn handle(&self) -> Handle {
+        Handle {
+            apply: self.lb.apply_tx.clone(),
+            file: self.file_tx.clone(),
+            shared: Arc::clone(&self.lb.shared),
+        }
+    }
+
+    /// Serve until `shutdown` resolves; then stop accepting and let open work finish within
+    /// `[server] graceful_shutdown_timeout`.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) {
+        let Bound { lb, sockets, admin, heartbeat, file_tx } = self;
+        drop(file_tx);
+        let Lb { config, shared, mut routing, mut reload_rx, apply_tx, mut apply_rx, config_path } =
+            lb;
+        drop(apply_tx);
+        let grace = config.graceful_shutdown_timeout;
+        let publish = |running: &[Running]| {
+            let v = running.iter().map(|r| (r.cfg.name.clone(), r.addr)).collect();
+            shared.listeners.store(Arc::new(v));
+        };
         let (tx, rx) = watch::channel(false);
         let mut tasks = tokio::task::JoinSet::new();
-        for ((cfg, proxy), socket) in self.lb.listeners.into_iter().zip(self.sockets) {
-            if let Ok(a) = socket.local_addr() {
-                tracing::info!(listener = %cfg.name, addr = %a, "listening (http)");
-            }
-            tasks.spawn(crate::http::server::serve(socket, cfg, proxy, rx.clone()));
+        let mut running: Vec<Running> = Vec::new();
+        let services = std::mem::take(&mut routing.services);
+        for ((cfg, socket), service) in config.listeners.iter().zip(sockets).zip(services) {
+            running.push(start(cfg, socket, service, grace));
         }
-        if let Some(admin) = self.admin {
+        publish(&running);
+        if let Some(admin) = admin {
             if let Ok(a) = admin.local_addr() {
                 tracing::info!(addr = %a, "admin listening");
             }
-            tasks.spawn(crate::admin::serve(admin, Arc::clone(&self.lb.shared), rx.clone()));
+            tasks.spawn(crate::admin::serve(admin, Arc::clone(&shared), rx.clone()));
         }
-        if let Some(sock) = self.heartbeat {
+        if let Some(sock) = heartbeat {
             if let Ok(a) = sock.local_addr() {
                 tracing::info!(addr = %a, "heartbeat listening (udp)");
             }
-            let beats = Arc::clone(&self.lb.shared.heartbeats);
-            tasks.spawn(heartbeat_listener(sock, beats, crate::http::server::stopped(rx.clone())));
+            let beats = Arc::clone(&shared.heartbeats);
+            tasks.spawn(heartbeat_listener(sock, beats, stopped(rx.clone())));
         }
-        let telemetry = Arc::clone(&self.lb.shared.telemetry);
-        tasks.spawn(telemetry.pump_logs(crate::http::server::stopped(rx.clone())));
+        let telemetry = Arc::clone(&shared.telemetry);
+        tasks.spawn(telemetry.pump_logs(stopped(rx.clone())));
         tasks.spawn(crate::health::run(
-            Arc::clone(&self.lb.shared),
-            crate::http::server::stopped(rx.clone()),
+            Arc::clone(&shared.balancers),
+            Arc::clone(&shared.telemetry),
+            stopped(rx.clone()),
         ));
-        shutdown.await;
-        tracing::info!("shutting down");
+        let mut draining: Vec<JoinHandle<()>> = Vec::new();
+        tokio::pin!(shutdown);
+        loop {
+            let (next, answer) = tokio::select! {
+                _ = &mut shutdown => break,
+                Some((cfg, answer)) = apply_rx.recv() => (Ok(*cfg), answer),
+                Some(answer) = reload_rx.recv() => {
+                    let next = match &config_path {
+                        Some(p) => Config::load(p).map_err(|e| e.report()),
+                        None => Err("lb was started without a config file".to_owned()),
+                    };
+                    (next, answer)
+                }
+            };
+            let result = match next {
+                Ok(next) => {
+                    let r = apply(&next, &shared, &mut routing, &mut running, &mut draining).await;
+                    if r.is_ok() {
+                        publish(&running);
+                    }
+                    r
+                }
+                Err(e) => Err(e),
+            };
+            match &result {
+                Ok(summary) => tracing::info!("reloaded: {summary}"),
+                Err(e) => tracing::error!("reload refused; the running config stays:\n{e}"),
+            }
+            let _ = answer.send(result);
+            draining.retain(|t| !t.is_finished());
+        }
+        tracing::info!("shutting down: no new connections; open ones get {grace:?} to finish");
         let _ = tx.send(true);
+        for r in &running {
+            let _ = r.stop.send(true);
+        }
+        for r in running {
+            let _ = r.task.await;
+        }
+        for t in draining {
+            let _ = t.await;
+        }
         while tasks.join_next().await.is_some() {}
     }
+}
+
+/// Apply a validated config to the running listeners. Either everything is applied, or (a
+/// socket cannot be bound, a TLS setup fails) nothing is.
+async fn apply(
+    next: &Config,
+    shared: &Shared,
+    routing: &mut Routing,
+    running: &mut Vec<Running>,
+    draining: &mut Vec<JoinHandle<()>>,
+) -> Result<String, String> {
+    let built = Routing::build(next, Some(routing), &shared.telemetry, &shared.heartbeats)
+        .map_err(|e| error_chain(&e))?;
+    // Bind every new or moved listener before changing anything.
+    let mut fresh: HashMap<String, TcpListener> = HashMap::new();
+    for l in &next.listeners {
+        let keep = running
+            .iter()
+            .any(|r| r.cfg.name == l.name && r.cfg.bind == l.bind && r.cfg.protocol == l.protocol);
+        if !keep {
+            let socket = bind(&l.name, l.bind).await.map_err(|e| error_chain(&e))?;
+            fresh.insert(l.name.clone(), socket);
+        }
+    }
+    let Routing { balancers, upstreams, services } = built;
+    let old_ids: Vec<_> =
+        routing.balancers.iter().flat_map(|b| b.members.iter().map(|m| m.id)).collect();
+    let new_ids: Vec<_> = balancers.iter().flat_map(|b| b.members.iter().map(|m| m.id)).collect();
+    let added_members = new_ids.iter().filter(|i| !old_ids.contains(i)).count();
+    let removed_members = old_ids.iter().filter(|i| !new_ids.contains(i)).count();
+    shared.balancers.store(Arc::new(balancers.clone()));
+    let grace = next.graceful_shutdown_timeout;
+    let mut old: Vec<Running> = std::mem::take(running);
+    let (mut kept, mut started) = (0, 0);
+    for (l, service) in next.listeners.iter().zip(services) {
+        if let Some(socket) = fresh.remove(&l.name) {
+            running.push(start(l, socket, service, grace));
+            started += 1;
+        } else if let Some(i) = old.iter().position(|r| r.cfg.name == l.name) {
+            let mut r = old.remove(i);
+            // Same address and protocol: swap what it serves, keep the socket and connections.
+            if swap(&r.slot, service) {
+                r.cfg = l.clone();
+                running.push(r);
+                kept += 1;
+            }
+        }
+    }
+    let stopped = old.len();
+    for r in old {
+        tracing::info!(listener = %r.cfg.name, addr = %r.addr, "listener removed or moved: no new connections; open ones drain");
+        let _ = r.stop.send(true);
+        draining.push(r.task);
+    }
+    *routing = Routing { balancers, upstreams, services: Vec::new() };
+    Ok(format!(
+        "{} listener(s): {kept} kept, {started} started, {stopped} stopped; {} balancer(s); members: {added_members} added, {removed_members} removed",
+        next.listeners.len(),
+        next.balancers.len()
+    ))
+}
+
+/// An error and its sources on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
 }
 
 /// Receive mod_heartbeat datagrams until `stop`.

@@ -21,13 +21,14 @@ pub struct BalancerStatus {
     pub maxattempts: u32,
     pub timeout_ms: u64,
     pub forcerecovery: bool,
-    pub failonstatus: Vec<u16>,
-    pub failontimeout: bool,
     pub members: Vec<MemberStatus>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct MemberStatus {
+    /// The member's identity: the same across reloads while its balancer and URL are.
+    #[serde(default)]
+    pub id: u64,
     pub url: String,
     pub route: Option<String>,
     pub redirect: Option<String>,
@@ -64,20 +65,19 @@ pub fn report(balancers: &[Arc<Balancer>]) -> StatusReport {
                 name: b.name().to_owned(),
                 implicit: b.implicit,
                 lbmethod: b.method().as_str().to_owned(),
-                maxattempts: b.config.maxattempts,
-                timeout_ms: b.config.timeout.as_millis() as u64,
-                forcerecovery: b.config.forcerecovery,
-                failonstatus: b.config.failonstatus.clone(),
-                failontimeout: b.config.failontimeout,
+                maxattempts: b.settings.maxattempts,
+                timeout_ms: b.settings.timeout.as_millis() as u64,
+                forcerecovery: b.settings.forcerecovery,
                 members: b
                     .members
                     .iter()
                     .map(|m| MemberStatus {
-                        url: m.config.url.base(),
-                        route: m.config.route.clone(),
-                        redirect: m.config.redirect.clone(),
-                        lbset: m.config.lbset,
-                        loadfactor: f64::from(m.config.lbfactor) / 100.0,
+                        id: m.id.0,
+                        url: m.url.base(),
+                        route: m.config().route.clone(),
+                        redirect: m.config().redirect.clone(),
+                        lbset: m.lbset(),
+                        loadfactor: m.lbfactor() as f64 / 100.0,
                         status: m.flags().letters(),
                         usable: m.usable(),
                         elected: m.elected(),
@@ -277,7 +277,7 @@ pub fn health(
                             ),
                         };
                         MemberHealth {
-                            url: m.config.url.base(),
+                            url: m.url.base(),
                             endpoint: m.endpoint().map(|e| e.to_string()),
                             state,
                             reason,

@@ -16,6 +16,9 @@
 //!
 //! Every answer carries `x-member: NAME`. A member can be killed (listener and every open
 //! connection closed at once) and started again on the same port.
+pub mod certs;
+pub mod l4;
+
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
@@ -312,32 +315,53 @@ pub async fn dead_port() -> SocketAddr {
 
 /// lb running in this process.
 pub struct Lb {
+    /// The listener named "web", or else the first listener.
     pub addr: SocketAddr,
     pub admin: SocketAddr,
     /// The `[heartbeat] listen` UDP address, when configured.
     pub heartbeat: Option<SocketAddr>,
+    /// Reloads, and listener addresses after them.
+    pub handle: lb::runtime::Handle,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
+/// Validate config text as if it were the file `test.toml` (relative paths resolve against the
+/// current folder).
+pub fn parse_config(config: &str) -> lb::config::Config {
+    lb::config::Config::parse(config, std::path::Path::new("test.toml"))
+        .unwrap_or_else(|e| panic!("test config invalid: {e}"))
+}
+
 impl Lb {
-    /// Start lb with this config text (its listener named "web").
+    /// Start lb with this config text (its main listener named "web", or the first one).
     pub async fn start(config: &str) -> Lb {
-        let cfg = lb::config::Config::parse(config, std::path::Path::new("test.toml"))
-            .unwrap_or_else(|e| panic!("test config invalid: {e}"));
+        let cfg = parse_config(config);
         let bound = lb::runtime::Lb::build(&cfg)
             .unwrap_or_else(|e| panic!("lb cannot start: {e:?}"))
             .bind()
             .await
             .expect("bind lb");
-        let addr = bound.listener_addr("web").expect("listener web");
+        let listeners = bound.listener_addrs();
+        let addr = listeners
+            .iter()
+            .find(|(n, _)| n == "web")
+            .or(listeners.first())
+            .map(|(_, a)| *a)
+            .expect("a listener");
         let admin = bound.admin_addr().expect("admin");
         let heartbeat = bound.heartbeat_addr();
+        let handle = bound.handle();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(bound.run(async move {
             let _ = rx.await;
         }));
-        Lb { addr, admin, heartbeat, stop: Some(tx), task: Some(task) }
+        Lb { addr, admin, heartbeat, handle, stop: Some(tx), task: Some(task) }
+    }
+
+    /// The bound address of listener `name` now.
+    pub fn listener(&self, name: &str) -> SocketAddr {
+        *self.handle.listeners().get(name).unwrap_or_else(|| panic!("no listener {name}"))
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -129,7 +129,8 @@ async fn syn_black_hole_is_ejected_and_recovers() {
     let ejected = until_first_ejected(&lb, "black-holed").await;
     eprintln!("SYN black hole → ejected after {:?} (connectiontimeout 300 ms)", fault.elapsed());
     assert!(ejected["kernel"]["connect_failed"].as_u64().unwrap() >= 1, "{ejected}");
-    assert!(ejected["kernel"]["syn_retransmits"].as_u64().is_some(), "{ejected}");
+    let k = &ejected["kernel"];
+    assert!(k["connect_failed"].as_u64() <= k["connects"].as_u64(), "{ejected}");
     assert!(ejected["reason"].as_str().unwrap().contains("failed connect"), "{ejected}");
     // Fault removed: after its ejection and probation the member serves again.
     nft.clear();

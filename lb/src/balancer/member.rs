@@ -1,14 +1,57 @@
-//! A balancer member: its validated settings plus live state in atomics.
+//! A balancer member: its settings plus live state in atomics.
 //!
 //! Everything the data path touches per request — flags, `lbstatus`, `busy`, byte counters,
-//! `elected` — is an atomic, so picking and accounting never lock. A member's identity is its URL;
-//! a later config reload keeps the `Member` (and its counters) when the URL is unchanged.
+//! `elected`, `loadfactor`, `lbset` — is an atomic, so picking and accounting never lock. A member
+//! has a stable [`MemberId`]: a reload (or a live edit) that keeps the member's balancer and URL
+//! keeps the same `Member`, with its counters and health, and only swaps its settings.
 use super::flags::{self, StatusFlags};
-use crate::config::MemberConfig;
-use arc_swap::ArcSwapOption;
+use crate::config::{MemberConfig, MemberUrl};
+use arc_swap::{ArcSwap, ArcSwapOption};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering::Relaxed};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// A member's identity for its whole life, across reloads; never reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub struct MemberId(pub u64);
+
+impl MemberId {
+    fn next() -> MemberId {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        MemberId(NEXT.fetch_add(1, Relaxed))
+    }
+}
+
+/// What `lb health` shows as a member's state (set by the health monitor).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthNote {
+    /// `healthy`, `ejected`, `probation`, or `sick` (sick but kept: the balancer is in panic mode).
+    pub state: &'static str,
+    pub reason: Option<String>,
+}
+
+/// How one request or connection went, as the protocol layer reports it.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The member answered (HTTP) or accepted the connection (TCP).
+    Success,
+    /// The member could not be reached or broke the exchange: E (unless `I`), and one more error
+    /// in a row for ejection.
+    Failed(String),
+    /// A failure the protocol's policy does not turn into E (a timeout without
+    /// `failontimeout`): noted, and one more error in a row.
+    SoftFailed(String),
+    /// Busy, not broken (no free connection slot): noted only.
+    Busy(String),
+}
+
+/// No free connection slot within the wait (`max` reached).
+#[derive(Debug)]
+pub struct SlotsExhausted {
+    pub max: u32,
+    pub waited: Duration,
+}
 
 /// Monotonic milliseconds since the process's clock origin; all member timestamps use it.
 pub fn now_ms() -> u64 {
@@ -26,9 +69,15 @@ pub struct LastError {
 
 #[derive(Debug)]
 pub struct Member {
-    /// Position in the balancer (config order); ties go to the lowest.
-    pub index: usize,
-    pub config: MemberConfig,
+    pub id: MemberId,
+    /// The URL, part of the member's identity (with its balancer).
+    pub url: MemberUrl,
+    settings: ArcSwap<MemberConfig>,
+    /// Apache `loadfactor` ×100 and `lbset`: live-editable, read on every pick.
+    lbfactor: AtomicU32,
+    lbset: AtomicU32,
+    /// Connection slots when `max` is set.
+    slots: ArcSwapOption<Semaphore>,
     status: AtomicU32,
     /// When E was last set (`now_ms`).
     error_time_ms: AtomicU64,
@@ -51,23 +100,27 @@ pub struct Member {
     ejected_until_ms: AtomicU64,
     /// Requests failed in a row (reset by any answered request).
     consecutive_errors: AtomicU32,
-    health: ArcSwapOption<crate::health::HealthNote>,
+    health: ArcSwapOption<HealthNote>,
     /// bybusyness latency weight (f64 bits): max(1, (srtt + 100 µs) / (balancer median srtt +
     /// 100 µs)), set by the health monitor; 1.0 without telemetry.
     latency_weight: AtomicU64,
 }
 
 impl Member {
-    pub fn new(index: usize, config: MemberConfig) -> Member {
+    pub fn new(config: MemberConfig) -> Member {
         // An IP-literal member knows its endpoint before the first connection.
         let endpoint = std::sync::OnceLock::new();
         if let Ok(ip) = config.url.host.parse::<std::net::IpAddr>() {
             let _ = endpoint.set(std::net::SocketAddr::new(ip, config.url.port));
         }
         Member {
-            index,
+            id: MemberId::next(),
+            url: config.url.clone(),
+            lbfactor: AtomicU32::new(config.lbfactor),
+            lbset: AtomicU32::new(config.lbset),
+            slots: ArcSwapOption::new(config.max.map(|m| Arc::new(Semaphore::new(m as usize)))),
             status: AtomicU32::new(config.status.0),
-            config,
+            settings: ArcSwap::from_pointee(config),
             error_time_ms: AtomicU64::new(0),
             lbstatus: AtomicI64::new(0),
             busy: AtomicU64::new(0),
@@ -100,9 +153,73 @@ impl Member {
         (self.busy() + 1) as f64 * self.latency_weight()
     }
 
+    /// The member's current settings.
+    pub fn config(&self) -> arc_swap::Guard<Arc<MemberConfig>> {
+        self.settings.load()
+    }
+
+    /// Apply new settings to this member (reload or live edit; the URL is unchanged). The flags
+    /// an operator sets (I N D S H R) follow the new config; E and C are live state and stay.
+    /// Returns whether the load factor changed (Apache then resets every `lbstatus`).
+    pub fn update(&self, config: MemberConfig) -> bool {
+        let old = self.settings.load_full();
+        const ADMIN: u32 = flags::IGNORE_ERRORS
+            | flags::DRAIN
+            | flags::DISABLED
+            | flags::STOPPED
+            | flags::HOT_STANDBY
+            | flags::HOT_SPARE;
+        if old.status != config.status {
+            self.clear_flags(ADMIN & !config.status.0);
+            self.set_flags(config.status.0 & ADMIN);
+        }
+        if old.max != config.max {
+            self.slots.store(config.max.map(|m| Arc::new(Semaphore::new(m as usize))));
+        }
+        self.lbset.store(config.lbset, Relaxed);
+        let reweighted = self.lbfactor.swap(config.lbfactor, Relaxed) != config.lbfactor;
+        self.settings.store(Arc::new(config));
+        reweighted
+    }
+
+    pub fn lbset(&self) -> u32 {
+        self.lbset.load(Relaxed)
+    }
+
+    /// Wait up to `acquire` (default: the member `timeout`) for a connection slot when `max` is
+    /// set; the permit frees the slot when dropped. None: no limit.
+    pub async fn acquire_slot(&self) -> Result<Option<OwnedSemaphorePermit>, SlotsExhausted> {
+        let Some(sem) = self.slots.load_full() else { return Ok(None) };
+        let cfg = self.config();
+        let wait = cfg.acquire.unwrap_or(cfg.timeout);
+        match tokio::time::timeout(wait, sem.acquire_owned()).await {
+            Ok(Ok(p)) => Ok(Some(p)),
+            _ => Err(SlotsExhausted { max: cfg.max.unwrap_or(0), waited: wait }),
+        }
+    }
+
+    /// The protocol layer reports how a request or connection went.
+    pub fn report(&self, outcome: Outcome) {
+        let now = now_ms();
+        match outcome {
+            Outcome::Success => self.record_success(),
+            Outcome::Failed(msg) => {
+                self.consecutive_errors.fetch_add(1, Relaxed);
+                self.mark_error(now, msg);
+            }
+            Outcome::SoftFailed(msg) => {
+                self.consecutive_errors.fetch_add(1, Relaxed);
+                self.note_error(now, msg);
+            }
+            Outcome::Busy(msg) => self.note_error(now, msg),
+        }
+    }
+
     /// Eject: E until `until_ms` (the health monitor ends it), with the reason as last error.
+    /// The errors in a row that led here are spent: a member back on probation starts at zero.
     pub fn eject(&self, until_ms: u64, reason: String) {
         let now = now_ms();
+        self.consecutive_errors.store(0, Relaxed);
         self.ejected_until_ms.store(until_ms, Relaxed);
         self.note_error(now, reason);
         self.error_time_ms.store(now, Relaxed);
@@ -123,23 +240,17 @@ impl Member {
         self.consecutive_errors.load(Relaxed)
     }
 
-    /// A request to this member got an answer.
-    pub fn record_success(&self) {
+    fn record_success(&self) {
         if self.consecutive_errors.load(Relaxed) != 0 {
             self.consecutive_errors.store(0, Relaxed);
         }
     }
 
-    /// A request to this member failed (connect, exchange or timeout).
-    pub fn record_failure(&self) {
-        self.consecutive_errors.fetch_add(1, Relaxed);
-    }
-
-    pub fn health_note(&self) -> Option<Arc<crate::health::HealthNote>> {
+    pub fn health_note(&self) -> Option<Arc<HealthNote>> {
         self.health.load_full()
     }
 
-    pub(crate) fn set_health_note(&self, note: crate::health::HealthNote) {
+    pub fn set_health_note(&self, note: HealthNote) {
         if self.health.load().as_deref() != Some(&note) {
             self.health.store(Some(Arc::new(note)));
         }
@@ -155,7 +266,7 @@ impl Member {
     }
 
     pub fn name(&self) -> String {
-        self.config.url.base()
+        self.url.base()
     }
 
     pub fn flags(&self) -> StatusFlags {
@@ -172,7 +283,7 @@ impl Member {
     }
 
     pub fn lbfactor(&self) -> i64 {
-        i64::from(self.config.lbfactor)
+        i64::from(self.lbfactor.load(Relaxed))
     }
     pub fn lbstatus(&self) -> i64 {
         self.lbstatus.load(Relaxed)
@@ -180,8 +291,8 @@ impl Member {
     pub(crate) fn add_lbstatus(&self, d: i64) -> i64 {
         self.lbstatus.fetch_add(d, Relaxed) + d
     }
-    pub fn reset_lbstatus(&self) {
-        self.lbstatus.store(0, Relaxed);
+    pub fn set_lbstatus(&self, v: i64) {
+        self.lbstatus.store(v, Relaxed);
     }
 
     pub fn busy(&self) -> u64 {
@@ -248,7 +359,7 @@ impl Member {
         if now < self.ejected_until_ms() {
             return;
         }
-        let retry = self.config.retry.as_millis() as u64;
+        let retry = self.config().retry.as_millis() as u64;
         if f.contains(flags::IGNORE_ERRORS) || retry == 0 || now > self.error_time_ms() + retry {
             self.clear_flags(flags::IN_ERROR);
             self.retries.fetch_add(1, Relaxed);

@@ -5,7 +5,7 @@
 //! the candidates it is shown. Keeping the two apart lets kernel-sourced health (a later
 //! control-path input) change eligibility without touching any method's arithmetic.
 use super::flags;
-use super::member::Member;
+use super::member::{Member, MemberId};
 use crate::config::LbMethod;
 use std::sync::Arc;
 
@@ -43,7 +43,7 @@ pub fn is_best(method: LbMethod, cur: &Member, best: Option<&Member>, acc: &mut 
         // Heartbeat picks by weighted random (balancer::heartbeat), never through this loop.
         LbMethod::Heartbeat => best.is_none(),
         LbMethod::ByTraffic => {
-            let f = cur.config.lbfactor.max(1) as u64;
+            let f = cur.lbfactor().max(1) as u64;
             let traffic = cur.transferred() / f + cur.read() / f;
             if best.is_none() || traffic < acc.min_traffic {
                 acc.min_traffic = traffic;
@@ -66,15 +66,15 @@ pub fn settle(method: LbMethod, winner: &Member, acc: &Acc) {
 }
 
 /// Apache's candidate loop over `members` (config order) at time `now` (ms, see `now_ms`).
-/// Members whose index is in `exclude` (already tried for this request) count as unusable.
+/// Members in `exclude` (already tried for this request) count as unusable.
 pub fn best_member<'a>(
     method: LbMethod,
     members: &'a [Arc<Member>],
     now: u64,
-    exclude: &[usize],
+    exclude: &[MemberId],
     acc: &mut Acc,
 ) -> Option<&'a Arc<Member>> {
-    let max_lbset = members.iter().map(|m| m.config.lbset).max()?;
+    let max_lbset = members.iter().map(|m| m.lbset()).max()?;
     let mut spares: Vec<&Arc<Member>> = Vec::new();
     let mut standbys: Vec<&Arc<Member>> = Vec::new();
     for lbset in 0..=max_lbset {
@@ -82,7 +82,7 @@ pub fn best_member<'a>(
         standbys.clear();
         let mut best: Option<&Arc<Member>> = None;
         let mut unusable = 0usize;
-        for m in members.iter().filter(|m| m.config.lbset == lbset) {
+        for m in members.iter().filter(|m| m.lbset() == lbset) {
             if m.flags().contains(flags::DRAIN) {
                 continue;
             }
@@ -90,7 +90,7 @@ pub fn best_member<'a>(
                 m.retry_check(now);
             }
             let f = m.flags();
-            let usable = f.usable() && !exclude.contains(&m.index);
+            let usable = f.usable() && !exclude.contains(&m.id);
             if f.contains(flags::HOT_SPARE) {
                 if usable {
                     spares.push(m);

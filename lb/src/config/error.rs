@@ -94,6 +94,22 @@ impl ConfigError {
             ConfigError::Read { .. } => &[],
         }
     }
+
+    /// What `lb check` prints: one located line per problem, then the count.
+    pub fn report(&self) -> String {
+        match self {
+            ConfigError::Invalid(diags) => {
+                let mut s = String::new();
+                for d in diags {
+                    s.push_str(&d.to_string());
+                    s.push('\n');
+                }
+                s.push_str(&format!("{} error(s)\n", diags.len()));
+                s
+            }
+            other => format!("{other}\n"),
+        }
+    }
 }
 
 fn render(d: &[Diagnostic]) -> String {

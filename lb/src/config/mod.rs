@@ -1,235 +1,42 @@
 //! Configuration: TOML text → validated, typed [`Config`].
 //!
 //! Loading has two stages. [`raw`] deserializes the file as written (unknown keys are errors);
-//! [`validate`] checks meaning — addresses, ranges, references between listeners and balancers —
-//! and collects *every* problem, each located by [`error::Locator`] at file, line, column and key.
-//! Everything downstream (balancers, pools, listeners) consumes only the validated types.
+//! validation checks meaning — addresses, ranges, references between listeners and balancers,
+//! certificate files — and collects *every* problem, each located by [`error::Locator`] at file,
+//! line, column and key. One module per concern:
+//!
+//! | module | what |
+//! |---|---|
+//! | [`model`] | the validated types everything downstream consumes |
+//! | [`raw`] | the file as written (serde) |
+//! | this module | loading, the validator's core, `[admin]`, `[server]`, `[telemetry]`, `[heartbeat]` |
+//! | [`listener`] | `[[listener]]`, its `proxy_pass`, `tls` and `sni` |
+//! | [`balancer`] | `[balancer.NAME]`, its members, ejection and upstream TLS |
+//! | [`units`] | durations and member URLs |
+//! | [`tls`] | reading and checking certificates and keys |
+//! | [`flags`] | Apache's member status flags |
+//! | [`error`] | the one error type, and how an error finds its line |
 //!
 //! Defaults follow Apache httpd; where lb deliberately differs the README's config reference says
-//! so (connect timeout, keep-alive request limit).
+//! so. This layer depends on no other part of lb.
+pub mod balancer;
 pub mod error;
+pub mod flags;
+pub mod listener;
+pub mod model;
 pub mod raw;
+pub mod tls;
+pub mod units;
 
 pub use error::{ConfigError, Diagnostic, KeyPath};
+pub use model::*;
+pub use units::{parse_duration, parse_member_url};
 
-use crate::balancer::flags::StatusFlags;
-use crate::telemetry::{SourceChoice, TelemetryConfig};
 use error::Locator;
-use raw::{RawConfig, RawDuration, RawNumber, RawStatusList};
+use raw::{RawConfig, RawDuration};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-/// The default admin address (loopback only: the admin API can change live state later).
-pub const DEFAULT_ADMIN_BIND: &str = "127.0.0.1:9090";
-
-#[derive(Debug, Clone)]
-pub struct Config {
-    pub admin: Option<AdminConfig>,
-    pub telemetry: TelemetryConfig,
-    /// Apache `HeartbeatListen`: UDP address for mod_heartbeat datagrams.
-    pub heartbeat_listen: Option<SocketAddr>,
-    pub listeners: Vec<ListenerConfig>,
-    pub balancers: Vec<BalancerConfig>,
-}
-
-#[derive(Debug, Clone)]
-pub struct AdminConfig {
-    pub bind: SocketAddr,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
-    Http,
-}
-
-#[derive(Debug, Clone)]
-pub struct ListenerConfig {
-    pub name: String,
-    pub bind: SocketAddr,
-    pub protocol: Protocol,
-    /// Apache `Timeout`: the longest wait for a client's request head.
-    pub timeout: Duration,
-    pub keepalive: bool,
-    /// Apache `KeepAliveTimeout`: idle time allowed between requests on one connection.
-    pub keepalive_timeout: Duration,
-    /// Apache `MaxKeepAliveRequests`; 0 = unlimited.
-    pub max_keepalive_requests: u64,
-    /// Largest request head (request line + headers) in bytes; larger gets 431.
-    pub max_header_bytes: usize,
-    pub access_log: bool,
-    pub routes: Vec<ProxyPassConfig>,
-}
-
-/// Apache `ProxyPass` (+ `ProxyPassReverse` when `reverse`).
-#[derive(Debug, Clone)]
-pub struct ProxyPassConfig {
-    pub path: String,
-    pub target: Target,
-    pub reverse: bool,
-    pub preserve_host: bool,
-}
-
-#[derive(Debug, Clone)]
-pub enum Target {
-    /// `balancer://name/path`
-    Balancer { name: String, path: String },
-    /// A plain `http://host:port/path`: a balancer of one implicit member (whose URL has no
-    /// path; `path` is the target path, kept exactly as written).
-    Url { url: MemberUrl, path: String },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LbMethod {
-    ByRequests,
-    ByTraffic,
-    ByBusyness,
-    Heartbeat,
-}
-
-impl LbMethod {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LbMethod::ByRequests => "byrequests",
-            LbMethod::ByTraffic => "bytraffic",
-            LbMethod::ByBusyness => "bybusyness",
-            LbMethod::Heartbeat => "heartbeat",
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct BalancerConfig {
-    pub name: String,
-    pub lbmethod: LbMethod,
-    /// Extra attempts after the first; Apache's default is members − 1.
-    pub maxattempts: u32,
-    pub nofailover: bool,
-    /// How long to wait for a usable member before 503 (0 = don't wait).
-    pub timeout: Duration,
-    pub failonstatus: Vec<u16>,
-    pub failontimeout: bool,
-    pub forcerecovery: bool,
-    pub growth: u32,
-    /// When kernel signals and request errors eject a member.
-    pub ejection: crate::health::ejection::Policy,
-    pub members: Vec<MemberConfig>,
-}
-
-/// A member's URL. Only `http` today; `https` arrives with upstream TLS.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MemberUrl {
-    pub host: String,
-    pub port: u16,
-    /// Path prefix without a trailing slash ("" for the root).
-    pub path: String,
-}
-
-impl MemberUrl {
-    /// `host:port` as sent in a Host header (bracketed for IPv6).
-    pub fn authority(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
-    }
-    /// The URL as written back in status output and reverse mapping.
-    pub fn base(&self) -> String {
-        format!("http://{}{}", self.authority(), self.path)
-    }
-}
-
-impl std::fmt::Display for MemberUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.base())
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct MemberConfig {
-    pub url: MemberUrl,
-    /// Apache `loadfactor` ×100 (1 → 100; two decimals kept).
-    pub lbfactor: u32,
-    pub lbset: u32,
-    pub route: Option<String>,
-    pub redirect: Option<String>,
-    pub status: StatusFlags,
-    /// How long a member in error waits before it is retried (0 = always retry).
-    pub retry: Duration,
-    pub connectiontimeout: Duration,
-    /// Socket I/O timeout: the longest wait for the member's response head.
-    pub timeout: Duration,
-    /// Most requests in flight (= connections in use) to the member; None = unlimited.
-    pub max: Option<u32>,
-    /// Idle pooled connections older than this are closed instead of reused.
-    pub ttl: Option<Duration>,
-    /// Longest wait for a free connection slot when `max` is reached (None = wait `timeout`).
-    pub acquire: Option<Duration>,
-    pub disablereuse: bool,
-    pub keepalive: bool,
-}
-
-impl MemberConfig {
-    /// A member with every setting at its default.
-    pub fn for_url(url: MemberUrl) -> MemberConfig {
-        MemberConfig {
-            url,
-            lbfactor: 100,
-            lbset: 0,
-            route: None,
-            redirect: None,
-            status: StatusFlags::default(),
-            retry: Duration::from_secs(60),
-            connectiontimeout: Duration::from_secs(5),
-            timeout: Duration::from_secs(60),
-            max: None,
-            ttl: None,
-            acquire: None,
-            disablereuse: false,
-            keepalive: false,
-        }
-    }
-}
-
-/// Parse a duration: plain integer/float seconds (Apache), or "250ms", "5s", "2m", "1h".
-pub fn parse_duration(raw: &RawDuration) -> Result<Duration, String> {
-    let secs = |f: f64| {
-        if f.is_finite() && f >= 0.0 {
-            Ok(Duration::from_secs_f64(f))
-        } else {
-            Err(format!("duration must be a non-negative number of seconds, got {f}"))
-        }
-    };
-    match raw {
-        RawDuration::Seconds(s) if *s >= 0 => Ok(Duration::from_secs(*s as u64)),
-        RawDuration::Seconds(s) => Err(format!("duration must not be negative, got {s}")),
-        RawDuration::FractionalSeconds(f) => secs(*f),
-        RawDuration::Text(t) => {
-            let t = t.trim();
-            let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
-            let (num, unit) = t.split_at(split);
-            let n: f64 = num.parse().map_err(|_| {
-                format!(
-                    "invalid duration {t:?}: expected e.g. 30, \"250ms\", \"5s\", \"2m\", \"1h\""
-                )
-            })?;
-            let scale = match unit.trim() {
-                "" | "s" => 1.0,
-                "ms" => 0.001,
-                "us" => 0.000_001,
-                "m" | "min" => 60.0,
-                "h" => 3600.0,
-                other => {
-                    return Err(format!(
-                        "unknown duration unit {other:?} in {t:?} (use ms, s, m, h)"
-                    ));
-                }
-            };
-            secs(n * scale)
-        }
-    }
-}
 
 impl Config {
     /// Read and validate a config file.
@@ -268,7 +75,8 @@ impl Config {
                 v.errors.push(d);
             }
         };
-        let mut v = Validator { loc: &loc, file, errors: Vec::new() };
+        let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
+        let mut v = Validator { loc: &loc, file, base, errors: Vec::new() };
         let cfg = match raw {
             Ok(raw) => Some(v.config(raw)),
             Err(e) => {
@@ -285,19 +93,21 @@ impl Config {
     }
 }
 
-struct Validator<'a> {
+pub(crate) struct Validator<'a> {
     loc: &'a Locator<'a>,
     file: &'a Path,
+    /// Relative certificate paths are relative to the config file's folder.
+    base: PathBuf,
     errors: Vec<Diagnostic>,
 }
 
 impl Validator<'_> {
-    fn err(&mut self, path: &KeyPath, msg: impl Into<String>) {
+    pub(crate) fn err(&mut self, path: &KeyPath, msg: impl Into<String>) {
         let d = self.loc.diagnostic(self.file, path, msg.into());
         self.errors.push(d);
     }
 
-    fn duration(
+    pub(crate) fn duration(
         &mut self,
         path: &KeyPath,
         raw: &Option<RawDuration>,
@@ -312,22 +122,24 @@ impl Validator<'_> {
         }
     }
 
+    pub(crate) fn addr(&mut self, path: &KeyPath, text: &str) -> Option<SocketAddr> {
+        text.parse::<SocketAddr>()
+            .map_err(|_| self.err(path, format!("{text:?} is not an IP:port address")))
+            .ok()
+    }
+
+    /// A file named in the config, relative to the config file's folder.
+    pub(crate) fn file_path(&self, text: &str) -> PathBuf {
+        self.base.join(text)
+    }
+
     fn config(&mut self, raw: RawConfig) -> Config {
         let root = KeyPath::default();
         let admin = match &raw.admin {
             None => DEFAULT_ADMIN_BIND.parse().ok().map(|bind| AdminConfig { bind }),
             Some(a) => {
                 let text = a.bind.as_deref().unwrap_or(DEFAULT_ADMIN_BIND);
-                match text.parse::<SocketAddr>() {
-                    Ok(bind) => Some(AdminConfig { bind }),
-                    Err(_) => {
-                        self.err(
-                            &root.key("admin").key("bind"),
-                            format!("{text:?} is not an IP:port address"),
-                        );
-                        None
-                    }
-                }
+                self.addr(&root.key("admin").key("bind"), text).map(|bind| AdminConfig { bind })
             }
         };
         let balancers: Vec<BalancerConfig> = raw
@@ -335,412 +147,50 @@ impl Validator<'_> {
             .iter()
             .map(|(name, b)| self.balancer(&root.key("balancer").key(name), name, b))
             .collect();
-        let mut listeners = Vec::new();
-        for (i, l) in raw.listener.iter().enumerate() {
-            let path = root.key("listener").index(i);
-            if let Some(l) = self.listener(&path, l, &balancers) {
-                if listeners.iter().any(|x: &ListenerConfig| x.name == l.name) {
-                    self.err(
-                        &path.key("name"),
-                        format!("listener name {:?} is used twice", l.name),
-                    );
-                }
-                if listeners.iter().any(|x: &ListenerConfig| x.bind == l.bind && l.bind.port() != 0)
-                {
-                    self.err(
-                        &path.key("bind"),
-                        format!("address {} is bound by another listener", l.bind),
-                    );
-                }
-                listeners.push(l);
-            }
+        let listeners = self.listeners(&root, &raw.listener, &balancers);
+        let telemetry = self.telemetry(&root.key("telemetry"), raw.telemetry.as_ref());
+        let heartbeat_listen = raw
+            .heartbeat
+            .as_ref()
+            .and_then(|h| h.listen.as_ref())
+            .and_then(|l| self.addr(&root.key("heartbeat").key("listen"), l));
+        let graceful_shutdown_timeout = self.duration(
+            &root.key("server").key("graceful_shutdown_timeout"),
+            &raw.server.as_ref().and_then(|s| s.graceful_shutdown_timeout.clone()),
+            Duration::from_secs(10),
+        );
+        Config {
+            admin,
+            telemetry,
+            heartbeat_listen,
+            graceful_shutdown_timeout,
+            listeners,
+            balancers,
         }
-        if raw.listener.is_empty() {
-            self.err(&root, "no [[listener]] is configured: lb would serve nothing");
-        }
+    }
+
+    fn telemetry(&mut self, tp: &KeyPath, raw: Option<&raw::RawTelemetry>) -> TelemetryConfig {
         let mut telemetry = TelemetryConfig::default();
-        if let Some(t) = &raw.telemetry {
-            let tp = root.key("telemetry");
-            match t.source.as_deref() {
-                None | Some("auto") => {}
-                Some("ebpf") => telemetry.source = SourceChoice::Ebpf,
-                Some("off") => telemetry.source = SourceChoice::Off,
-                Some("tcp_info") => telemetry.source = SourceChoice::TcpInfo,
-                Some(other) => self.err(
-                    &tp.key("source"),
-                    format!(
-                        "unknown telemetry source {other:?}: expected \"auto\", \"ebpf\", \"tcp_info\" or \"off\""
-                    ),
+        let Some(t) = raw else { return telemetry };
+        match t.source.as_deref() {
+            None | Some("auto") => {}
+            Some("ebpf") => telemetry.source = SourceChoice::Ebpf,
+            Some("off") => telemetry.source = SourceChoice::Off,
+            Some("tcp_info") => telemetry.source = SourceChoice::TcpInfo,
+            Some(other) => self.err(
+                &tp.key("source"),
+                format!(
+                    "unknown telemetry source {other:?}: expected \"auto\", \"ebpf\", \"tcp_info\" or \"off\""
                 ),
-            }
-            let interval = self.duration(&tp.key("interval"), &t.interval, telemetry.interval);
-            if interval < Duration::from_millis(10) || interval > Duration::from_secs(60) {
-                self.err(&tp.key("interval"), "telemetry interval must be between 10ms and 60s");
-            } else {
-                telemetry.interval = interval;
-            }
-        }
-        let heartbeat_listen =
-            raw.heartbeat.as_ref().and_then(|h| h.listen.as_ref()).and_then(|l| {
-                l.parse::<SocketAddr>()
-                    .map_err(|_| {
-                        self.err(
-                            &root.key("heartbeat").key("listen"),
-                            format!("{l:?} is not an IP:port address"),
-                        )
-                    })
-                    .ok()
-            });
-        Config { admin, telemetry, heartbeat_listen, listeners, balancers }
-    }
-
-    fn listener(
-        &mut self,
-        path: &KeyPath,
-        l: &raw::RawListener,
-        balancers: &[BalancerConfig],
-    ) -> Option<ListenerConfig> {
-        let bind = match l.bind.parse::<SocketAddr>() {
-            Ok(b) => Some(b),
-            Err(_) => {
-                self.err(&path.key("bind"), format!("{:?} is not an IP:port address", l.bind));
-                None
-            }
-        };
-        let protocol = match l.protocol.as_deref().unwrap_or("http") {
-            "http" => Protocol::Http,
-            "tcp" => {
-                self.err(
-                    &path.key("protocol"),
-                    "protocol \"tcp\" (layer 4) is not supported yet; use \"http\"",
-                );
-                Protocol::Http
-            }
-            other => {
-                self.err(
-                    &path.key("protocol"),
-                    format!("unknown protocol {other:?}: expected \"http\""),
-                );
-                Protocol::Http
-            }
-        };
-        let timeout = self.duration(&path.key("timeout"), &l.timeout, Duration::from_secs(60));
-        let keepalive_timeout = self.duration(
-            &path.key("keepalive_timeout"),
-            &l.keepalive_timeout,
-            Duration::from_secs(5),
-        );
-        let max_header_bytes = match l.limit_request_fields_size {
-            None => 64 * 1024,
-            Some(n) if (8192..=1024 * 1024).contains(&n) => n as usize,
-            Some(n) => {
-                self.err(
-                    &path.key("limit_request_fields_size"),
-                    format!(
-                        "{n} is out of range: the request head limit must be 8192..=1048576 bytes"
-                    ),
-                );
-                64 * 1024
-            }
-        };
-        let mut routes = Vec::new();
-        for (i, p) in l.proxy_pass.iter().enumerate() {
-            let pp = path.key("proxy_pass").index(i);
-            if !p.path.starts_with('/') {
-                self.err(&pp.key("path"), format!("path {:?} must start with '/'", p.path));
-                continue;
-            }
-            if routes.iter().any(|r: &ProxyPassConfig| r.path == p.path) {
-                self.err(&pp.key("path"), format!("path {:?} is mapped twice", p.path));
-                continue;
-            }
-            let target = if let Some(rest) = p.to.strip_prefix("balancer://") {
-                let (name, bpath) = match rest.find('/') {
-                    Some(i) => (&rest[..i], &rest[i..]),
-                    None => (rest, ""),
-                };
-                if !balancers.iter().any(|b| b.name == name) {
-                    self.err(
-                        &pp.key("to"),
-                        format!("balancer {name:?} is not defined (no [balancer.{name}])"),
-                    );
-                    continue;
-                }
-                Target::Balancer { name: name.to_owned(), path: bpath.to_owned() }
-            } else {
-                match parse_member_url(&p.to) {
-                    Ok(mut url) => {
-                        // Keep the path as written: "/backend/" + "x" must give "/backend/x".
-                        let after_scheme = p.to.split_once("://").map_or("", |(_, r)| r);
-                        let path =
-                            after_scheme.find('/').map_or("", |i| &after_scheme[i..]).to_owned();
-                        url.path.clear();
-                        Target::Url { url, path }
-                    }
-                    Err(m) => {
-                        self.err(&pp.key("to"), m);
-                        continue;
-                    }
-                }
-            };
-            routes.push(ProxyPassConfig {
-                path: p.path.clone(),
-                target,
-                reverse: p.reverse,
-                preserve_host: p.preserve_host,
-            });
-        }
-        if l.proxy_pass.is_empty() {
-            self.err(
-                &path.key("name"),
-                format!("listener {:?} has no [[listener.proxy_pass]]", l.name),
-            );
-        }
-        Some(ListenerConfig {
-            name: l.name.clone(),
-            bind: bind?,
-            protocol,
-            timeout,
-            keepalive: l.keepalive.unwrap_or(true),
-            keepalive_timeout,
-            max_keepalive_requests: l.max_keepalive_requests.unwrap_or(1000),
-            max_header_bytes,
-            access_log: l.access_log.unwrap_or(true),
-            routes,
-        })
-    }
-
-    fn balancer(&mut self, path: &KeyPath, name: &str, b: &raw::RawBalancer) -> BalancerConfig {
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        {
-            self.err(
-                path,
-                format!("balancer name {name:?} may hold only letters, digits, '-', '_' and '.'"),
-            );
-        }
-        let lbmethod = match b.lbmethod.as_deref().unwrap_or("byrequests") {
-            "byrequests" => LbMethod::ByRequests,
-            "bytraffic" => LbMethod::ByTraffic,
-            "bybusyness" => LbMethod::ByBusyness,
-            "heartbeat" => LbMethod::Heartbeat,
-            other => {
-                self.err(
-                    &path.key("lbmethod"),
-                    format!(
-                        "unknown lbmethod {other:?}: expected byrequests, bytraffic, bybusyness or heartbeat"
-                    ),
-                );
-                LbMethod::ByRequests
-            }
-        };
-        for (key, set) in [
-            ("stickysession", b.stickysession.is_some()),
-            ("stickysessionsep", b.stickysessionsep.is_some()),
-            ("scolonpathdelim", b.scolonpathdelim.is_some()),
-        ] {
-            if set {
-                self.err(
-                    &path.key(key),
-                    format!(
-                        "{key} is not supported yet: sticky sessions arrive in a later release"
-                    ),
-                );
-            }
-        }
-        let mut failonstatus = Vec::new();
-        let codes: Vec<(i64, KeyPath)> = match &b.failonstatus {
-            None => Vec::new(),
-            Some(RawStatusList::List(v)) => {
-                v.iter().enumerate().map(|(i, c)| (*c, path.key("failonstatus").index(i))).collect()
-            }
-            Some(RawStatusList::Text(t)) => {
-                let mut out = Vec::new();
-                for part in t.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-                    match part.parse::<i64>() {
-                        Ok(c) => out.push((c, path.key("failonstatus"))),
-                        Err(_) => self.err(
-                            &path.key("failonstatus"),
-                            format!("{part:?} is not a status code"),
-                        ),
-                    }
-                }
-                out
-            }
-        };
-        for (c, p) in codes {
-            if (100..=599).contains(&c) {
-                failonstatus.push(c as u16);
-            } else {
-                self.err(&p, format!("{c} is not an HTTP status code (100..=599)"));
-            }
-        }
-        let mut members: Vec<MemberConfig> = Vec::new();
-        for (i, m) in b.member.iter().enumerate() {
-            let mp = path.key("member").index(i);
-            if let Some(m) = self.member(&mp, m) {
-                if members.iter().any(|x| x.url == m.url) {
-                    self.err(&mp.key("url"), format!("member {} is listed twice", m.url));
-                }
-                if let Some(r) = &m.route
-                    && members.iter().any(|x| x.route.as_ref() == Some(r))
-                {
-                    self.err(&mp.key("route"), format!("route {r:?} is used by two members"));
-                }
-                members.push(m);
-            }
-        }
-        if b.member.is_empty() {
-            self.err(path, format!("balancer {name:?} has no [[balancer.{name}.member]]"));
-        }
-        let default_attempts = (b.member.len() as u32).saturating_sub(1);
-        BalancerConfig {
-            name: name.to_owned(),
-            lbmethod,
-            maxattempts: b.maxattempts.unwrap_or(default_attempts),
-            nofailover: b.nofailover.unwrap_or(false),
-            timeout: self.duration(&path.key("timeout"), &b.timeout, Duration::ZERO),
-            failonstatus,
-            failontimeout: b.failontimeout.unwrap_or(false),
-            forcerecovery: b.forcerecovery.unwrap_or(true),
-            growth: b.growth.unwrap_or(0),
-            ejection: self.ejection(&path.key("ejection"), b.ejection.as_ref()),
-            members,
-        }
-    }
-
-    fn ejection(
-        &mut self,
-        path: &KeyPath,
-        raw: Option<&raw::RawEjection>,
-    ) -> crate::health::ejection::Policy {
-        let mut p = crate::health::ejection::Policy::default();
-        let Some(r) = raw else { return p };
-        let num = |n: RawNumber| match n {
-            RawNumber::Int(i) => i as f64,
-            RawNumber::Float(f) => f,
-        };
-        p.enabled = r.enabled.unwrap_or(true);
-        if let Some(v) = r.max_retransmits_per_s.map(num) {
-            if v > 0.0 {
-                p.max_retransmits_per_s = v
-            } else {
-                self.err(&path.key("max_retransmits_per_s"), "must be above 0")
-            }
-        }
-        if let Some(v) = r.latency_factor.map(num) {
-            if v >= 1.0 {
-                p.latency_factor = v
-            } else {
-                self.err(&path.key("latency_factor"), "must be at least 1")
-            }
-        }
-        if let Some(v) = r.max_failed_connects {
-            if v >= 1 {
-                p.max_failed_connects = v
-            } else {
-                self.err(&path.key("max_failed_connects"), "must be at least 1")
-            }
-        }
-        if let Some(v) = r.max_rto {
-            if v >= 1 {
-                p.max_rto = v
-            } else {
-                self.err(&path.key("max_rto"), "must be at least 1")
-            }
-        }
-        if let Some(v) = r.consecutive_errors {
-            p.consecutive_errors = v;
-        }
-        match r.max_ejected_percent {
-            Some(v) if v <= 100 => p.max_ejected_percent = v,
-            Some(v) => self.err(
-                &path.key("max_ejected_percent"),
-                format!("{v} is not a percentage (0..=100)"),
             ),
-            None => {}
         }
-        p.latency_floor =
-            self.duration(&path.key("latency_floor"), &r.latency_floor, p.latency_floor);
-        p.base_time = self.duration(&path.key("base_time"), &r.base_time, p.base_time);
-        p.max_time = self.duration(&path.key("max_time"), &r.max_time, p.max_time);
-        p.probation = self.duration(&path.key("probation"), &r.probation, p.probation);
-        if p.base_time.is_zero() {
-            self.err(&path.key("base_time"), "must be above 0");
+        let interval = self.duration(&tp.key("interval"), &t.interval, telemetry.interval);
+        if interval < Duration::from_millis(10) || interval > Duration::from_secs(60) {
+            self.err(&tp.key("interval"), "telemetry interval must be between 10ms and 60s");
+        } else {
+            telemetry.interval = interval;
         }
-        if p.max_time < p.base_time {
-            self.err(&path.key("max_time"), "must be at least base_time");
-        }
-        p
-    }
-
-    fn member(&mut self, path: &KeyPath, m: &raw::RawMember) -> Option<MemberConfig> {
-        let url = match parse_member_url(&m.url) {
-            Ok(u) => Some(u),
-            Err(msg) => {
-                self.err(&path.key("url"), msg);
-                None
-            }
-        };
-        let mut c = MemberConfig::for_url(url?);
-        if let Some(n) = m.loadfactor {
-            let f = match n {
-                RawNumber::Int(i) => i as f64,
-                RawNumber::Float(f) => f,
-            };
-            if (1.0..=100.0).contains(&f) {
-                c.lbfactor = (f * 100.0).round() as u32;
-            } else {
-                self.err(
-                    &path.key("loadfactor"),
-                    format!("loadfactor {f} is out of range 1..=100"),
-                );
-            }
-        }
-        match m.lbset {
-            Some(s) if (0..=99).contains(&s) => c.lbset = s as u32,
-            Some(s) => self.err(&path.key("lbset"), format!("lbset {s} is out of range 0..=99")),
-            None => {}
-        }
-        if let Some(s) = &m.status {
-            match StatusFlags::default().apply(s) {
-                Ok(f) => c.status = f,
-                Err(e) => self.err(&path.key("status"), e),
-            }
-        }
-        for (key, v) in [("route", &m.route), ("redirect", &m.redirect)] {
-            if let Some(v) = v
-                && (v.is_empty() || v.len() > 64 || !v.chars().all(|c| c.is_ascii_graphic()))
-            {
-                self.err(
-                    &path.key(key),
-                    format!("{key} {v:?} must be 1..=64 visible ASCII characters"),
-                );
-            }
-        }
-        c.route = m.route.clone();
-        c.redirect = m.redirect.clone();
-        match m.max {
-            Some(0) => {
-                self.err(&path.key("max"), "max must be at least 1 (leave it out for no limit)")
-            }
-            other => c.max = other,
-        }
-        c.retry = self.duration(&path.key("retry"), &m.retry, c.retry);
-        c.connectiontimeout = self.duration(
-            &path.key("connectiontimeout"),
-            &m.connectiontimeout,
-            c.connectiontimeout,
-        );
-        c.timeout = self.duration(&path.key("timeout"), &m.timeout, c.timeout);
-        if m.ttl.is_some() {
-            c.ttl = Some(self.duration(&path.key("ttl"), &m.ttl, Duration::ZERO));
-        }
-        if m.acquire.is_some() {
-            c.acquire = Some(self.duration(&path.key("acquire"), &m.acquire, Duration::ZERO));
-        }
-        c.disablereuse = m.disablereuse.unwrap_or(false);
-        c.keepalive = m.keepalive.unwrap_or(false);
-        Some(c)
+        telemetry
     }
 }
 
@@ -755,30 +205,6 @@ fn ignored_path(p: &serde_ignored::Path) -> KeyPath {
         | Path::NewtypeStruct { parent }
         | Path::NewtypeVariant { parent } => ignored_path(parent),
     }
-}
-
-/// Parse `http://host[:port][/path]` as a member URL.
-pub fn parse_member_url(s: &str) -> Result<MemberUrl, String> {
-    let uri: http::Uri = s.parse().map_err(|e| format!("{s:?} is not a URL: {e}"))?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return Err(format!(
-                "{s:?}: https members are not supported yet (upstream TLS arrives later)"
-            ));
-        }
-        Some(other) => {
-            return Err(format!("{s:?}: unsupported scheme {other:?}, expected http://"));
-        }
-        None => return Err(format!("{s:?} has no scheme: write http://host:port")),
-    }
-    let host = uri.host().ok_or_else(|| format!("{s:?} has no host"))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
-    if uri.query().is_some() {
-        return Err(format!("{s:?}: a member URL cannot carry a query string"));
-    }
-    let path = uri.path().trim_end_matches('/').to_owned();
-    Ok(MemberUrl { host, port: uri.port_u16().unwrap_or(80), path })
 }
 
 #[cfg(test)]
@@ -825,30 +251,11 @@ failonstatus = "500, 503"
         assert_eq!(c.listeners[0].timeout, Duration::from_secs(300));
         let b = &c.balancers[0];
         assert_eq!(b.maxattempts, 2);
-        assert_eq!(b.failonstatus, vec![500, 503]);
+        assert_eq!(b.http.failonstatus, vec![500, 503]);
         assert_eq!(b.members[0].lbfactor, 150);
         assert!(b.members[0].status.contains(crate::balancer::flags::HOT_STANDBY));
         assert_eq!(b.members[1].url.path, "/base");
         assert_eq!(b.members[1].retry, Duration::from_secs(5));
-    }
-
-    #[test]
-    fn durations_take_apache_and_suffixed_forms() {
-        assert_eq!(parse_duration(&RawDuration::Seconds(5)).unwrap(), Duration::from_secs(5));
-        assert_eq!(
-            parse_duration(&RawDuration::Text("250ms".into())).unwrap(),
-            Duration::from_millis(250)
-        );
-        assert_eq!(
-            parse_duration(&RawDuration::Text("2m".into())).unwrap(),
-            Duration::from_secs(120)
-        );
-        assert_eq!(
-            parse_duration(&RawDuration::FractionalSeconds(0.5)).unwrap(),
-            Duration::from_millis(500)
-        );
-        assert!(parse_duration(&RawDuration::Text("5 parsecs".into())).is_err());
-        assert!(parse_duration(&RawDuration::Seconds(-1)).is_err());
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! These structs mirror the file's shape; they hold no meaning yet. Unknown keys are errors, but
 //! they are collected (with `serde_ignored`) rather than refused by `deny_unknown_fields`, so that
 //! `lb check` reports every one of them, not only the first.
-//! [`super::validate`] turns them into the typed [`super::Config`], reporting every semantic error
+//! The validation modules ([`super::listener`], [`super::balancer`]) turn them into the typed [`super::Config`], reporting every semantic error
 //! with the key path it came from. Key names follow Apache's parameter names wherever Apache has
 //! one, so `lb import-apache` can map directives one to one.
 use serde::Deserialize;
@@ -16,6 +16,7 @@ pub struct RawConfig {
     pub admin: Option<RawAdmin>,
     pub telemetry: Option<RawTelemetry>,
     pub heartbeat: Option<RawHeartbeat>,
+    pub server: Option<RawServer>,
     #[serde(default)]
     pub listener: Vec<RawListener>,
     #[serde(default)]
@@ -25,6 +26,12 @@ pub struct RawConfig {
 #[derive(Debug, Deserialize)]
 pub struct RawAdmin {
     pub bind: Option<String>,
+}
+
+/// `[server]`: process-wide settings.
+#[derive(Debug, Deserialize)]
+pub struct RawServer {
+    pub graceful_shutdown_timeout: Option<RawDuration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -49,8 +56,38 @@ pub struct RawListener {
     pub max_keepalive_requests: Option<u64>,
     pub limit_request_fields_size: Option<u64>,
     pub access_log: Option<bool>,
+    pub accept_proxy: Option<bool>,
+    pub balancer: Option<String>,
     #[serde(default)]
     pub proxy_pass: Vec<RawProxyPass>,
+    #[serde(default)]
+    pub tls: Vec<RawServerTls>,
+    #[serde(default)]
+    pub sni: Vec<RawSni>,
+}
+
+/// `[[listener.tls]]`: one certificate, chosen by SNI.
+#[derive(Debug, Deserialize)]
+pub struct RawServerTls {
+    pub cert: String,
+    pub key: String,
+}
+
+/// `[[listener.sni]]`: TLS passthrough by server name (TCP listeners).
+#[derive(Debug, Deserialize)]
+pub struct RawSni {
+    pub server_name: String,
+    pub balancer: String,
+}
+
+/// `[balancer.NAME.tls]` and a member's `tls` override: TLS to `https://` members.
+#[derive(Debug, Deserialize, Default, Clone)]
+pub struct RawUpstreamTls {
+    pub ca: Option<String>,
+    pub server_name: Option<String>,
+    pub client_cert: Option<String>,
+    pub client_key: Option<String>,
+    pub insecure: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -77,6 +114,7 @@ pub struct RawBalancer {
     pub stickysessionsep: Option<String>,
     pub scolonpathdelim: Option<bool>,
     pub ejection: Option<RawEjection>,
+    pub tls: Option<RawUpstreamTls>,
     #[serde(default)]
     pub member: Vec<RawMember>,
 }
@@ -113,6 +151,8 @@ pub struct RawMember {
     pub acquire: Option<RawDuration>,
     pub disablereuse: Option<bool>,
     pub keepalive: Option<bool>,
+    pub send_proxy: Option<String>,
+    pub tls: Option<RawUpstreamTls>,
 }
 
 /// Apache writes durations as plain seconds; lb also takes "250ms", "5s", "2m", "1h".

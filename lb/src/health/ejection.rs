@@ -8,50 +8,8 @@ use std::fmt;
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// When a member is sick, and what ejection costs it. `[balancer.NAME.ejection]` in the config.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Policy {
-    pub enabled: bool,
-    /// Retransmits per second (over the last second) that eject.
-    pub max_retransmits_per_s: f64,
-    /// Failed connects within the last second that eject.
-    pub max_failed_connects: u64,
-    /// RTOs within the last second that eject.
-    pub max_rto: u64,
-    /// srtt this many times the balancer's median srtt ejects (with `latency_floor`).
-    pub latency_factor: f64,
-    /// ...but only when srtt is also at least this.
-    pub latency_floor: Duration,
-    /// Requests failed in a row (connect or exchange errors) that eject.
-    pub consecutive_errors: u32,
-    /// First ejection time; the n-th ejection lasts n × base, up to `max_time`.
-    pub base_time: Duration,
-    pub max_time: Duration,
-    /// How long a returning member must stay clean before it is healthy again.
-    pub probation: Duration,
-    /// At most this share of a balancer's members is ejected at once (at least one when the
-    /// balancer has two or more). Beyond it the balancer is in panic mode and balances across
-    /// all members instead.
-    pub max_ejected_percent: u32,
-}
-
-impl Default for Policy {
-    fn default() -> Self {
-        Policy {
-            enabled: true,
-            max_retransmits_per_s: 5.0,
-            max_failed_connects: 1,
-            max_rto: 2,
-            latency_factor: 10.0,
-            latency_floor: Duration::from_millis(2),
-            consecutive_errors: 5,
-            base_time: Duration::from_secs(5),
-            max_time: Duration::from_secs(300),
-            probation: Duration::from_secs(5),
-            max_ejected_percent: 50,
-        }
-    }
-}
+/// When a member is sick, and what ejection costs it (`[balancer.NAME.ejection]`).
+pub use crate::config::EjectionPolicy as Policy;
 
 impl Policy {
     /// How many of `members` may be ejected at once.

@@ -7,9 +7,9 @@
 //! path only ever reads member flags, so it never waits for this loop.
 pub mod ejection;
 
-use crate::balancer::{Balancer, now_ms};
-use crate::runtime::Shared;
-use crate::telemetry::Snapshot;
+use crate::balancer::{Balancer, HealthNote, MemberId, now_ms};
+use crate::telemetry::{Snapshot, Telemetry};
+use arc_swap::ArcSwap;
 use ejection::{Signals, State, Tracker, Transition};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,18 +19,11 @@ use tokio::time::Instant;
 /// microsecond jitter between equal members (loopback, one rack) does not tilt the balance.
 pub const LATENCY_NOISE_US: f64 = 100.0;
 
-/// What `lb health` shows as a member's state.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HealthNote {
-    /// `healthy`, `ejected`, `probation`, or `sick` (sick but kept: the balancer is in panic mode).
-    pub state: &'static str,
-    pub reason: Option<String>,
-}
-
-/// Ejection trackers for every member of every balancer.
+/// Ejection trackers for every member of every balancer, by member identity: a member kept
+/// across a reload keeps its tracker.
 #[derive(Default)]
 pub struct Monitor {
-    trackers: HashMap<(String, usize), Tracker>,
+    trackers: HashMap<MemberId, Tracker>,
 }
 
 /// Lower median (robust with two members: one sick member cannot drag it up).
@@ -44,8 +37,10 @@ fn lower_median(mut v: Vec<f64>) -> Option<f64> {
 
 impl Monitor {
     pub fn evaluate(&mut self, balancers: &[Arc<Balancer>], snap: &Snapshot, now: Instant) {
+        // Forget members no balancer holds any more.
+        self.trackers.retain(|id, _| balancers.iter().any(|b| b.member(*id).is_some()));
         for b in balancers {
-            let policy = &b.config.ejection;
+            let policy = &b.settings.ejection;
             let kernel: Vec<_> = b
                 .members
                 .iter()
@@ -57,11 +52,7 @@ impl Monitor {
             let mut ejected = b
                 .members
                 .iter()
-                .filter(|m| {
-                    self.trackers
-                        .get(&(b.name().to_owned(), m.index))
-                        .is_some_and(Tracker::is_ejected)
-                })
+                .filter(|m| self.trackers.get(&m.id).is_some_and(Tracker::is_ejected))
                 .count();
             for (m, k) in b.members.iter().zip(&kernel) {
                 let weight = match (k.and_then(|k| k.srtt_us), median) {
@@ -69,10 +60,7 @@ impl Monitor {
                     _ => 1.0,
                 };
                 m.set_latency_weight(weight);
-                let t = self
-                    .trackers
-                    .entry((b.name().to_owned(), m.index))
-                    .or_insert_with(|| Tracker::new(now));
+                let t = self.trackers.entry(m.id).or_insert_with(|| Tracker::new(now));
                 let signals = Signals {
                     retransmits_per_s: k.map_or(0.0, |k| k.retransmits_per_s),
                     failed_connects: k.map_or(0, |k| k.connect_failed_recent),
@@ -92,22 +80,22 @@ impl Monitor {
                             format!("ejected for {for_:?} (ejection #{count}): {reason}"),
                         );
                         tracing::warn!(
-                            balancer = %b.name(), member = %m.config.url, reason = %reason,
+                            balancer = %b.name(), member = %m.url, reason = %reason,
                             ejection_s = for_.as_secs_f64(), count, "member ejected"
                         );
                     }
                     Some(Transition::Probation) => {
                         m.end_ejection();
-                        tracing::info!(balancer = %b.name(), member = %m.config.url, "ejection over: member on probation");
+                        tracing::info!(balancer = %b.name(), member = %m.url, "ejection over: member on probation");
                     }
                     Some(Transition::Healthy) => {
-                        tracing::info!(balancer = %b.name(), member = %m.config.url, "member healthy again");
+                        tracing::info!(balancer = %b.name(), member = %m.url, "member healthy again");
                     }
                     Some(Transition::Withheld(reason))
                         if m.health_note().is_none_or(|n| n.state != "sick") =>
                     {
                         tracing::warn!(
-                            balancer = %b.name(), member = %m.config.url, reason = %reason,
+                            balancer = %b.name(), member = %m.url, reason = %reason,
                             "member is sick but the balancer already has {budget} member(s) ejected: panic mode, kept in rotation"
                         );
                     }
@@ -132,18 +120,23 @@ impl Monitor {
     }
 }
 
-/// The control loop: sample telemetry and evaluate health every interval until `stop`.
-pub async fn run(shared: Arc<Shared>, stop: impl std::future::Future<Output = ()>) {
+/// The control loop: sample telemetry and evaluate the current balancers' health every interval
+/// until `stop`.
+pub async fn run(
+    balancers: Arc<ArcSwap<Vec<Arc<Balancer>>>>,
+    telemetry: Arc<Telemetry>,
+    stop: impl std::future::Future<Output = ()>,
+) {
     tokio::pin!(stop);
     let mut monitor = Monitor::default();
-    let mut tick = tokio::time::interval(shared.telemetry.interval);
+    let mut tick = tokio::time::interval(telemetry.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = tick.tick() => {
                 let now = Instant::now();
-                let snap = shared.telemetry.sample(now.into_std());
-                monitor.evaluate(&shared.balancers.load(), &snap, now);
+                let snap = telemetry.sample(now.into_std());
+                monitor.evaluate(&balancers.load(), &snap, now);
             }
             _ = &mut stop => break,
         }

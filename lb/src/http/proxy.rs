@@ -11,7 +11,7 @@ use super::access::AccessRecord;
 use super::body::{RequestBody, ResponseBody, UpstreamBody};
 use super::headers;
 use super::route::{Route, RouteTable, Upstream};
-use crate::balancer::{Member, Pick, PickContext, now_ms};
+use crate::balancer::{Member, Outcome, Pick, PickContext};
 use crate::upstream::UpstreamError;
 use crate::upstream::pool::Lease;
 use http::header::{self, HeaderMap, HeaderValue};
@@ -34,15 +34,23 @@ pub struct HttpProxy {
 
 /// Per downstream connection.
 pub struct ConnState {
+    /// The client: the TCP peer, or the source a PROXY protocol header named.
     pub peer: SocketAddr,
     /// The peer's IP as an `X-Forwarded-For` value.
     client_ip: HeaderValue,
+    /// "https" when the connection came over TLS, else "http".
+    scheme: &'static str,
     requests: AtomicU64,
 }
 
 impl ConnState {
-    pub fn new(peer: SocketAddr) -> ConnState {
-        ConnState { peer, client_ip: headers::client_value(peer.ip()), requests: AtomicU64::new(0) }
+    pub fn new(peer: SocketAddr, tls: bool) -> ConnState {
+        ConnState {
+            peer,
+            client_ip: headers::client_value(peer.ip()),
+            scheme: if tls { "https" } else { "http" },
+            requests: AtomicU64::new(0),
+        }
     }
 }
 
@@ -52,13 +60,15 @@ struct Outgoing<'a> {
     path_and_query: String,
     client_host: Option<HeaderValue>,
     route: &'a Route,
+    /// The client's scheme, for ProxyPassReverse.
+    scheme: &'static str,
     /// Method and headers to rebuild the request for another attempt, when replay is safe.
     replay: Option<(Method, HeaderMap)>,
 }
 
 impl Outgoing<'_> {
     fn retarget(&self, req: &mut Request<RequestBody>, member: &Arc<Member>) -> Result<(), String> {
-        let mp = &member.config.url.path;
+        let mp = &member.url.path;
         let uri = if mp.is_empty() {
             Uri::try_from(self.path_and_query.as_str())
         } else {
@@ -67,7 +77,10 @@ impl Outgoing<'_> {
         *req.uri_mut() = uri.map_err(|e| format!("cannot form the member URI: {e}"))?;
         let host = match (&self.client_host, self.route.preserve_host) {
             (Some(h), true) => h.clone(),
-            _ => self.route.upstream.hosts[member.index].clone(),
+            _ => match self.route.upstream.conn(member) {
+                Some(c) => c.host.clone(),
+                None => return Err(format!("member {} left its balancer", member.url)),
+            },
         };
         req.headers_mut().insert(header::HOST, host);
         req.body_mut().count_for(member);
@@ -190,7 +203,12 @@ impl HttpProxy {
                 parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
             });
         headers::strip_hop_by_hop(&mut parts.headers, upgrade.as_ref());
-        headers::add_forwarded(&mut parts.headers, &conn.client_ip, client_host.as_ref(), "http");
+        headers::add_forwarded(
+            &mut parts.headers,
+            &conn.client_ip,
+            client_host.as_ref(),
+            conn.scheme,
+        );
         headers::add_via(&mut parts.headers, version);
         parts.version = Version::HTTP_11;
         let replayable = upgrade.is_none() && is_idempotent(&parts.method) && body.is_end_stream();
@@ -198,6 +216,7 @@ impl HttpProxy {
             path_and_query,
             client_host,
             route,
+            scheme: conn.scheme,
             replay: replayable.then(|| (parts.method.clone(), parts.headers.clone())),
         };
         let mut pending = Some(Request::from_parts(parts, RequestBody::new(body)));
@@ -243,37 +262,33 @@ impl HttpProxy {
             }
             match self.exchange(upstream, &out, &member, req).await {
                 Ok((resp, lease)) => {
-                    member.record_success();
+                    member.report(Outcome::Success);
                     return self.respond(route, &out, resp, lease, pick, client_upgrade, rec);
                 }
                 Err(Failed { error, back }) => {
-                    let now = now_ms();
-                    if !matches!(error, UpstreamError::PoolExhausted { .. }) {
-                        member.record_failure();
-                    }
-                    let msg = format!("member {}: {error}", member.config.url);
+                    let msg = format!("member {}: {error}", member.url);
                     match &error {
                         UpstreamError::ResponseTimeout { .. } => {
-                            if balancer.config.failontimeout {
-                                member.mark_error(now, msg.clone());
+                            member.report(if upstream.policy.failontimeout {
+                                Outcome::Failed(msg.clone())
                             } else {
-                                member.note_error(now, msg.clone());
-                            }
+                                Outcome::SoftFailed(msg.clone())
+                            });
                             tracing::warn!(balancer = %balancer.name(), error = %msg, "member timed out");
                             return self.local(rec, StatusCode::GATEWAY_TIMEOUT, &msg);
                         }
                         // A full connection pool means busy, not broken: fail over without E.
-                        UpstreamError::PoolExhausted { .. } => member.note_error(now, msg.clone()),
-                        _ => {
-                            member.mark_error(now, msg.clone());
+                        UpstreamError::PoolExhausted { .. } => {
+                            member.report(Outcome::Busy(msg.clone()))
                         }
+                        _ => member.report(Outcome::Failed(msg.clone())),
                     }
                     let sent = back.is_none();
                     tracing::warn!(
-                        balancer = %balancer.name(), member = %member.config.url, attempt = attempts,
+                        balancer = %balancer.name(), member = %member.url, attempt = attempts,
                         sent, error = %error, "member failed"
                     );
-                    ctx.tried.push(member.index);
+                    ctx.tried.push(member.id);
                     drop(pick);
                     if sent && out.replay.is_none() {
                         let m = format!("{msg} (after the request was sent; not retried)");
@@ -281,7 +296,7 @@ impl HttpProxy {
                     }
                     last = Some((msg, sent));
                     pending = back;
-                    if attempts > balancer.config.maxattempts {
+                    if attempts > balancer.settings.maxattempts {
                         let (msg, sent) = last.unwrap_or_default();
                         let status = if sent {
                             StatusCode::BAD_GATEWAY
@@ -305,7 +320,12 @@ impl HttpProxy {
         member: &Arc<Member>,
         mut req: Request<RequestBody>,
     ) -> Result<(Response<Incoming>, Lease<RequestBody>), Failed> {
-        let pool = &upstream.pools[member.index];
+        let Some(conn) = upstream.conn(member) else {
+            let source = std::io::Error::other("the member left its balancer in a reload");
+            let addr = member.url.authority();
+            return Err(Failed { error: UpstreamError::Connect { addr, source }, back: Some(req) });
+        };
+        let pool = &conn.pool;
         let mut fresh = false;
         loop {
             let mut lease = match pool.checkout(fresh).await {
@@ -316,7 +336,7 @@ impl HttpProxy {
             };
             let stale_may_retry = lease.reused && !fresh;
             let wait = lease.response_timeout();
-            let addr = member.config.url.authority();
+            let addr = member.url.authority();
             match tokio::time::timeout(wait, lease.sender.try_send_request(req)).await {
                 Err(_) => {
                     return Err(Failed {
@@ -346,7 +366,7 @@ impl HttpProxy {
                             }
                         },
                     }
-                    tracing::debug!(member = %member.config.url, "stale pooled connection; retrying on a fresh one");
+                    tracing::debug!(member = %member.url, "stale pooled connection; retrying on a fresh one");
                     fresh = true;
                 }
             }
@@ -366,10 +386,9 @@ impl HttpProxy {
     ) -> Response<ResponseBody> {
         let member = Arc::clone(pick.member());
         let status = resp.status();
-        let balancer = &route.upstream.balancer;
-        if balancer.config.failonstatus.contains(&status.as_u16()) {
-            let msg = format!("member {} answered {status} (failonstatus)", member.config.url);
-            member.mark_error(now_ms(), msg);
+        if route.upstream.policy.failonstatus.contains(&status.as_u16()) {
+            let msg = format!("member {} answered {status} (failonstatus)", member.url);
+            member.mark_error(crate::balancer::now_ms(), msg);
         }
         if let Some(r) = rec.as_mut() {
             r.status = status;
@@ -397,7 +416,7 @@ impl HttpProxy {
                 [header::LOCATION, header::CONTENT_LOCATION, http::HeaderName::from_static("uri")]
             {
                 if let Some(v) = parts.headers.get(&name)
-                    && let Some(nv) = rev.rewrite(v, host, "http")
+                    && let Some(nv) = rev.rewrite(v, host, out.scheme)
                 {
                     parts.headers.insert(name, nv);
                 }
@@ -428,11 +447,11 @@ async fn tunnel(
                     m.add_read(to_client);
                 }
                 Err(e) => {
-                    tracing::debug!(member = %m.config.url, error = %e, "upgraded connection ended")
+                    tracing::debug!(member = %m.url, error = %e, "upgraded connection ended")
                 }
             }
         }
-        Err(e) => tracing::debug!(member = %m.config.url, error = %e, "upgrade did not complete"),
+        Err(e) => tracing::debug!(member = %m.url, error = %e, "upgrade did not complete"),
     }
     drop(lease);
     drop(pick);

@@ -5,37 +5,58 @@
 //! not `/apple`). The rest of the path is appended to the target path, which is appended to the
 //! member URL's path.
 use super::body::RequestBody;
-use crate::balancer::Balancer;
+use crate::balancer::{Balancer, Member, MemberId};
+use crate::config::{HttpPolicy, Scheme};
 use crate::telemetry::Telemetry;
 use crate::upstream::pool::Pool;
 use http::HeaderValue;
+use std::collections::HashMap;
 use std::sync::Arc;
 
-/// A balancer with one connection pool per member (same order as `balancer.members`).
+/// What the HTTP side keeps per member: its connection pool and `Host` value.
+pub struct MemberConn {
+    pub pool: Arc<Pool<RequestBody>>,
+    pub host: HeaderValue,
+}
+
+/// A balancer as the HTTP side sees it: its members' pools (by member identity, so they survive
+/// a reload with the member) and Apache's HTTP-only policy.
 pub struct Upstream {
     pub name: Arc<str>,
     pub balancer: Arc<Balancer>,
-    pub pools: Vec<Arc<Pool<RequestBody>>>,
-    /// Each member's `Host` header value, made once.
-    pub hosts: Vec<HeaderValue>,
+    pub policy: HttpPolicy,
+    conns: HashMap<MemberId, MemberConn>,
 }
 
 impl Upstream {
-    pub fn new(balancer: Arc<Balancer>, telemetry: &Arc<Telemetry>) -> Upstream {
-        let pools = balancer
-            .members
-            .iter()
-            .map(|m| Pool::new(Arc::clone(m), Arc::clone(telemetry)))
-            .collect();
-        let hosts = balancer
-            .members
-            .iter()
-            .map(|m| {
-                HeaderValue::from_str(&m.config.url.authority())
-                    .unwrap_or_else(|_| HeaderValue::from_static("localhost"))
-            })
-            .collect();
-        Upstream { name: Arc::from(balancer.name()), balancer, pools, hosts }
+    /// Pools for `balancer`'s members, taken from `previous` where the member (and its TLS
+    /// settings) is the same.
+    pub fn new(
+        balancer: Arc<Balancer>,
+        policy: HttpPolicy,
+        telemetry: &Arc<Telemetry>,
+        previous: Option<&Upstream>,
+    ) -> Result<Upstream, crate::tls::TlsError> {
+        let mut conns = HashMap::new();
+        for m in &balancer.members {
+            let tls = match (&m.url.scheme, &m.config().tls) {
+                (Scheme::Https, Some(t)) => Some(crate::tls::Upstream::new(&m.url, t)?),
+                _ => None,
+            };
+            let pool = match previous.and_then(|p| p.conns.get(&m.id)) {
+                Some(c) if c.pool.tls_matches(tls.as_ref()) => Arc::clone(&c.pool),
+                _ => Pool::new(Arc::clone(m), Arc::clone(telemetry), tls),
+            };
+            let host = HeaderValue::from_str(&m.url.authority())
+                .unwrap_or_else(|_| HeaderValue::from_static("localhost"));
+            conns.insert(m.id, MemberConn { pool, host });
+        }
+        Ok(Upstream { name: Arc::from(balancer.name()), balancer, policy, conns })
+    }
+
+    /// The pool and Host value of a member of this balancer.
+    pub fn conn(&self, member: &Member) -> Option<&MemberConn> {
+        self.conns.get(&member.id)
     }
 }
 
@@ -83,11 +104,8 @@ pub struct ReverseMap {
 
 impl ReverseMap {
     pub fn new(balancer: &Balancer, target_path: &str, public_prefix: &str) -> ReverseMap {
-        let member_prefixes = balancer
-            .members
-            .iter()
-            .map(|m| format!("{}{}", m.config.url.base(), target_path))
-            .collect();
+        let member_prefixes =
+            balancer.members.iter().map(|m| format!("{}{}", m.url.base(), target_path)).collect();
         ReverseMap { member_prefixes, public_prefix: public_prefix.to_owned() }
     }
 

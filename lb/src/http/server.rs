@@ -1,24 +1,60 @@
-//! Accept loop for an HTTP listener: HTTP/1.1 and cleartext HTTP/2 (prior knowledge) on one port.
+//! Accept loop for an HTTP listener: HTTP/1.1 and HTTP/2 on one port, cleartext (h2c by prior
+//! knowledge) or TLS (ALPN h2 / http/1.1), optionally behind a PROXY protocol header.
 //!
-//! Takes an already-bound listener and a shutdown signal (bind, then run). One tracing span per
-//! connection; connections finish their in-flight requests on shutdown.
+//! Takes an already-bound listener and a shutdown signal (bind, then run). What it serves comes
+//! from its [`Slot`]: every new connection, and every request, reads the current [`HttpService`],
+//! so a reload that swaps the slot changes routing and certificates without closing a connection.
+//! One tracing span per connection; connections finish their in-flight requests on shutdown.
 use super::body::ResponseBody;
 use super::proxy::{ConnState, HttpProxy};
 use crate::config::ListenerConfig;
+use crate::conn::Incoming as ClientConn;
+use crate::shutdown::stopped;
+use arc_swap::ArcSwap;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::Instrument;
 
-/// How long open connections get to finish after shutdown starts.
-const DRAIN: Duration = Duration::from_secs(10);
+/// What an HTTP listener serves; swapped whole by a reload.
+pub struct HttpService {
+    pub proxy: HttpProxy,
+    pub builder: auto::Builder<TokioExecutor>,
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    pub accept_proxy: bool,
+    /// The longest wait for a TLS handshake.
+    pub handshake_timeout: Duration,
+}
+
+pub type Slot = Arc<ArcSwap<HttpService>>;
+
+impl HttpService {
+    pub fn new(
+        cfg: &ListenerConfig,
+        proxy: HttpProxy,
+    ) -> Result<HttpService, crate::tls::TlsError> {
+        let tls = if cfg.tls.is_empty() {
+            None
+        } else {
+            Some(crate::tls::acceptor(&cfg.tls, &[b"h2", b"http/1.1"])?)
+        };
+        Ok(HttpService {
+            proxy,
+            builder: builder(cfg),
+            tls,
+            accept_proxy: cfg.accept_proxy,
+            handshake_timeout: cfg.timeout.min(crate::conn::PRELUDE_TIMEOUT),
+        })
+    }
+}
 
 fn builder(cfg: &ListenerConfig) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
@@ -37,19 +73,15 @@ fn builder(cfg: &ListenerConfig) -> auto::Builder<TokioExecutor> {
     b
 }
 
-/// Resolves once the shutdown flag turns true (or its sender is gone).
-pub async fn stopped(mut rx: watch::Receiver<bool>) {
-    let _ = rx.wait_for(|s| *s).await;
-}
-
-/// Serve `listener` until `shutdown` turns true.
+/// Serve `listener` until `shutdown` turns true; then let open connections finish within
+/// `grace`.
 pub async fn serve(
     listener: TcpListener,
-    cfg: ListenerConfig,
-    proxy: Arc<HttpProxy>,
+    name: Arc<str>,
+    slot: Slot,
     shutdown: watch::Receiver<bool>,
+    grace: Duration,
 ) {
-    let builder = Arc::new(builder(&cfg));
     let graceful = GracefulShutdown::new();
     let stop = stopped(shutdown);
     tokio::pin!(stop);
@@ -60,33 +92,69 @@ pub async fn serve(
                     Ok(x) => x,
                     Err(e) => {
                         // Out of descriptors and the like: say so, back off briefly, go on.
-                        tracing::warn!(listener = %cfg.name, error = %e, "accept failed");
+                        tracing::warn!(listener = %name, error = %e, "accept failed");
                         tokio::time::sleep(Duration::from_millis(20)).await;
                         continue;
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let state = Arc::new(ConnState::new(peer));
-                let proxy = Arc::clone(&proxy);
-                let svc = service_fn(move |req: hyper::Request<Incoming>| {
-                    let proxy = Arc::clone(&proxy);
-                    let state = Arc::clone(&state);
-                    async move { Ok::<hyper::Response<ResponseBody>, Infallible>(proxy.handle(req, &state).await) }
-                });
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned();
-                let conn = graceful.watch(conn);
-                let span = tracing::info_span!("conn", listener = %cfg.name, peer = %peer);
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "connection ended with an error");
-                    }
-                }.instrument(span));
+                let span = tracing::info_span!("conn", listener = %name, peer = %peer);
+                let task = connection(ClientConn::new(stream, peer), Arc::clone(&slot), graceful.watcher());
+                tokio::spawn(task.instrument(span));
             }
             _ = &mut stop => break,
         }
     }
     drop(listener);
-    if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
-        tracing::warn!(listener = %cfg.name, "connections still open after {DRAIN:?}; closing them");
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        tracing::warn!(listener = %name, "connections still open after {grace:?}; closing them");
+    }
+}
+
+/// One client connection: PROXY header, TLS handshake, then HTTP until it closes.
+async fn connection(mut conn: ClientConn, slot: Slot, watcher: Watcher) {
+    let svc = slot.load_full();
+    if svc.accept_proxy
+        && let Err(e) = conn.accept_proxy().await
+    {
+        tracing::warn!(error = %e, "closing: bad or missing PROXY protocol header");
+        return;
+    }
+    let client = conn.client;
+    let stream = conn.into_stream();
+    match &svc.tls {
+        None => serve_http(stream, client, false, slot, &svc, watcher).await,
+        Some(acceptor) => {
+            match tokio::time::timeout(svc.handshake_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => serve_http(tls, client, true, slot, &svc, watcher).await,
+                Ok(Err(e)) => tracing::warn!(%client, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::warn!(%client, "TLS handshake timed out"),
+            }
+        }
+    }
+}
+
+async fn serve_http<S>(
+    stream: S,
+    client: std::net::SocketAddr,
+    tls: bool,
+    slot: Slot,
+    svc: &HttpService,
+    watcher: Watcher,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let state = Arc::new(ConnState::new(client, tls));
+    let service = service_fn(move |req: hyper::Request<Incoming>| {
+        // Each request reads the listener's current routes.
+        let svc = slot.load_full();
+        let state = Arc::clone(&state);
+        async move {
+            Ok::<hyper::Response<ResponseBody>, Infallible>(svc.proxy.handle(req, &state).await)
+        }
+    });
+    let conn = svc.builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    if let Err(e) = watcher.watch(conn.into_owned()).await {
+        tracing::debug!(error = %e, "connection ended with an error");
     }
 }

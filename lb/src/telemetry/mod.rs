@@ -36,29 +36,7 @@ pub enum TelemetryError {
     Poisoned,
 }
 
-/// `[telemetry] source`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SourceChoice {
-    /// eBPF when it loads, else off (said at startup).
-    Auto,
-    /// eBPF or refuse to start.
-    Ebpf,
-    /// TCP_INFO of lb's member connections (what auto falls back to).
-    TcpInfo,
-    Off,
-}
-
-#[derive(Debug, Clone)]
-pub struct TelemetryConfig {
-    pub source: SourceChoice,
-    pub interval: Duration,
-}
-
-impl Default for TelemetryConfig {
-    fn default() -> Self {
-        TelemetryConfig { source: SourceChoice::Auto, interval: Duration::from_millis(250) }
-    }
-}
+pub use crate::config::{SourceChoice, TelemetryConfig};
 
 /// Per-endpoint health as the sampler last computed it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -1,19 +1,20 @@
-//! Open a TCP connection to a member with its `connectiontimeout` and socket options.
+//! Open a TCP connection to a member with its `connectiontimeout` and socket options. HTTP pools
+//! and TCP listeners both connect here, so kernel telemetry sees every member connection.
 use super::UpstreamError;
 use crate::balancer::Member;
-use crate::config::MemberConfig;
+use crate::config::MemberUrl;
 use crate::telemetry::Telemetry;
 use crate::telemetry::tcp_info::TrackedStream;
 use std::net::{IpAddr, SocketAddr};
 use tokio::net::TcpSocket;
 
 /// Resolve a member's address: literal IPs directly, names through the system resolver.
-pub async fn resolve(cfg: &MemberConfig) -> Result<SocketAddr, UpstreamError> {
-    if let Ok(ip) = cfg.url.host.parse::<IpAddr>() {
-        return Ok(SocketAddr::new(ip, cfg.url.port));
+pub async fn resolve(url: &MemberUrl) -> Result<SocketAddr, UpstreamError> {
+    if let Ok(ip) = url.host.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, url.port));
     }
-    let host = cfg.url.host.as_str();
-    let mut addrs = tokio::net::lookup_host((host, cfg.url.port))
+    let host = url.host.as_str();
+    let mut addrs = tokio::net::lookup_host((host, url.port))
         .await
         .map_err(|source| UpstreamError::Resolve { host: host.to_owned(), source })?;
     addrs.next().ok_or_else(|| UpstreamError::Resolve {
@@ -28,8 +29,8 @@ pub async fn connect(
     member: &Member,
     telemetry: &Telemetry,
 ) -> Result<TrackedStream, UpstreamError> {
-    let cfg = &member.config;
-    let addr = resolve(cfg).await?;
+    let cfg = member.config();
+    let addr = resolve(&member.url).await?;
     member.set_endpoint(addr);
     let socket = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }
         .map_err(|source| UpstreamError::Connect { addr: addr.to_string(), source })?;

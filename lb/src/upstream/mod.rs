@@ -1,8 +1,8 @@
 //! Connections from lb to its members.
 //!
-//! [`connect`] is the one place a member connection is opened (timeouts, socket options; TLS to
-//! `https://` members will layer on here). [`pool`] keeps idle HTTP/1.1 connections per member,
-//! lock-free, honouring Apache's `max`, `acquire`, `ttl` and `disablereuse`.
+//! [`connect`] is the one place a member connection is opened (timeouts, socket options,
+//! telemetry registration). [`pool`] keeps idle HTTP/1.1 connections (cleartext or TLS) per
+//! member, lock-free, honouring Apache's `max`, `acquire`, `ttl` and `disablereuse`.
 pub mod connect;
 pub mod pool;
 
@@ -21,6 +21,12 @@ pub enum UpstreamError {
     ConnectTimeout { addr: String, after: Duration },
     #[error("connect to {addr} failed: {source}")]
     Connect {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("TLS handshake with {addr} failed: {source}")]
+    Tls {
         addr: String,
         #[source]
         source: std::io::Error,

@@ -1,9 +1,10 @@
-//! Pooled keep-alive HTTP/1.1 connections to one member.
+//! Pooled keep-alive HTTP/1.1 connections to one member, cleartext or TLS.
 //!
 //! Idle connections sit in a lock-free bounded queue. A [`Lease`] is one checked-out connection;
 //! the protocol layer hands it back with [`Lease::release`] once the response body has been read
-//! to its end, and simply drops it otherwise (the connection then closes). With `max` set, a
-//! semaphore bounds the leases out at once and `acquire` bounds the wait for one.
+//! to its end, and simply drops it otherwise (the connection then closes). With `max` set, the
+//! member's connection slots bound the leases out at once and `acquire` bounds the wait for one.
+//! A pool belongs to one member identity and survives reloads with it.
 use super::UpstreamError;
 use super::connect::connect;
 use crate::balancer::Member;
@@ -14,7 +15,7 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::OwnedSemaphorePermit;
 
 /// Idle connections kept per member when `max` is not set.
 const DEFAULT_IDLE: usize = 512;
@@ -27,8 +28,9 @@ struct Idle<B> {
 pub struct Pool<B> {
     member: Arc<Member>,
     telemetry: Arc<Telemetry>,
+    /// For an `https://` member: how to wrap a new connection in TLS.
+    tls: Option<crate::tls::Upstream>,
     idle: ArrayQueue<Idle<B>>,
-    slots: Option<Arc<Semaphore>>,
 }
 
 /// One checked-out connection.
@@ -47,15 +49,13 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    pub fn new(member: Arc<Member>, telemetry: Arc<Telemetry>) -> Arc<Pool<B>> {
-        let max = member.config.max;
-        let idle_cap = max.map_or(DEFAULT_IDLE, |m| m as usize).max(1);
-        Arc::new(Pool {
-            idle: ArrayQueue::new(idle_cap),
-            slots: max.map(|m| Arc::new(Semaphore::new(m as usize))),
-            member,
-            telemetry,
-        })
+    pub fn new(
+        member: Arc<Member>,
+        telemetry: Arc<Telemetry>,
+        tls: Option<crate::tls::Upstream>,
+    ) -> Arc<Pool<B>> {
+        let idle_cap = member.config().max.map_or(DEFAULT_IDLE, |m| m as usize).max(1);
+        Arc::new(Pool { idle: ArrayQueue::new(idle_cap), member, telemetry, tls })
     }
 
     pub fn member(&self) -> &Arc<Member> {
@@ -65,27 +65,16 @@ where
     /// Check out a connection: a live idle one if there is one, else a new one.
     /// `fresh` skips the idle queue (used to retry after a stale keep-alive connection failed).
     pub async fn checkout(self: &Arc<Self>, fresh: bool) -> Result<Lease<B>, UpstreamError> {
-        let cfg = &self.member.config;
-        let permit = match &self.slots {
-            None => None,
-            Some(sem) => {
-                let wait = cfg.acquire.unwrap_or(cfg.timeout);
-                match tokio::time::timeout(wait, sem.clone().acquire_owned()).await {
-                    Ok(Ok(p)) => Some(p),
-                    _ => {
-                        return Err(UpstreamError::PoolExhausted {
-                            addr: cfg.url.authority(),
-                            max: cfg.max.unwrap_or(0),
-                            waited: wait,
-                        });
-                    }
-                }
-            }
-        };
+        let permit =
+            self.member.acquire_slot().await.map_err(|e| UpstreamError::PoolExhausted {
+                addr: self.member.url.authority(),
+                max: e.max,
+                waited: e.waited,
+            })?;
+        let ttl = self.member.config().ttl;
         if !fresh {
             while let Some(idle) = self.idle.pop() {
-                if cfg.ttl.is_some_and(|ttl| idle.since.elapsed() > ttl) || idle.sender.is_closed()
-                {
+                if ttl.is_some_and(|ttl| idle.since.elapsed() > ttl) || idle.sender.is_closed() {
                     continue;
                 }
                 let mut sender = idle.sender;
@@ -102,25 +91,66 @@ where
     }
 
     async fn open(&self) -> Result<SendRequest<B>, UpstreamError> {
-        let cfg = &self.member.config;
         let stream = connect(&self.member, &self.telemetry).await?;
-        let (sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|source| UpstreamError::Handshake { addr: cfg.url.authority(), source })?;
-        tokio::spawn(async move {
-            // The connection ends when the member closes it or the last sender is dropped;
-            // either is normal, and request-level errors are reported through the sender.
-            let _ = conn.with_upgrades().await;
-        });
-        Ok(sender)
+        let addr = self.member.url.authority();
+        match &self.tls {
+            None => handshake(TokioIo::new(stream), addr).await,
+            Some(tls) => {
+                let wait = self.member.config().connectiontimeout;
+                let shake = tls.connector.connect(tls.server_name.clone(), stream);
+                let stream = match tokio::time::timeout(wait, shake).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(source)) => return Err(UpstreamError::Tls { addr, source }),
+                    Err(_) => {
+                        let source = std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!("no TLS handshake within connectiontimeout {wait:?}"),
+                        );
+                        return Err(UpstreamError::Tls { addr, source });
+                    }
+                };
+                handshake(TokioIo::new(stream), addr).await
+            }
+        }
+    }
+}
+
+/// The HTTP/1.1 client handshake on a connected stream; its driver runs as its own task.
+async fn handshake<B, T>(io: TokioIo<T>, addr: String) -> Result<SendRequest<B>, UpstreamError>
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = http1::Builder::new()
+        .handshake(io)
+        .await
+        .map_err(|source| UpstreamError::Handshake { addr, source })?;
+    tokio::spawn(async move {
+        // The connection ends when the member closes it or the last sender is dropped;
+        // either is normal, and request-level errors are reported through the sender.
+        let _ = conn.with_upgrades().await;
+    });
+    Ok(sender)
+}
+
+impl<B> Pool<B> {
+    /// Whether this pool was made for these member TLS settings (a reload that changes them
+    /// gets a new pool).
+    pub fn tls_matches(&self, tls: Option<&crate::tls::Upstream>) -> bool {
+        match (&self.tls, tls) {
+            (None, None) => true,
+            (Some(a), Some(b)) => a.same_as(b),
+            _ => false,
+        }
     }
 }
 
 impl<B> Lease<B> {
     /// Return the connection to the pool for reuse (its response must have been read to the end).
     pub fn release(self) {
-        if self.pool.member.config.disablereuse || self.sender.is_closed() {
+        if self.pool.member.config().disablereuse || self.sender.is_closed() {
             return;
         }
         // A full queue drops the connection, which closes it.
@@ -129,6 +159,6 @@ impl<B> Lease<B> {
 
     /// How long the caller should wait for the response head.
     pub fn response_timeout(&self) -> Duration {
-        self.pool.member.config.timeout
+        self.pool.member.config().timeout
     }
 }

@@ -1,0 +1,91 @@
+//! What happens on a client connection before any protocol: the PROXY protocol header a proxy in
+//! front of lb sends ([`proxy_protocol`]), the SNI of a ClientHello for passthrough ([`sni`]),
+//! and the stream that hands on what was read while looking ([`prefixed`]). Both listener kinds
+//! (HTTP and TCP) start here.
+pub mod prefixed;
+pub mod proxy_protocol;
+pub mod sni;
+
+use bytes::BytesMut;
+use prefixed::Prefixed;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+
+/// The longest wait for a PROXY header or a ClientHello.
+pub const PRELUDE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum PreludeError {
+    #[error(transparent)]
+    Proxy(#[from] proxy_protocol::ProxyHeaderError),
+    #[error(transparent)]
+    NotHello(#[from] sni::NotHello),
+    #[error("the client sent nothing usable within {0:?}")]
+    Timeout(Duration),
+    #[error("the client closed the connection first")]
+    Closed,
+    #[error("read failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A client connection as it arrives, with what lb has read of it so far.
+pub struct Incoming {
+    pub stream: TcpStream,
+    pub read: BytesMut,
+    /// The client: the TCP peer, or the source its PROXY header names.
+    pub client: SocketAddr,
+    /// The address the client connected to (or the PROXY header's destination).
+    pub local: SocketAddr,
+}
+
+impl Incoming {
+    pub fn new(stream: TcpStream, peer: SocketAddr) -> Incoming {
+        let local = stream.local_addr().unwrap_or(peer);
+        Incoming { stream, read: BytesMut::new(), client: peer, local }
+    }
+
+    /// Read more, within `deadline`.
+    async fn fill(&mut self, deadline: tokio::time::Instant) -> Result<(), PreludeError> {
+        self.read.reserve(4096);
+        match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.read)).await {
+            Err(_) => Err(PreludeError::Timeout(PRELUDE_TIMEOUT)),
+            Ok(Ok(0)) => Err(PreludeError::Closed),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.into()),
+        }
+    }
+
+    /// Read and strip a PROXY protocol header (v1 or v2); the client becomes its source.
+    pub async fn accept_proxy(&mut self) -> Result<(), PreludeError> {
+        let deadline = tokio::time::Instant::now() + PRELUDE_TIMEOUT;
+        loop {
+            match proxy_protocol::parse(&self.read)? {
+                proxy_protocol::Parsed::Incomplete => self.fill(deadline).await?,
+                proxy_protocol::Parsed::Header { len, source, dest } => {
+                    let _ = self.read.split_to(len);
+                    self.client = source.unwrap_or(self.client);
+                    self.local = dest.unwrap_or(self.local);
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Read the ClientHello's SNI host name (the bytes stay to be forwarded).
+    pub async fn server_name(&mut self) -> Result<Option<String>, PreludeError> {
+        let deadline = tokio::time::Instant::now() + PRELUDE_TIMEOUT;
+        loop {
+            match sni::server_name(&self.read)? {
+                sni::Hello::Incomplete => self.fill(deadline).await?,
+                sni::Hello::Complete(name) => return Ok(name),
+            }
+        }
+    }
+
+    /// The stream, with what was read and not consumed in front.
+    pub fn into_stream(self) -> Prefixed<TcpStream> {
+        Prefixed::new(self.read, self.stream)
+    }
+}

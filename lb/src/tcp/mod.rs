@@ -1,0 +1,260 @@
+//! Layer 4: TCP listeners that balance whole connections.
+//!
+//! Per connection: an optional PROXY header from the client ([`crate::conn`]); then either TLS
+//! termination (plain TCP to members), SNI passthrough (the ClientHello's server name picks the
+//! balancer, TLS stays end to end), or neither; then the balancer picks a member with the same
+//! methods, flags, lbsets and ejection as HTTP (busy = open connections), a refused or timed-out
+//! connect fails over within `maxattempts`, an optional PROXY header goes to the member, and
+//! [`relay`] moves bytes both ways with half-close and an idle timeout.
+pub mod relay;
+
+use crate::balancer::{Balancer, Outcome, Pick, PickContext};
+use crate::config::{ListenerConfig, ProxyVersion};
+use crate::conn::{Incoming as ClientConn, proxy_protocol, sni};
+use crate::shutdown::stopped;
+use crate::telemetry::Telemetry;
+use arc_swap::ArcSwap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+/// What a TCP listener serves; swapped whole by a reload.
+pub struct TcpService {
+    pub name: Arc<str>,
+    /// For connections no SNI route claims.
+    pub default: Option<Arc<Balancer>>,
+    /// SNI passthrough routes, in config order.
+    pub sni: Vec<(String, Arc<Balancer>)>,
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    pub accept_proxy: bool,
+    pub idle: Duration,
+    pub access_log: bool,
+    pub telemetry: Arc<Telemetry>,
+}
+
+pub type Slot = Arc<ArcSwap<TcpService>>;
+
+impl TcpService {
+    /// `balancer(name)` finds the live balancer of that name.
+    pub fn new(
+        cfg: &ListenerConfig,
+        balancer: impl Fn(&str) -> Option<Arc<Balancer>>,
+        telemetry: Arc<Telemetry>,
+    ) -> Result<TcpService, crate::tls::TlsError> {
+        let tls =
+            if cfg.tls.is_empty() { None } else { Some(crate::tls::acceptor(&cfg.tls, &[])?) };
+        Ok(TcpService {
+            name: Arc::from(cfg.name.as_str()),
+            default: cfg.balancer.as_deref().and_then(&balancer),
+            sni: cfg
+                .sni
+                .iter()
+                .filter_map(|r| Some((r.server_name.clone(), balancer(&r.balancer)?)))
+                .collect(),
+            tls,
+            accept_proxy: cfg.accept_proxy,
+            idle: cfg.timeout,
+            access_log: cfg.access_log,
+            telemetry,
+        })
+    }
+}
+
+/// Serve `listener` until `shutdown` turns true; then let open connections run for up to
+/// `grace` before closing them.
+pub async fn serve(
+    listener: TcpListener,
+    name: Arc<str>,
+    slot: Slot,
+    shutdown: watch::Receiver<bool>,
+    grace: Duration,
+) {
+    let mut conns = JoinSet::new();
+    let stop = stopped(shutdown);
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(listener = %name, error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let span = tracing::info_span!("conn", listener = %name, peer = %peer);
+                conns.spawn(connection(ClientConn::new(stream, peer), slot.load_full()).instrument(span));
+            }
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            _ = &mut stop => break,
+        }
+    }
+    drop(listener);
+    let drain = async { while conns.join_next().await.is_some() {} };
+    if tokio::time::timeout(grace, drain).await.is_err() {
+        tracing::warn!(listener = %name, open = conns.len(), "connections still open after {grace:?}; closing them");
+        conns.abort_all();
+    }
+}
+
+/// One client connection, start to end.
+async fn connection(mut conn: ClientConn, svc: Arc<TcpService>) {
+    if svc.accept_proxy
+        && let Err(e) = conn.accept_proxy().await
+    {
+        tracing::warn!(error = %e, "closing: bad or missing PROXY protocol header");
+        return;
+    }
+    let (client, local) = (conn.client, conn.local);
+    if let Some(acceptor) = &svc.tls {
+        let shake = acceptor.accept(conn.into_stream());
+        match tokio::time::timeout(crate::conn::PRELUDE_TIMEOUT, shake).await {
+            Ok(Ok(tls)) => forward(tls, client, local, svc.default.clone(), &svc).await,
+            Ok(Err(e)) => tracing::warn!(%client, error = %e, "TLS handshake failed"),
+            Err(_) => tracing::warn!(%client, "TLS handshake timed out"),
+        }
+        return;
+    }
+    let balancer = if svc.sni.is_empty() {
+        svc.default.clone()
+    } else {
+        match conn.server_name().await {
+            Ok(name) => {
+                let routed = name.as_deref().and_then(|n| {
+                    svc.sni.iter().find(|(p, _)| sni::matches(p, n)).map(|(_, b)| Arc::clone(b))
+                });
+                tracing::debug!(sni = ?name, routed = routed.is_some(), "ClientHello read");
+                routed.or_else(|| svc.default.clone())
+            }
+            Err(e) => {
+                tracing::warn!(%client, error = %e, "closing: no TLS ClientHello to route by");
+                return;
+            }
+        }
+    };
+    forward(conn.into_stream(), client, local, balancer, &svc).await;
+}
+
+/// Connect the client to a member of `balancer` and relay until done.
+async fn forward<C>(
+    client_io: C,
+    client: SocketAddr,
+    local: SocketAddr,
+    balancer: Option<Arc<Balancer>>,
+    svc: &TcpService,
+) where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    let start = Instant::now();
+    let Some(balancer) = balancer else {
+        tracing::warn!(%client, "closing: no SNI route matches and the listener has no default balancer");
+        return;
+    };
+    let (pick, mut upstream, _slot) = match connect(&balancer, client, &svc.telemetry).await {
+        Ok(x) => x,
+        Err(msg) => {
+            tracing::warn!(%client, balancer = %balancer.name(), error = %msg, "closing: no member reachable");
+            return;
+        }
+    };
+    let member = Arc::clone(pick.member());
+    if let Some(v) = member.config().send_proxy {
+        let header = match v {
+            ProxyVersion::V1 => proxy_protocol::encode_v1(client, local),
+            ProxyVersion::V2 => proxy_protocol::encode_v2(client, local),
+        };
+        if let Err(e) = upstream.write_all(&header).await {
+            member.report(Outcome::Failed(format!(
+                "member {}: sending the PROXY header: {e}",
+                member.url
+            )));
+            return;
+        }
+    }
+    let result = relay::relay(client_io, upstream, Arc::clone(&member), svc.idle).await;
+    let (outcome, totals) = match &result {
+        Ok(t) => ("closed".to_owned(), *t),
+        Err(e) => (e.to_string(), relay::Totals::default()),
+    };
+    if let Err(relay::RelayError::Member(e)) = &result {
+        member.note_error(
+            crate::balancer::now_ms(),
+            format!("member {} mid-stream: {e}", member.url),
+        );
+    }
+    if svc.access_log {
+        tracing::info!(
+            target: "lb::access",
+            listener = %svc.name, client = %client, balancer = %balancer.name(),
+            member = %member.url, to_member = totals.to_member, to_client = totals.to_client,
+            total_ms = start.elapsed().as_millis() as u64, outcome = %outcome, "tcp"
+        );
+    }
+    drop(pick);
+}
+
+/// Pick and connect, failing over on connect errors within `maxattempts`. Returns the pick
+/// (counted busy while held), the connection and its slot permit.
+async fn connect(
+    b: &Balancer,
+    client: SocketAddr,
+    telemetry: &Telemetry,
+) -> Result<
+    (Pick, crate::telemetry::tcp_info::TrackedStream, Option<tokio::sync::OwnedSemaphorePermit>),
+    String,
+> {
+    let mut ctx = PickContext { client: Some(client), tried: Vec::new() };
+    let mut attempts = 0u32;
+    let mut last: Option<String> = None;
+    loop {
+        let Some(pick) = b.pick_wait(&ctx).await else {
+            let mut msg = b.unavailable_reason();
+            if let Some(e) = last {
+                msg.push_str("; last error: ");
+                msg.push_str(&e);
+            }
+            return Err(msg);
+        };
+        attempts += 1;
+        let m = Arc::clone(pick.member());
+        let result: Result<(), String> = match m.acquire_slot().await {
+            Err(e) => {
+                let msg = format!(
+                    "member {}: no free connection slot within {:?} (max = {})",
+                    m.url, e.waited, e.max
+                );
+                m.report(Outcome::Busy(msg.clone()));
+                Err(msg)
+            }
+            Ok(permit) => match crate::upstream::connect::connect(&m, telemetry).await {
+                Ok(stream) => {
+                    m.report(Outcome::Success);
+                    return Ok((pick, stream, permit));
+                }
+                Err(e) => {
+                    let msg = format!("member {}: {e}", m.url);
+                    m.report(Outcome::Failed(msg.clone()));
+                    Err(msg)
+                }
+            },
+        };
+        if let Err(msg) = result {
+            tracing::warn!(balancer = %b.name(), attempt = attempts, error = %msg, "member failed");
+            ctx.tried.push(m.id);
+            last = Some(msg);
+        }
+        if attempts > b.settings.maxattempts {
+            return Err(format!(
+                "all {attempts} attempt(s) failed; last: {}",
+                last.unwrap_or_default()
+            ));
+        }
+    }
+}
