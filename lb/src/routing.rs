@@ -4,7 +4,8 @@
 use crate::balancer::Balancer;
 use crate::balancer::heartbeat::Heartbeats;
 use crate::config::{
-    BalancerConfig, Config, EjectionPolicy, HttpPolicy, LbMethod, Protocol, Target,
+    BalancerConfig, Config, EjectionPolicy, HttpPolicy, LbMethod, MemberUrl, Protocol, Scheme,
+    Target,
 };
 use crate::http::proxy::HttpProxy;
 use crate::http::route::{ReverseMap, Route, RouteTable, Upstream};
@@ -58,30 +59,55 @@ impl Routing {
         let old_balancer = |name: &str| {
             prev.and_then(|p| p.balancers.iter().find(|b| b.name() == name)).map(|b| &**b)
         };
-        let mut balancers: Vec<Arc<Balancer>> = Vec::new();
-        let mut policies: HashMap<String, HttpPolicy> = HashMap::new();
-        for b in &cfg.balancers {
-            let bal = Balancer::rebuild(b, false, Arc::clone(heartbeats), old_balancer(&b.name));
-            balancers.push(Arc::new(bal));
-            policies.insert(b.name.clone(), b.http.clone());
-        }
-        // Plain `http://` ProxyPass targets: implicit one-member balancers.
+        // Every balancer: the configured ones, and one implicit balancer per plain `http://`
+        // ProxyPass target.
+        let mut configs: Vec<(BalancerConfig, bool)> =
+            cfg.balancers.iter().map(|b| (b.clone(), false)).collect();
         for l in &cfg.listeners {
             for r in &l.routes {
                 if let Target::Url { url, .. } = &r.target {
                     let name = implicit_name(url);
-                    if balancers.iter().all(|b| b.name() != name) {
-                        let c = implicit_balancer(name.clone(), url);
-                        let bal = Balancer::rebuild(
-                            &c,
-                            true,
-                            Arc::clone(heartbeats),
-                            old_balancer(&name),
-                        );
-                        balancers.push(Arc::new(bal));
+                    if configs.iter().all(|(b, _)| b.name != name) {
+                        configs.push((implicit_balancer(name, url), true));
                     }
                 }
             }
+        }
+        // Everything that can fail comes first, so a failed reload has touched nothing.
+        let mut connectors: HashMap<(String, MemberUrl), crate::tls::Upstream> = HashMap::new();
+        for (b, _) in &configs {
+            for m in &b.members {
+                if let (Scheme::Https, Some(t)) = (m.url.scheme, &m.tls) {
+                    let c = crate::tls::Upstream::new(&m.url, t).map_err(|source| {
+                        BuildError::UpstreamTls { balancer: b.name.clone(), source }
+                    })?;
+                    connectors.insert((b.name.clone(), m.url.clone()), c);
+                }
+            }
+        }
+        let mut acceptors = Vec::new();
+        for l in &cfg.listeners {
+            let alpn: &[&[u8]] = match l.protocol {
+                Protocol::Http => &[b"h2", b"http/1.1"],
+                Protocol::Tcp => &[],
+            };
+            let acceptor = if l.tls.is_empty() {
+                None
+            } else {
+                Some(crate::tls::acceptor(&l.tls, alpn).map_err(|source| {
+                    BuildError::ListenerTls { listener: l.name.clone(), source }
+                })?)
+            };
+            acceptors.push(acceptor);
+        }
+        // From here on nothing fails: members are kept (and updated) or made.
+        let mut balancers: Vec<Arc<Balancer>> = Vec::new();
+        let mut policies: HashMap<String, HttpPolicy> = HashMap::new();
+        for (b, implicit) in &configs {
+            let bal =
+                Balancer::rebuild(b, *implicit, Arc::clone(heartbeats), old_balancer(&b.name));
+            balancers.push(Arc::new(bal));
+            policies.insert(b.name.clone(), b.http.clone());
         }
         for b in &balancers {
             for m in &b.members {
@@ -93,7 +119,7 @@ impl Routing {
         let find = |name: &str| balancers.iter().find(|b| b.name() == name).cloned();
         let mut upstreams: HashMap<String, Arc<Upstream>> = HashMap::new();
         let mut services = Vec::new();
-        for l in &cfg.listeners {
+        for (l, acceptor) in cfg.listeners.iter().zip(acceptors) {
             let service = match l.protocol {
                 Protocol::Http => {
                     let mut routes = Vec::new();
@@ -108,13 +134,10 @@ impl Routing {
                             None => {
                                 let policy = policies.get(&name).cloned().unwrap_or_default();
                                 let old = prev.and_then(|p| p.upstreams.get(&name)).map(|u| &**u);
-                                let u = Upstream::new(bal, policy, telemetry, old).map_err(
-                                    |source| BuildError::UpstreamTls {
-                                        balancer: name.clone(),
-                                        source,
-                                    },
-                                )?;
-                                let u = Arc::new(u);
+                                let tls = |url: &MemberUrl| {
+                                    connectors.get(&(name.clone(), url.clone())).cloned()
+                                };
+                                let u = Arc::new(Upstream::new(bal, policy, telemetry, old, tls));
                                 upstreams.insert(name.clone(), Arc::clone(&u));
                                 u
                             }
@@ -137,18 +160,14 @@ impl Routing {
                         keepalive: l.keepalive,
                         max_keepalive_requests: l.max_keepalive_requests,
                     };
-                    let svc = HttpService::new(l, proxy).map_err(|source| {
-                        BuildError::ListenerTls { listener: l.name.clone(), source }
-                    })?;
-                    Service::Http(Arc::new(svc))
+                    Service::Http(Arc::new(HttpService::new(l, proxy, acceptor)))
                 }
-                Protocol::Tcp => {
-                    let svc =
-                        TcpService::new(l, find, Arc::clone(telemetry)).map_err(|source| {
-                            BuildError::ListenerTls { listener: l.name.clone(), source }
-                        })?;
-                    Service::Tcp(Arc::new(svc))
-                }
+                Protocol::Tcp => Service::Tcp(Arc::new(TcpService::new(
+                    l,
+                    find,
+                    acceptor,
+                    Arc::clone(telemetry),
+                ))),
             };
             services.push(service);
         }
@@ -156,13 +175,13 @@ impl Routing {
     }
 }
 
-fn implicit_name(url: &crate::config::MemberUrl) -> String {
+fn implicit_name(url: &MemberUrl) -> String {
     format!("url:{}", url.base())
 }
 
-fn implicit_balancer(name: String, url: &crate::config::MemberUrl) -> BalancerConfig {
+fn implicit_balancer(name: String, url: &MemberUrl) -> BalancerConfig {
     let mut member = crate::config::MemberConfig::for_url(url.clone());
-    if url.scheme == crate::config::Scheme::Https {
+    if url.scheme == Scheme::Https {
         member.tls = Some(Arc::new(crate::config::tls::UpstreamTls {
             ca: None,
             server_name: None,

@@ -145,7 +145,9 @@ impl Lb {
                 }
             };
         let file_tx = self.shared.reload.clone().unwrap_or_else(|| mpsc::channel(1).0);
-        Ok(Bound { lb: self, sockets, admin, heartbeat, file_tx })
+        let bound = Bound { lb: self, sockets, admin, heartbeat, file_tx };
+        bound.lb.shared.listeners.store(Arc::new(bound.listener_addrs()));
+        Ok(bound)
     }
 }
 
@@ -325,9 +327,8 @@ async fn apply(
     running: &mut Vec<Running>,
     draining: &mut Vec<JoinHandle<()>>,
 ) -> Result<String, String> {
-    let built = Routing::build(next, Some(routing), &shared.telemetry, &shared.heartbeats)
-        .map_err(|e| error_chain(&e))?;
-    // Bind every new or moved listener before changing anything.
+    // Bind every new or moved listener before changing anything (a build that fails does so
+    // before it touches a member).
     let mut fresh: HashMap<String, TcpListener> = HashMap::new();
     for l in &next.listeners {
         let keep = running
@@ -338,6 +339,8 @@ async fn apply(
             fresh.insert(l.name.clone(), socket);
         }
     }
+    let built = Routing::build(next, Some(routing), &shared.telemetry, &shared.heartbeats)
+        .map_err(|e| error_chain(&e))?;
     let Routing { balancers, upstreams, services } = built;
     let old_ids: Vec<_> =
         routing.balancers.iter().flat_map(|b| b.members.iter().map(|m| m.id)).collect();

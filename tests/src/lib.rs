@@ -101,6 +101,9 @@ pub struct Member {
     pub hits: Arc<AtomicU64>,
     /// Connections accepted since start (all incarnations).
     pub conns: Arc<AtomicU64>,
+    /// TLS handshakes that completed (https members).
+    pub tls_ok: Arc<AtomicU64>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -139,8 +142,28 @@ impl Member {
     ) -> Member {
         let addr = listener.local_addr().expect("member addr");
         let (hits, conns) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-        let mut m = Member { name: name.to_owned(), addr, size, delay, hits, conns, task: None };
+        let mut m = Member {
+            name: name.to_owned(),
+            addr,
+            size,
+            delay,
+            hits,
+            conns,
+            tls_ok: Arc::default(),
+            tls: None,
+            task: None,
+        };
         m.serve(listener);
+        m
+    }
+
+    /// Start an https member on 127.0.0.1:0 with this TLS server config.
+    pub async fn start_tls(name: &str, cfg: Arc<rustls::ServerConfig>) -> Member {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind member");
+        let mut m = Self::start_on(listener, name, None, Duration::ZERO).await;
+        // Restart with TLS on the same port.
+        m.tls = Some(tokio_rustls::TlsAcceptor::from(cfg));
+        m.restart().await;
         m
     }
 
@@ -150,6 +173,8 @@ impl Member {
         let delay = self.delay;
         let hits = Arc::clone(&self.hits);
         let conns_seen = Arc::clone(&self.conns);
+        let tls_ok = Arc::clone(&self.tls_ok);
+        let tls = self.tls.clone();
         let addr = self.addr;
         self.task = Some(tokio::spawn(async move {
             // Connections live in this set: aborting the task closes every one of them.
@@ -159,15 +184,23 @@ impl Member {
                     Ok((stream, _)) = listener.accept() => {
                         conns_seen.fetch_add(1, Ordering::Relaxed);
                         let (name, hits) = (Arc::clone(&name), Arc::clone(&hits));
+                        let (tls, tls_ok) = (tls.clone(), Arc::clone(&tls_ok));
                         conns.spawn(async move {
                             let svc = service_fn(move |req| {
                                 let (name, hits) = (Arc::clone(&name), Arc::clone(&hits));
                                 async move { answer(req, &name, size, delay, addr, &hits).await }
                             });
-                            let _ = hyper::server::conn::http1::Builder::new()
-                                .serve_connection(TokioIo::new(stream), svc)
-                                .with_upgrades()
-                                .await;
+                            let b = hyper::server::conn::http1::Builder::new();
+                            match tls {
+                                None => {
+                                    let _ = b.serve_connection(TokioIo::new(stream), svc).with_upgrades().await;
+                                }
+                                Some(acceptor) => {
+                                    let Ok(s) = acceptor.accept(stream).await else { return };
+                                    tls_ok.fetch_add(1, Ordering::Relaxed);
+                                    let _ = b.serve_connection(TokioIo::new(s), svc).with_upgrades().await;
+                                }
+                            }
                         });
                     }
                     Some(_) = conns.join_next(), if !conns.is_empty() => {}
@@ -192,7 +225,8 @@ impl Member {
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 }
 

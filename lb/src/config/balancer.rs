@@ -299,9 +299,12 @@ impl Validator<'_> {
         let key = pick(m.client_key, b.client_key, "client_key");
         let client = match (cert, key) {
             (None, None) => None,
-            (Some((c, _)), Some((k, kp))) => {
+            (Some((c, cp)), Some((k, kp))) => {
                 super::tls::certified_key(&self.file_path(&c), &self.file_path(&k))
-                    .map_err(|e| self.err(&kp, e))
+                    .map_err(|e| match e {
+                        super::tls::PairError::Cert(m) => self.err(&cp, m),
+                        super::tls::PairError::Key(m) => self.err(&kp, m),
+                    })
                     .ok()
             }
             (Some((_, p)), None) | (None, Some((_, p))) => {

@@ -122,17 +122,8 @@ impl Validator<'_> {
             match super::tls::certified_key(&cert, &key) {
                 Ok(k) => tls
                     .push(std::sync::Arc::new(super::tls::ServerCert { cert_path: cert, key: k })),
-                Err(m) => {
-                    // Name the key whose file is at fault.
-                    let which = if m.contains(&key.display().to_string())
-                        && !m.contains(&cert.display().to_string())
-                    {
-                        "key"
-                    } else {
-                        "cert"
-                    };
-                    self.err(&tp.key(which), m);
-                }
+                Err(super::tls::PairError::Cert(m)) => self.err(&tp.key("cert"), m),
+                Err(super::tls::PairError::Key(m)) => self.err(&tp.key("key"), m),
             }
         }
         let mut routes = Vec::new();

@@ -70,12 +70,31 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
         .map_err(|e| format!("{}: no PKCS#8, RSA or SEC1 private key: {e}", path.display()))
 }
 
+/// Which of the two files a problem is in.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PairError {
+    Cert(String),
+    Key(String),
+}
+
+impl PairError {
+    pub fn message(&self) -> &str {
+        match self {
+            PairError::Cert(m) | PairError::Key(m) => m,
+        }
+    }
+}
+
 /// Load a chain and its key, and check that the key belongs to the leaf certificate.
-pub fn certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, String> {
-    let chain = load_certs(cert)?;
-    let der = load_key(key)?;
+pub fn certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, PairError> {
+    let chain = load_certs(cert).map_err(PairError::Cert)?;
+    let der = load_key(key).map_err(PairError::Key)?;
     CertifiedKey::from_der(chain, der, &provider()).map(Arc::new).map_err(|e| {
-        format!("{} does not go with the certificate {}: {e}", key.display(), cert.display())
+        PairError::Key(format!(
+            "{} does not go with the certificate {}: {e}",
+            key.display(),
+            cert.display()
+        ))
     })
 }
 
@@ -104,11 +123,14 @@ mod tests {
         let key_b = write(&dir, "b.key", &b.signing_key.serialize_pem());
         assert!(certified_key(&cert, &key_a).is_ok());
         let e = certified_key(&cert, &key_b).unwrap_err();
-        assert!(e.contains("b.key") && e.contains("a.pem"), "{e}");
+        assert!(
+            matches!(&e, PairError::Key(m) if m.contains("b.key") && m.contains("a.pem")),
+            "{e:?}"
+        );
         let e = certified_key(&dir.join("missing.pem"), &key_a).unwrap_err();
-        assert!(e.contains("missing.pem"), "{e}");
+        assert!(matches!(&e, PairError::Cert(m) if m.contains("missing.pem")), "{e:?}");
         let e = certified_key(&key_a, &key_a).unwrap_err();
-        assert!(e.contains("a.key"), "{e}");
+        assert!(matches!(&e, PairError::Cert(m) if m.contains("a.key")), "{e:?}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

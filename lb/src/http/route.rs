@@ -6,7 +6,7 @@
 //! member URL's path.
 use super::body::RequestBody;
 use crate::balancer::{Balancer, Member, MemberId};
-use crate::config::{HttpPolicy, Scheme};
+use crate::config::{HttpPolicy, MemberUrl};
 use crate::telemetry::Telemetry;
 use crate::upstream::pool::Pool;
 use http::HeaderValue;
@@ -30,19 +30,17 @@ pub struct Upstream {
 
 impl Upstream {
     /// Pools for `balancer`'s members, taken from `previous` where the member (and its TLS
-    /// settings) is the same.
+    /// settings) is the same. `tls` gives an https member's connector.
     pub fn new(
         balancer: Arc<Balancer>,
         policy: HttpPolicy,
         telemetry: &Arc<Telemetry>,
         previous: Option<&Upstream>,
-    ) -> Result<Upstream, crate::tls::TlsError> {
+        tls: impl Fn(&MemberUrl) -> Option<crate::tls::Upstream>,
+    ) -> Upstream {
         let mut conns = HashMap::new();
         for m in &balancer.members {
-            let tls = match (&m.url.scheme, &m.config().tls) {
-                (Scheme::Https, Some(t)) => Some(crate::tls::Upstream::new(&m.url, t)?),
-                _ => None,
-            };
+            let tls = tls(&m.url);
             let pool = match previous.and_then(|p| p.conns.get(&m.id)) {
                 Some(c) if c.pool.tls_matches(tls.as_ref()) => Arc::clone(&c.pool),
                 _ => Pool::new(Arc::clone(m), Arc::clone(telemetry), tls),
@@ -51,7 +49,7 @@ impl Upstream {
                 .unwrap_or_else(|_| HeaderValue::from_static("localhost"));
             conns.insert(m.id, MemberConn { pool, host });
         }
-        Ok(Upstream { name: Arc::from(balancer.name()), balancer, policy, conns })
+        Upstream { name: Arc::from(balancer.name()), balancer, policy, conns }
     }
 
     /// The pool and Host value of a member of this balancer.

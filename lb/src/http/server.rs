@@ -37,22 +37,19 @@ pub struct HttpService {
 pub type Slot = Arc<ArcSwap<HttpService>>;
 
 impl HttpService {
+    /// `tls`: the acceptor made from the listener's `[[tls]]` blocks (ALPN h2, http/1.1).
     pub fn new(
         cfg: &ListenerConfig,
         proxy: HttpProxy,
-    ) -> Result<HttpService, crate::tls::TlsError> {
-        let tls = if cfg.tls.is_empty() {
-            None
-        } else {
-            Some(crate::tls::acceptor(&cfg.tls, &[b"h2", b"http/1.1"])?)
-        };
-        Ok(HttpService {
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> HttpService {
+        HttpService {
             proxy,
             builder: builder(cfg),
             tls,
             accept_proxy: cfg.accept_proxy,
             handshake_timeout: cfg.timeout.min(crate::conn::PRELUDE_TIMEOUT),
-        })
+        }
     }
 }
 

@@ -40,15 +40,14 @@ pub struct TcpService {
 pub type Slot = Arc<ArcSwap<TcpService>>;
 
 impl TcpService {
-    /// `balancer(name)` finds the live balancer of that name.
+    /// `balancer(name)` finds the live balancer of that name; `tls` terminates TLS.
     pub fn new(
         cfg: &ListenerConfig,
         balancer: impl Fn(&str) -> Option<Arc<Balancer>>,
+        tls: Option<tokio_rustls::TlsAcceptor>,
         telemetry: Arc<Telemetry>,
-    ) -> Result<TcpService, crate::tls::TlsError> {
-        let tls =
-            if cfg.tls.is_empty() { None } else { Some(crate::tls::acceptor(&cfg.tls, &[])?) };
-        Ok(TcpService {
+    ) -> TcpService {
+        TcpService {
             name: Arc::from(cfg.name.as_str()),
             default: cfg.balancer.as_deref().and_then(&balancer),
             sni: cfg
@@ -61,7 +60,7 @@ impl TcpService {
             idle: cfg.timeout,
             access_log: cfg.access_log,
             telemetry,
-        })
+        }
     }
 }
 

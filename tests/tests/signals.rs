@@ -1,0 +1,126 @@
+//! The lb binary as an operator runs it: `lb reload` and SIGHUP re-read the config file, an
+//! invalid file is refused with `lb check`'s own errors, SIGTERM lets in-flight work finish.
+use lb_tests::*;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+fn config_text(member: &str) -> String {
+    format!(
+        "[admin]\nbind = \"127.0.0.1:0\"\n[server]\ngraceful_shutdown_timeout = \"5s\"\n[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\naccess_log = false\n  [[listener.proxy_pass]]\n  path = \"/\"\n  to = \"balancer://b/\"\n[balancer.b]\n[[balancer.b.member]]\nurl = \"{member}\"\n"
+    )
+}
+
+/// The address logged after `marker` (`addr=IP:PORT`), waiting up to 20 s.
+fn logged_addr(lines: &Mutex<Vec<String>>, marker: &str) -> std::net::SocketAddr {
+    let end = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(a) = lines.lock().unwrap().iter().find(|l| l.contains(marker)).and_then(|l| {
+            l.split_whitespace().find_map(|w| w.strip_prefix("addr=")).and_then(|a| a.parse().ok())
+        }) {
+            return a;
+        }
+        assert!(std::time::Instant::now() < end, "no {marker:?} in lb's log");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn lb_cmd(args: &[&str]) -> std::process::Output {
+    Command::new(lb_bin()).args(args).output().expect("run lb")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_sighup_and_sigterm_on_the_binary() {
+    let (a, b) = (Member::start("a").await, Member::start("b").await);
+    let dir = std::env::temp_dir().join(format!("lb-signals-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("lb.toml");
+    std::fs::write(&file, config_text(&a.url())).unwrap();
+    let mut child = Command::new(lb_bin())
+        .args(["run", "--config"])
+        .arg(&file)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start lb");
+    let pid = child.id().to_string();
+    let stderr = child.stderr.take().unwrap();
+    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for l in BufReader::new(stderr).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(l);
+        }
+    });
+    let mut guard = ChildGuard(child);
+    let (web, admin) =
+        (logged_addr(&lines, "listening (http)"), logged_addr(&lines, "admin listening"));
+    let url = format!("http://{web}/");
+    assert_eq!(get(&url).await.member(), "a");
+
+    // `lb reload`: a replaced member.
+    std::fs::write(&file, config_text(&b.url())).unwrap();
+    let admin_s = admin.to_string();
+    let out = tokio::task::spawn_blocking(move || lb_cmd(&["reload", "--admin", &admin_s]))
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("members: 1 added, 1 removed"));
+    assert_eq!(get(&url).await.member(), "b");
+
+    // An invalid file: refused with exactly what `lb check` prints; b keeps serving.
+    let bad = config_text(&b.url())
+        .replace("access_log = false", "access_log = false\nacess_log = 1")
+        + "loadfactor = 500\n";
+    std::fs::write(&file, bad).unwrap();
+    let (admin_s, file_s) = (admin.to_string(), file.display().to_string());
+    let (reload, check) = tokio::task::spawn_blocking(move || {
+        (lb_cmd(&["reload", "--admin", &admin_s]), lb_cmd(&["check", "--config", &file_s]))
+    })
+    .await
+    .unwrap();
+    assert_eq!(reload.status.code(), Some(1));
+    let (refused, checked) =
+        (String::from_utf8_lossy(&reload.stderr), String::from_utf8_lossy(&check.stderr));
+    assert_eq!(checked.lines().last(), Some("2 error(s)"), "{checked}");
+    assert!(refused.ends_with(checked.as_ref()), "reload said:\n{refused}\ncheck said:\n{checked}");
+    assert_eq!(get(&url).await.member(), "b");
+
+    // SIGHUP: back to a.
+    std::fs::write(&file, config_text(&a.url())).unwrap();
+    assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    let back = eventually(Duration::from_secs(10), || async {
+        (get(&url).await.member() == "a").then_some(())
+    })
+    .await;
+    assert!(back.is_some(), "SIGHUP did not reload");
+
+    // SIGTERM with a request in flight: it completes, then lb exits 0.
+    let before = a.hits.load(std::sync::atomic::Ordering::Relaxed);
+    let slow = tokio::spawn(async move { get(&format!("http://{web}/sleep/600")).await });
+    let started = eventually(Duration::from_secs(5), || async {
+        (a.hits.load(std::sync::atomic::Ordering::Relaxed) > before).then_some(())
+    })
+    .await;
+    assert!(started.is_some());
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let r = slow.await.unwrap();
+    assert_eq!((r.status, r.member()), (200, "a".to_owned()));
+    let status = tokio::task::spawn_blocking(move || {
+        let end = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(s) = guard.0.try_wait().unwrap() {
+                return Some(s);
+            }
+            if std::time::Instant::now() > end {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(status.map(|s| s.code()), Some(Some(0)), "lb did not exit 0 after SIGTERM");
+    let _ = std::fs::remove_dir_all(&dir);
+}
