@@ -66,7 +66,7 @@ async fn ebpf_counts_each_members_connections_and_nothing_else() {
         assert_eq!(k["established"], k["connects"], "member {i}: {k}");
         assert_eq!(k["connect_failed"], 0, "member {i}: {k}");
         assert_eq!(k["retransmits"], 0, "clean loopback member {i} retransmitted: {k}");
-        assert!(k["connect_p50_us"].as_u64().is_some() && k["srtt_us"].as_f64().is_some(), "{k}");
+        assert!(k["connect_p50_us"].as_u64() > Some(0) && k["srtt_us"].as_f64() > Some(0.0), "{k}");
         assert_eq!(member["source"], "ebpf");
     }
     // The closed port: the SYN was answered by a reset, the connect failed, nothing established.
@@ -354,4 +354,65 @@ async fn ebpf_counts_ipv6_member_connections() {
     };
     assert_eq!(h["balancers"][0]["members"][0]["endpoint"], m.addr.to_string());
     lb.stop().await;
+}
+
+/// Wait until every member's kernel `connects` equals the connections it accepted and none is
+/// open; returns the members' health.
+async fn settled_counts(lb: &Lb, want: &[u64]) -> Vec<serde_json::Value> {
+    let settled = eventually(Duration::from_secs(10), || async {
+        let h = health(lb).await;
+        let m = h["balancers"][0]["members"].as_array().unwrap().clone();
+        let ok = want.iter().enumerate().all(|(i, n)| {
+            m[i]["kernel"]["connects"].as_u64() == Some(*n) && m[i]["kernel"]["live"] == 0
+        });
+        ok.then_some(m)
+    })
+    .await;
+    match settled {
+        Some(m) => m,
+        None => panic!("kernel counts never matched {want:?}:\n{:#}", health(lb).await),
+    }
+}
+
+#[tokio::test]
+async fn ebpf_attributes_tcp_and_tls_member_connections_per_member() {
+    use lb_tests::l4::{Mode, TcpMember, connect, tcp_config};
+    let (a, b) = (
+        TcpMember::start("a", Mode::Echo, false).await,
+        TcpMember::start("b", Mode::Echo, false).await,
+    );
+    let cfg = tcp_config("", &members(&[(&a.url(), ""), (&b.url(), "")])).replacen(
+        "[[listener]]",
+        "[telemetry]\nsource = \"ebpf\"\ninterval = \"50ms\"\n\n[[listener]]",
+        1,
+    );
+    let lb = Lb::start(&cfg).await;
+    for _ in 0..7 {
+        let (s, _) = connect(lb.addr).await;
+        drop(s);
+    }
+    let (na, nb) = (a.conns.load(Relaxed), b.conns.load(Relaxed));
+    assert_eq!((na + nb, na.min(nb)), (7, 3));
+    let m = settled_counts(&lb, &[na, nb]).await;
+    for k in m.iter().map(|x| &x["kernel"]) {
+        assert_eq!(k["established"], k["connects"], "{k}");
+        assert!(k["srtt_us"].as_f64() > Some(0.0), "{k}");
+    }
+    lb.stop().await;
+
+    // https members: one TLS connection per request.
+    let pki = lb_tests::certs::Pki::new("ebpf-tls");
+    let leaf = pki.leaf("member", &["member.test"]);
+    let s = Member::start_tls("secure", pki.server(&leaf, false)).await;
+    let body = format!(
+        "[balancer.b.tls]\nca = \"{}\"\nserver_name = \"member.test\"\n{}",
+        pki.ca_path().display(),
+        members(&[(&s.url(), "disablereuse = true")])
+    );
+    let lb = Lb::start(&telemetry_config(&body)).await;
+    for _ in 0..5 {
+        assert_eq!(get(&lb.url("/")).await.status, 200);
+    }
+    assert_eq!(s.tls_ok.load(Relaxed), 5);
+    settled_counts(&lb, &[5]).await;
 }
