@@ -131,7 +131,11 @@ impl Validator<'_> {
         let mut balancer = None;
         match protocol {
             Protocol::Http => {
-                for (key, set) in [("balancer", l.balancer.is_some()), ("sni", !l.sni.is_empty())] {
+                for (key, set) in [
+                    ("balancer", l.balancer.is_some()),
+                    ("sni", !l.sni.is_empty()),
+                    ("splice", l.splice.is_some()),
+                ] {
                     if set {
                         self.err(&path.key(key), format!("{key} is for protocol = \"tcp\" listeners; HTTP listeners route with [[listener.proxy_pass]]"));
                     }
@@ -208,6 +212,7 @@ impl Validator<'_> {
             max_header_bytes,
             access_log: l.access_log.unwrap_or(true),
             accept_proxy: l.accept_proxy.unwrap_or(false),
+            splice: l.splice.unwrap_or(true),
             tls,
             routes,
             balancer,

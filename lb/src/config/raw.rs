@@ -57,6 +57,7 @@ pub struct RawListener {
     pub limit_request_fields_size: Option<u64>,
     pub access_log: Option<bool>,
     pub accept_proxy: Option<bool>,
+    pub splice: Option<bool>,
     pub balancer: Option<String>,
     #[serde(default)]
     pub proxy_pass: Vec<RawProxyPass>,

@@ -7,9 +7,11 @@
 //! connect fails over within `maxattempts`, an optional PROXY header goes to the member, and
 //! [`relay`] moves bytes both ways with half-close and an idle timeout.
 pub mod relay;
+pub mod splice;
 
 use crate::balancer::{Balancer, Outcome, Pick, PickContext};
 use crate::config::{ListenerConfig, ProxyVersion};
+use crate::conn::prefixed::Prefixed;
 use crate::conn::{Incoming as ClientConn, proxy_protocol, sni};
 use crate::shutdown::stopped;
 use crate::telemetry::Telemetry;
@@ -17,8 +19,8 @@ use arc_swap::ArcSwap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::Instrument;
@@ -32,6 +34,8 @@ pub struct TcpService {
     pub sni: Vec<(String, Arc<Balancer>)>,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     pub accept_proxy: bool,
+    /// Relay plain TCP with splice(2) instead of a buffered copy.
+    pub splice: bool,
     pub idle: Duration,
     pub access_log: bool,
     pub telemetry: Arc<Telemetry>,
@@ -57,6 +61,7 @@ impl TcpService {
                 .collect(),
             tls,
             accept_proxy: cfg.accept_proxy,
+            splice: cfg.splice,
             idle: cfg.timeout,
             access_log: cfg.access_log,
             telemetry,
@@ -115,7 +120,9 @@ async fn connection(mut conn: ClientConn, svc: Arc<TcpService>) {
     if let Some(acceptor) = &svc.tls {
         let shake = acceptor.accept(conn.into_stream());
         match tokio::time::timeout(crate::conn::PRELUDE_TIMEOUT, shake).await {
-            Ok(Ok(tls)) => forward(tls, client, local, svc.default.clone(), &svc).await,
+            Ok(Ok(tls)) => {
+                forward(Client::Tls(Box::new(tls)), client, local, svc.default.clone(), &svc).await
+            }
             Ok(Err(e)) => tracing::warn!(%client, error = %e, "TLS handshake failed"),
             Err(_) => tracing::warn!(%client, "TLS handshake timed out"),
         }
@@ -138,19 +145,24 @@ async fn connection(mut conn: ClientConn, svc: Arc<TcpService>) {
             }
         }
     };
-    forward(conn.into_stream(), client, local, balancer, &svc).await;
+    forward(Client::Plain(conn.into_stream()), client, local, balancer, &svc).await;
+}
+
+/// The client side of a connection: plain TCP (with what lb read of it in front), or TLS that lb
+/// terminated.
+enum Client {
+    Plain(Prefixed<TcpStream>),
+    Tls(Box<tokio_rustls::server::TlsStream<Prefixed<TcpStream>>>),
 }
 
 /// Connect the client to a member of `balancer` and relay until done.
-async fn forward<C>(
-    client_io: C,
+async fn forward(
+    client_io: Client,
     client: SocketAddr,
     local: SocketAddr,
     balancer: Option<Arc<Balancer>>,
     svc: &TcpService,
-) where
-    C: AsyncRead + AsyncWrite + Unpin,
-{
+) {
     let start = Instant::now();
     let Some(balancer) = balancer else {
         tracing::warn!(%client, "closing: no SNI route matches and the listener has no default balancer");
@@ -177,7 +189,22 @@ async fn forward<C>(
             return;
         }
     }
-    let result = relay::relay(client_io, upstream, Arc::clone(&member), svc.idle).await;
+    let m = Arc::clone(&member);
+    let result = match client_io {
+        Client::Plain(p) if svc.splice => {
+            // What lb read while looking for a header goes first; the rest moves in the kernel.
+            let (read, tcp) = p.into_parts();
+            match upstream.write_all(&read).await {
+                Ok(()) => {
+                    member.add_transferred(read.len() as u64);
+                    splice::relay(&tcp, upstream.get_ref(), m, svc.idle).await
+                }
+                Err(e) => Err(relay::RelayError::Member(e)),
+            }
+        }
+        Client::Plain(p) => relay::relay(p, upstream, m, svc.idle).await,
+        Client::Tls(t) => relay::relay(t, upstream, m, svc.idle).await,
+    };
     let (outcome, totals) = match &result {
         Ok(t) => ("closed".to_owned(), *t),
         Err(e) => (e.to_string(), relay::Totals::default()),

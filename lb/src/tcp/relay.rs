@@ -88,18 +88,20 @@ where
     let both = async {
         tokio::try_join!(pump(cr, uw, Dir::ToMember, &s), pump(ur, cw, Dir::ToClient, &s))
     };
-    let watchdog = async {
-        loop {
-            let since =
-                s.origin.elapsed().saturating_sub(Duration::from_millis(s.last.load(Relaxed)));
-            if since >= idle {
-                return RelayError::Idle(idle);
-            }
-            tokio::time::sleep(idle - since).await;
-        }
-    };
     tokio::select! {
         r = both => r.map(|(to_member, to_client)| Totals { to_member, to_client }),
-        e = watchdog => Err(e),
+        e = watchdog(s.origin, &s.last, idle) => Err(e),
+    }
+}
+
+/// Resolves once no byte moved for `idle`; `last` holds the milliseconds since `origin` of the
+/// last byte moved.
+pub(super) async fn watchdog(origin: Instant, last: &AtomicU64, idle: Duration) -> RelayError {
+    loop {
+        let since = origin.elapsed().saturating_sub(Duration::from_millis(last.load(Relaxed)));
+        if since >= idle {
+            return RelayError::Idle(idle);
+        }
+        tokio::time::sleep(idle - since).await;
     }
 }

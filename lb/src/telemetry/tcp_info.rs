@@ -183,6 +183,11 @@ impl TrackedStream {
     pub fn new(inner: TcpStream, track: Option<(Arc<SocketSlot>, Arc<TcpInfoSource>)>) -> Self {
         TrackedStream { inner, track }
     }
+
+    /// The connection itself (for zero-copy relaying, which works on the descriptor).
+    pub fn get_ref(&self) -> &TcpStream {
+        &self.inner
+    }
 }
 
 impl Drop for TrackedStream {
