@@ -74,13 +74,20 @@ enum Cmd {
         /// Answer every request with this many bytes.
         #[arg(long)]
         body_size: Option<usize>,
+        /// Serve TLS with this certificate chain (PEM; with --key).
+        #[arg(long, requires = "key")]
+        cert: Option<PathBuf>,
+        #[arg(long, requires = "cert")]
+        key: Option<PathBuf>,
     },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // rustls warns about peers' protocol quirks (an IP address sent as SNI, …) once per
+        // handshake; lb logs failed handshakes itself, so those stay quiet unless asked for.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rustls=error"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -187,7 +194,16 @@ async fn dispatch(cmd: Cmd) -> Result<ExitCode> {
             demo(&bind, &admin).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Member { bind, name, body_size } => {
+        Cmd::Member { bind, name, body_size, cert, key } => {
+            let tls = match (cert, key) {
+                (Some(cert), Some(key)) => {
+                    let k = lb::config::tls::certified_key(&cert, &key)
+                        .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
+                    let c = Arc::new(lb::config::tls::ServerCert { cert_path: cert, key: k });
+                    Some(lb::tls::acceptor(&[c], &[b"http/1.1"])?)
+                }
+                _ => None,
+            };
             let listener = tokio::net::TcpListener::bind(&bind)
                 .await
                 .with_context(|| format!("bind {bind}"))?;
@@ -196,6 +212,7 @@ async fn dispatch(cmd: Cmd) -> Result<ExitCode> {
             lb::demo::serve_member(
                 listener,
                 lb::demo::MemberReply { name: Arc::from(name.as_str()), body },
+                tls,
             )
             .await;
             Ok(ExitCode::SUCCESS)
@@ -252,7 +269,7 @@ async fn demo(bind: &str, admin: &str) -> Result<()> {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         ports.push(l.local_addr()?.port());
         let reply = lb::demo::MemberReply { name: Arc::from(format!("m{i}").as_str()), body: None };
-        tokio::spawn(lb::demo::serve_member(l, reply));
+        tokio::spawn(lb::demo::serve_member(l, reply, None));
     }
     let text = lb::demo::config_text(bind, admin, &ports);
     let cfg = Config::parse(&text, Path::new("<demo>")).map_err(|e| anyhow::anyhow!("{e}"))?;

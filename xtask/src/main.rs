@@ -22,7 +22,7 @@ fn main() -> Result<()> {
         "bench" => bench(rest),
         _ => {
             eprintln!(
-                "usage: cargo xtask <task>\n\n  setup  install the eBPF toolchain (nightly rust-src, bpf-linker); quick when done\n  build-ebpf  setup, then build the eBPF object (lb's build script does the same and embeds it)\n  test   setup, fmt check, clippy, build, run every test (what CI runs)\n  demo   build lb and start `lb demo` (args are passed on)\n  bench  lb vs direct-to-member with wrk [--duration SECS] [--connections N]"
+                "usage: cargo xtask <task>\n\n  setup  install the eBPF toolchain (nightly rust-src, bpf-linker); quick when done\n  build-ebpf  setup, then build the eBPF object (lb's build script does the same and embeds it)\n  test   setup, fmt check, clippy, build, run every test (what CI runs)\n  demo   build lb and start `lb demo` (args are passed on)\n  bench  lb vs direct-to-member with wrk [--duration SECS] [--connections N] [--rounds N] [--variants http,tcp,tcp-1m,tls]"
             );
             if cmd == "help" { Ok(()) } else { bail!("unknown task {cmd:?}") }
         }
@@ -142,8 +142,11 @@ fn build_ebpf() -> Result<()> {
 
 fn test(extra: &[String]) -> Result<()> {
     setup()?;
-    // The ejection tests inject packet loss with nftables.
+    // The ejection tests inject packet loss with nftables; the TLS tests run curl; the netns
+    // tests need ip and tc.
     ensure_tool("nft", "nftables")?;
+    ensure_tool("curl", "curl")?;
+    ensure_tool("ip", "iproute2")?;
     let mut fmt = cargo();
     fmt.args(["fmt", "--all", "--", "--check"]);
     run(fmt)?;
@@ -310,14 +313,74 @@ fn wrk(url: &str, cpu: &str, secs: u64, conns: u32) -> Result<WrkResult> {
     Ok(WrkResult { rps, p50_ms: p50, p99_ms: p99 })
 }
 
+/// One path a benchmark variant measures.
+struct Route {
+    label: String,
+    url: String,
+    /// The path the ratio is taken against (None: this is a baseline).
+    baseline: Option<usize>,
+}
+
+/// A member process for the benchmark.
+fn bench_member(
+    lb: &Path,
+    cpu: &str,
+    size: usize,
+    tls: Option<(&Path, &Path)>,
+) -> Result<(Guard, u16)> {
+    let port = free_port()?;
+    let mut c = Command::new("taskset");
+    c.args(["-c", cpu]).arg(lb);
+    c.args(["member", "--bind", &format!("127.0.0.1:{port}"), "--body-size", &size.to_string()]);
+    if let Some((cert, key)) = tls {
+        c.arg("--cert").arg(cert).arg("--key").arg(key);
+    }
+    let g = Guard(
+        c.env("RUST_LOG", "warn,rustls=error")
+            .stdout(Stdio::null())
+            .spawn()
+            .context("start bench member")?,
+    );
+    wait_port(port)?;
+    Ok((g, port))
+}
+
+/// Start `lb run` on `cpu` with this config; returns it once `port` accepts.
+fn bench_lb(lb: &Path, cpu: &str, cfg: &Path, port: u16) -> Result<Guard> {
+    let g = Guard(
+        Command::new("taskset")
+            .args(["-c", cpu])
+            .arg(lb)
+            .args(["run", "--config"])
+            .arg(cfg)
+            .env("RUST_LOG", "warn,rustls=error")
+            .spawn()
+            .context("start lb")?,
+    );
+    wait_port(port)?;
+    Ok(g)
+}
+
+const VARIANTS: &[&str] = &["http", "tcp", "tcp-1m", "tls"];
+
 fn bench(args: &[String]) -> Result<()> {
     let mut secs = 10u64;
     let mut conns = 50u32;
+    let mut rounds = 3u32;
+    let mut variants: Vec<String> = VARIANTS.iter().map(|v| v.to_string()).collect();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--duration" => secs = it.next().context("--duration SECS")?.parse()?,
             "--connections" => conns = it.next().context("--connections N")?.parse()?,
+            "--rounds" => rounds = it.next().context("--rounds N")?.parse()?,
+            "--variants" => {
+                variants =
+                    it.next().context("--variants a,b")?.split(',').map(str::to_owned).collect();
+                if let Some(v) = variants.iter().find(|v| !VARIANTS.contains(&v.as_str())) {
+                    bail!("unknown variant {v}: expected some of {VARIANTS:?}");
+                }
+            }
             other => bail!("unknown bench option {other}"),
         }
     }
@@ -329,78 +392,179 @@ fn bench(args: &[String]) -> Result<()> {
     let lb = root().join("target/release/lb");
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let (proxy_cpu, load_cpu) = if cpus >= 2 { ("0", "1") } else { ("0", "0") };
-
-    let member_port = free_port()?;
-    let _member = Guard(
-        Command::new("taskset")
-            .args(["-c", load_cpu])
-            .arg(&lb)
-            .args(["member", "--bind", &format!("127.0.0.1:{member_port}"), "--body-size", "100"])
-            .env("RUST_LOG", "warn")
-            .spawn()
-            .context("start bench member")?,
-    );
-    wait_port(member_port)?;
     let dir = std::env::temp_dir().join(format!("lb-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    // Two lb processes on CPU 0, one with kernel telemetry off and one with eBPF; only one carries
-    // load at a time.
-    let mut lbs = Vec::new();
-    for source in ["off", "ebpf"] {
-        let (lb_port, admin_port) = (free_port()?, free_port()?);
-        let cfg = dir.join(format!("bench-{source}.toml"));
-        std::fs::write(
-            &cfg,
-            format!(
-                "[admin]\nbind = \"127.0.0.1:{admin_port}\"\n\n[telemetry]\nsource = \"{source}\"\n\n[[listener]]\nname = \"bench\"\nbind = \"127.0.0.1:{lb_port}\"\naccess_log = false\nmax_keepalive_requests = 0\n\n  [[listener.proxy_pass]]\n  path = \"/\"\n  to = \"balancer://bench/\"\n\n[balancer.bench]\n  [[balancer.bench.member]]\n  url = \"http://127.0.0.1:{member_port}\"\n"
-            ),
-        )?;
-        let guard = Guard(
-            Command::new("taskset")
-                .args(["-c", proxy_cpu])
-                .arg(&lb)
-                .args(["run", "--config"])
-                .arg(&cfg)
-                .env("RUST_LOG", "warn")
-                .spawn()
-                .context("start lb")?,
-        );
-        wait_port(lb_port)?;
-        lbs.push((source, lb_port, guard));
+    // A self-signed certificate for the TLS variant, made now.
+    let cert = rcgen::generate_simple_self_signed(vec!["bench.test".to_owned()])?;
+    let (cert_path, key_path) = (dir.join("bench.pem"), dir.join("bench.key"));
+    std::fs::write(&cert_path, cert.cert.pem())?;
+    std::fs::write(&key_path, cert.signing_key.serialize_pem())?;
+
+    let mut guards = Vec::new();
+    let (g, m100) = bench_member(&lb, load_cpu, 100, None)?;
+    guards.push(g);
+    let (g, m1m) = bench_member(&lb, load_cpu, 1024 * 1024, None)?;
+    guards.push(g);
+    let (g, mtls) = bench_member(&lb, load_cpu, 100, Some((&cert_path, &key_path)))?;
+    guards.push(g);
+
+    // One lb process with telemetry off holds every listener; a second one with eBPF holds the
+    // HTTP listener. Both run on the proxy CPU; only one path carries load at a time.
+    let mut cfg = String::from("[admin]\nbind = \"127.0.0.1:0\"\n[telemetry]\nsource = \"off\"\n");
+    let mut listener = |name: &str, extra: &str| -> Result<u16> {
+        let port = free_port()?;
+        cfg.push_str(&format!(
+            "\n[[listener]]\nname = \"{name}\"\nbind = \"127.0.0.1:{port}\"\naccess_log = false\nmax_keepalive_requests = 0\n{extra}\n"
+        ));
+        Ok(port)
+    };
+    let http_pp = |b: &str| {
+        format!("  [[listener.proxy_pass]]\n  path = \"/\"\n  to = \"balancer://{b}/\"\n")
+    };
+    let p_http = listener("http", &http_pp("h100"))?;
+    let p_tcp = listener("tcp", "protocol = \"tcp\"\nbalancer = \"t100\"\nsplice = true")?;
+    let p_tcp_buf = listener("tcp-buf", "protocol = \"tcp\"\nbalancer = \"t100\"\nsplice = false")?;
+    let p_1m = listener("tcp-1m", "protocol = \"tcp\"\nbalancer = \"t1m\"\nsplice = true")?;
+    let p_1m_buf =
+        listener("tcp-1m-buf", "protocol = \"tcp\"\nbalancer = \"t1m\"\nsplice = false")?;
+    let tls_block = format!(
+        "  [[listener.tls]]\n  cert = \"{}\"\n  key = \"{}\"\n",
+        cert_path.display(),
+        key_path.display()
+    );
+    let p_tls = listener("tls", &format!("{tls_block}{}", http_pp("h100")))?;
+    cfg.push_str(&format!(
+        "\n[balancer.h100]\n[[balancer.h100.member]]\nurl = \"http://127.0.0.1:{m100}\"\n[balancer.t100]\n[[balancer.t100.member]]\nurl = \"tcp://127.0.0.1:{m100}\"\n[balancer.t1m]\n[[balancer.t1m.member]]\nurl = \"tcp://127.0.0.1:{m1m}\"\n"
+    ));
+    let off_cfg = dir.join("bench-off.toml");
+    std::fs::write(&off_cfg, &cfg)?;
+    guards.push(bench_lb(&lb, proxy_cpu, &off_cfg, p_tls)?);
+    let p_ebpf = free_port()?;
+    let ebpf_cfg = dir.join("bench-ebpf.toml");
+    std::fs::write(
+        &ebpf_cfg,
+        format!(
+            "[admin]\nbind = \"127.0.0.1:0\"\n[telemetry]\nsource = \"ebpf\"\n[[listener]]\nname = \"http\"\nbind = \"127.0.0.1:{p_ebpf}\"\naccess_log = false\nmax_keepalive_requests = 0\n{}\n[balancer.h100]\n[[balancer.h100.member]]\nurl = \"http://127.0.0.1:{m100}\"\n",
+            http_pp("h100")
+        ),
+    )?;
+    let ebpf = variants.iter().any(|v| v == "http");
+    if ebpf {
+        guards.push(bench_lb(&lb, proxy_cpu, &ebpf_cfg, p_ebpf)?);
     }
 
-    println!("HTTP/1.1 keep-alive, 100-byte responses, {conns} connections, {secs} s per run");
-    println!(
-        "lb pinned to CPU {proxy_cpu}; wrk and the member pinned to CPU {load_cpu}; access log off\n"
-    );
-    let direct_url = format!("http://127.0.0.1:{member_port}/");
-    // Warm up every path, then alternate so drift hits all alike.
-    wrk(&direct_url, load_cpu, 2, conns)?;
-    for (_, port, _) in &lbs {
-        wrk(&format!("http://127.0.0.1:{port}/"), load_cpu, 2, conns)?;
-    }
-    println!(
-        "{:<6} {:<14} {:>10} {:>9} {:>9} {:>8}",
-        "round", "path", "rps", "p50 ms", "p99 ms", "ratio"
-    );
-    for round in 1..=2 {
-        let d = wrk(&direct_url, load_cpu, secs, conns)?;
+    let url = |scheme: &str, port: u16| format!("{scheme}://127.0.0.1:{port}/");
+    for v in &variants {
+        let (paths, c): (Vec<Route>, u32) = match v.as_str() {
+            "http" => (
+                vec![
+                    Route { label: "direct".into(), url: url("http", m100), baseline: None },
+                    Route {
+                        label: "lb http (off)".into(),
+                        url: url("http", p_http),
+                        baseline: Some(0),
+                    },
+                    Route {
+                        label: "lb http (ebpf)".into(),
+                        url: url("http", p_ebpf),
+                        baseline: Some(0),
+                    },
+                ],
+                conns,
+            ),
+            "tcp" => (
+                vec![
+                    Route { label: "direct".into(), url: url("http", m100), baseline: None },
+                    Route {
+                        label: "lb tcp splice".into(),
+                        url: url("http", p_tcp),
+                        baseline: Some(0),
+                    },
+                    Route {
+                        label: "lb tcp buffered".into(),
+                        url: url("http", p_tcp_buf),
+                        baseline: Some(0),
+                    },
+                ],
+                conns,
+            ),
+            "tcp-1m" => (
+                vec![
+                    Route { label: "direct".into(), url: url("http", m1m), baseline: None },
+                    Route {
+                        label: "lb tcp splice".into(),
+                        url: url("http", p_1m),
+                        baseline: Some(0),
+                    },
+                    Route {
+                        label: "lb tcp buffered".into(),
+                        url: url("http", p_1m_buf),
+                        baseline: Some(0),
+                    },
+                ],
+                conns.min(8),
+            ),
+            _ => (
+                vec![
+                    Route { label: "direct tcp".into(), url: url("http", m100), baseline: None },
+                    Route { label: "direct tls".into(), url: url("https", mtls), baseline: None },
+                    Route {
+                        label: "lb tls→http".into(),
+                        url: url("https", p_tls),
+                        baseline: Some(1),
+                    },
+                ],
+                conns,
+            ),
+        };
         println!(
-            "{round:<6} {:<14} {:>10.0} {:>9.3} {:>9.3} {:>8}",
-            "direct", d.rps, d.p50_ms, d.p99_ms, "1.000"
+            "\n== {v}: HTTP/1.1 keep-alive, {} responses, {c} connections, {secs} s per run, {rounds} rounds",
+            if v == "tcp-1m" { "1 MiB" } else { "100-byte" }
         );
-        for (source, port, _) in &lbs {
-            let p = wrk(&format!("http://127.0.0.1:{port}/"), load_cpu, secs, conns)?;
-            println!(
-                "{round:<6} {:<14} {:>10.0} {:>9.3} {:>9.3} {:>8.3}",
-                format!("lb ({source})"),
-                p.rps,
-                p.p50_ms,
-                p.p99_ms,
-                p.rps / d.rps
-            );
+        println!(
+            "lb pinned to CPU {proxy_cpu}; wrk and members pinned to CPU {load_cpu}; access log off"
+        );
+        for p in &paths {
+            wrk(&p.url, load_cpu, 2, c)?;
+        }
+        println!(
+            "{:<6} {:<18} {:>10} {:>9} {:>9} {:>12}",
+            "round", "path", "rps", "p50 ms", "p99 ms", "ratio"
+        );
+        // rps[path][round]
+        let mut all: Vec<Vec<f64>> = vec![Vec::new(); paths.len()];
+        for round in 1..=rounds {
+            for (i, p) in paths.iter().enumerate() {
+                let r = wrk(&p.url, load_cpu, secs, c)?;
+                let ratio = match p.baseline {
+                    None => "baseline".to_owned(),
+                    Some(b) => format!("{:.3}", r.rps / all[b][round as usize - 1]),
+                };
+                println!(
+                    "{round:<6} {:<18} {:>10.0} {:>9.3} {:>9.3} {:>12}",
+                    p.label, r.rps, r.p50_ms, r.p99_ms, ratio
+                );
+                all[i].push(r.rps);
+            }
+        }
+        for (i, p) in paths.iter().enumerate() {
+            let Some(b) = p.baseline else { continue };
+            // Every baseline before this path's own (direct TCP and direct TLS for tls).
+            for base in (0..paths.len()).filter(|&j| j <= b && paths[j].baseline.is_none()) {
+                let r: Vec<f64> = all[i].iter().zip(&all[base]).map(|(x, d)| x / d).collect();
+                let lo = r.iter().copied().fold(f64::INFINITY, f64::min);
+                let hi = r.iter().copied().fold(0.0, f64::max);
+                let mean = r.iter().sum::<f64>() / r.len().max(1) as f64;
+                println!(
+                    "  {:<18} ratio to {}: mean {mean:.3}, range {lo:.3}–{hi:.3} over {} rounds",
+                    p.label,
+                    paths[base].label,
+                    r.len()
+                );
+            }
         }
     }
+    drop(guards);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
