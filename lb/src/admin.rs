@@ -105,16 +105,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: watch::
     tokio::pin!(stop);
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(x) => x,
-                    Err(e) => {
-                        // Out of descriptors and the like: say so and back off instead of spinning.
-                        tracing::warn!(error = %e, "admin accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
+            (stream, peer) = crate::conn::accept(&listener, "admin") => {
                 let shared = Arc::clone(&shared);
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {

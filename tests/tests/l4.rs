@@ -198,3 +198,40 @@ async fn accept_proxy_takes_the_client_from_the_header_and_refuses_garbage() {
         assert_eq!(m.conns.load(std::sync::atomic::Ordering::Relaxed), before);
     }
 }
+
+#[tokio::test]
+async fn a_full_member_is_skipped_without_being_marked_in_error() {
+    let a = TcpMember::start("a", Mode::Echo, false).await;
+    let b = TcpMember::start("b", Mode::Echo, false).await;
+    // a is preferred (lbset 0) but takes one connection at a time; b stands by in lbset 1.
+    let body = members(&[(&a.url(), "max = 1\nacquire = \"100ms\""), (&b.url(), "lbset = 1")]);
+    let lb = Lb::start(&tcp_config("", &body)).await;
+    let (_held, first) = connect(lb.addr).await;
+    let (_second, second) = connect(lb.addr).await;
+    assert_eq!((first.as_str(), second.as_str()), ("a", "b"));
+    let s = lb.member("b", 0).await;
+    assert_eq!(s["status"], "Ok", "busy is not broken: {s}");
+    assert_eq!(s["busy"], 1, "{s}");
+}
+
+#[tokio::test]
+async fn an_idle_connection_is_closed_after_the_listener_timeout() {
+    for splice in [true, false] {
+        let m = TcpMember::start("m", Mode::Echo, false).await;
+        let extra = format!("timeout = \"300ms\"\nsplice = {splice}");
+        let lb = Lb::start(&tcp_config(&extra, &members(&[(&m.url(), "")]))).await;
+        let (mut s, _) = connect(lb.addr).await;
+        let started = std::time::Instant::now();
+        // Traffic keeps it open...
+        for _ in 0..4 {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            s.write_all(b"tick\n").await.unwrap();
+            assert_eq!(read_line(&mut s).await, "tick");
+        }
+        // ...silence closes it.
+        let mut buf = [0u8; 8];
+        let r = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await;
+        assert!(matches!(r, Ok(Ok(0)) | Ok(Err(_))), "{r:?}");
+        assert!(started.elapsed() >= Duration::from_millis(600 + 300), "closed too early");
+    }
+}

@@ -2,7 +2,7 @@
 //!
 //! The loop (Apache's `ap_proxy_balancer_get_best_worker`) decides *who may compete* — lbset
 //! tiers, drain, retry timers, hot spares and hot standbys; the method's `is_best` only *ranks*
-//! the candidates it is shown. Keeping the two apart lets kernel-sourced health (a later
+//! the candidates it is shown. Keeping the two apart lets kernel-sourced health (a
 //! control-path input) change eligibility without touching any method's arithmetic.
 use super::flags;
 use super::member::{Member, MemberId};

@@ -86,7 +86,7 @@ pub struct ListenerConfig {
     pub access_log: bool,
     /// Read a PROXY protocol (v1 or v2) header before anything else on each connection.
     pub accept_proxy: bool,
-    /// TCP: relay plain TCP with splice(2) (zero-copy) instead of a buffered copy.
+    /// TCP: move a direction to splice(2) (zero copy) once it carries bulk; false: always copy.
     pub splice: bool,
     /// Certificates to terminate TLS with, chosen by SNI; the first is the default. Empty:
     /// cleartext.

@@ -5,7 +5,7 @@
 //! `lb check` reports every one of them, not only the first.
 //! The validation modules ([`super::listener`], [`super::balancer`]) turn them into the typed [`super::Config`], reporting every semantic error
 //! with the key path it came from. Key names follow Apache's parameter names wherever Apache has
-//! one, so `lb import-apache` can map directives one to one.
+//! one, so that translating an Apache config is a mapping, not an interpretation.
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 use std::collections::BTreeMap;

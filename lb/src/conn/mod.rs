@@ -11,7 +11,25 @@ use prefixed::Prefixed;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
+
+/// Accept the next connection on `listener` (called `name` in the log), with TCP_NODELAY. An
+/// accept error (out of descriptors, …) is logged and retried after a short back-off, never spun
+/// on. Cancel-safe, for use in `select!`.
+pub async fn accept(listener: &TcpListener, name: &str) -> (TcpStream, SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                return (stream, peer);
+            }
+            Err(e) => {
+                tracing::warn!(listener = %name, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
 
 /// The longest wait for a PROXY header or a ClientHello.
 pub const PRELUDE_TIMEOUT: Duration = Duration::from_secs(10);

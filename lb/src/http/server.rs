@@ -84,17 +84,7 @@ pub async fn serve(
     tokio::pin!(stop);
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(x) => x,
-                    Err(e) => {
-                        // Out of descriptors and the like: say so, back off briefly, go on.
-                        tracing::warn!(listener = %name, error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
+            (stream, peer) = crate::conn::accept(&listener, &name) => {
                 let span = tracing::info_span!("conn", listener = %name, peer = %peer);
                 let task = connection(ClientConn::new(stream, peer), Arc::clone(&slot), graceful.watcher());
                 tokio::spawn(task.instrument(span));

@@ -34,7 +34,7 @@ pub struct TcpService {
     pub sni: Vec<(String, Arc<Balancer>)>,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     pub accept_proxy: bool,
-    /// Relay plain TCP with splice(2) instead of a buffered copy.
+    /// Relay plain TCP with [`splice`] (zero copy for bulk) instead of the buffered copy.
     pub splice: bool,
     pub idle: Duration,
     pub access_log: bool,
@@ -83,16 +83,7 @@ pub async fn serve(
     tokio::pin!(stop);
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(x) => x,
-                    Err(e) => {
-                        tracing::warn!(listener = %name, error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
+            (stream, peer) = crate::conn::accept(&listener, &name) => {
                 let span = tracing::info_span!("conn", listener = %name, peer = %peer);
                 conns.spawn(connection(ClientConn::new(stream, peer), slot.load_full()).instrument(span));
             }

@@ -1,7 +1,11 @@
-//! Zero-copy relaying with splice(2): bytes go socket → pipe → socket inside the kernel, never
-//! through a user-space buffer. Used for plain TCP on both sides (not when lb terminates TLS).
+//! Relaying plain TCP with zero copy for bulk: bytes go socket → pipe → socket inside the kernel
+//! with splice(2), never through a user-space buffer. Used for plain TCP on both sides (not when
+//! lb terminates TLS).
 //!
-//! Pipes are pooled: a relay direction takes one, and gives it back empty when it is done (a
+//! Each direction starts as a plain copy through a 64 KiB buffer: for small messages one read
+//! and one write cost less than two splices. The first read that fills the buffer shows a bulk
+//! transfer, and the direction moves to splice(2) for the rest of the connection. Pipes are
+//! pooled: a direction takes one when it switches, and gives it back empty when it is done (a
 //! pipe with bytes left in it, after an error, is closed instead). The readiness of each socket
 //! comes from tokio, so a direction waits exactly like the buffered copy does.
 use super::relay::{RelayError, Totals};
@@ -75,6 +79,30 @@ enum Side {
     To(io::Error),
 }
 
+/// Wait until `s` may be readable. The poll-based readiness keeps one waker slot per direction
+/// (like `AsyncRead`), cheaper than `readable()`'s waiter list.
+async fn read_ready(s: &TcpStream) -> io::Result<()> {
+    std::future::poll_fn(|cx| s.poll_read_ready(cx)).await
+}
+
+/// Wait until `s` may be writable (see [`read_ready`]).
+async fn write_ready(s: &TcpStream) -> io::Result<()> {
+    std::future::poll_fn(|cx| s.poll_write_ready(cx)).await
+}
+
+/// Write all of `data` to `to`.
+async fn write_all(to: &TcpStream, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        // Try first: a socket with room needs no wait (and no readiness future).
+        match to.try_write(data) {
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => write_ready(to).await?,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// Move bytes `from` → `to` until `from` ends, then half-close `to`.
 async fn direction(
     from: &TcpStream,
@@ -83,41 +111,66 @@ async fn direction(
     last: &AtomicU64,
     origin: Instant,
 ) -> Result<u64, Side> {
-    let pipe = Pipe::take().map_err(Side::From)?;
+    let mut buf = vec![0u8; CHUNK];
+    let mut pipe: Option<Pipe> = None;
     let mut total = 0u64;
     loop {
-        from.readable().await.map_err(Side::From)?;
-        let n = match from
-            .try_io(Interest::READABLE, || splice(from.as_raw_fd(), pipe.write.as_raw_fd(), CHUNK))
-        {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(Side::From(e)),
+        let n = match &pipe {
+            None => match from.try_read(&mut buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    read_ready(from).await.map_err(Side::From)?;
+                    continue;
+                }
+                Err(e) => return Err(Side::From(e)),
+            },
+            Some(p) => match from
+                .try_io(Interest::READABLE, || splice(from.as_raw_fd(), p.write.as_raw_fd(), CHUNK))
+            {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    read_ready(from).await.map_err(Side::From)?;
+                    continue;
+                }
+                Err(e) => return Err(Side::From(e)),
+            },
         };
         if n == 0 {
-            pipe.give_back();
+            if let Some(p) = pipe {
+                p.give_back();
+            }
             let _ = socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write);
             return Ok(total);
         }
-        let mut left = n;
-        while left > 0 {
-            to.writable().await.map_err(Side::To)?;
-            match to
-                .try_io(Interest::WRITABLE, || splice(pipe.read.as_raw_fd(), to.as_raw_fd(), left))
-            {
-                Ok(k) => left -= k,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(Side::To(e)),
+        match &pipe {
+            None => write_all(to, &buf[..n]).await.map_err(Side::To)?,
+            Some(p) => {
+                let mut left = n;
+                while left > 0 {
+                    match to.try_io(Interest::WRITABLE, || {
+                        splice(p.read.as_raw_fd(), to.as_raw_fd(), left)
+                    }) {
+                        Ok(k) => left -= k,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            write_ready(to).await.map_err(Side::To)?
+                        }
+                        Err(e) => return Err(Side::To(e)),
+                    }
+                }
             }
         }
         total += n as u64;
         count(n as u64);
         last.store(origin.elapsed().as_millis() as u64, Relaxed);
+        if pipe.is_none() && n == CHUNK {
+            // A full buffer: a bulk transfer. Zero copy from here on, if a pipe can be had.
+            pipe = Pipe::take().ok();
+        }
     }
 }
 
-/// Relay between `client` and `upstream` (a connection to `member`) with splice(2), with the
-/// same half-close, failure and idle rules as the buffered relay.
+/// Relay between `client` and `upstream` (a connection to `member`), zero-copy once a direction
+/// carries bulk, with the same half-close, failure and idle rules as the buffered relay.
 pub async fn relay(
     client: &TcpStream,
     upstream: &TcpStream,

@@ -5,7 +5,8 @@
 //! `ArcSwap`, which the data path and the admin API read without locking.
 //!
 //! The source is chosen once at startup and said once in the log: `ebpf` when lb's object is
-//! built in and loads (root / CAP_BPF, BTF, cgroup v2), else `off`, with the reason.
+//! built in and loads (root / CAP_BPF, BTF, cgroup v2), else the TCP_INFO fallback, with the
+//! reason (`off` only when the config says so).
 pub mod ebpf;
 pub mod tcp_info;
 
