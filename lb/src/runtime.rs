@@ -288,7 +288,9 @@ impl Bound {
             };
             let result = match next {
                 Ok(next) => {
-                    let r = apply(&next, &shared, &mut routing, &mut running, &mut draining).await;
+                    let r = apply(&next, &shared, &mut routing, &mut running, &mut draining)
+                        .await
+                        .map(|summary| summary + &needs_restart(&config, &next));
                     if r.is_ok() {
                         publish(&running);
                     }
@@ -362,6 +364,10 @@ async fn apply(
                 r.cfg = l.clone();
                 running.push(r);
                 kept += 1;
+            } else {
+                // Cannot happen (a protocol change rebinds); never leave it running unstopped.
+                tracing::error!(listener = %l.name, "listener kind changed without a rebind; stopping it");
+                old.push(r);
             }
         }
     }
@@ -377,6 +383,29 @@ async fn apply(
         next.listeners.len(),
         next.balancers.len()
     ))
+}
+
+/// What a reload does not apply, when it changed: said in the reload's answer.
+fn needs_restart(running: &Config, next: &Config) -> String {
+    let mut keys = Vec::new();
+    if running.admin.as_ref().map(|a| a.bind) != next.admin.as_ref().map(|a| a.bind) {
+        keys.push("[admin]");
+    }
+    if running.heartbeat_listen != next.heartbeat_listen {
+        keys.push("[heartbeat]");
+    }
+    let (a, b) = (&running.telemetry, &next.telemetry);
+    if a.source != b.source || a.interval != b.interval {
+        keys.push("[telemetry]");
+    }
+    if running.graceful_shutdown_timeout != next.graceful_shutdown_timeout {
+        keys.push("[server] (for listeners already running)");
+    }
+    if keys.is_empty() {
+        String::new()
+    } else {
+        format!("; not applied until a restart: {}", keys.join(", "))
+    }
 }
 
 /// An error and its sources on one line.

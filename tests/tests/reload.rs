@@ -187,3 +187,59 @@ async fn a_reload_that_cannot_bind_changes_nothing() {
     assert_eq!(lb.member("b", 0).await["loadfactor"], 1.0, "nothing was applied");
     assert_eq!(lb_tests::get(&lb.url("/")).await.status, 200);
 }
+
+#[tokio::test]
+async fn listeners_are_added_removed_and_rebound() {
+    let m = Member::start("m1").await;
+    let listener = |name: &str, bind: &str| {
+        format!(
+            "\n[[listener]]\nname = \"{name}\"\nbind = \"{bind}\"\naccess_log = false\n  [[listener.proxy_pass]]\n  path = \"/\"\n  to = \"balancer://b/\"\n"
+        )
+    };
+    let base = format!(
+        "[admin]\nbind = \"127.0.0.1:0\"\n[balancer.b]\n[[balancer.b.member]]\nurl = \"{}\"\n",
+        m.url()
+    );
+    let lb = Lb::start(&format!(
+        "{base}{}{}",
+        listener("a", "127.0.0.1:0"),
+        listener("b", "127.0.0.1:0")
+    ))
+    .await;
+    let (a_old, b_old) = (lb.listener("a"), lb.listener("b"));
+    // A request in flight on the old socket of `a` across the reload.
+    let mut open = TcpStream::connect(a_old).await.unwrap();
+    open.write_all(b"GET /sleep/300 HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let moved_to = lb_tests::dead_port().await;
+    let next =
+        format!("{base}{}{}", listener("a", &moved_to.to_string()), listener("c", "127.0.0.1:0"));
+    let summary = lb.handle.reload(parse_config(&next)).await.expect("reload");
+    assert!(summary.contains("0 kept, 2 started, 2 stopped"), "{summary}");
+    let now = lb.handle.listeners();
+    assert_eq!(now.get("a"), Some(&moved_to));
+    assert!(now.contains_key("c") && !now.contains_key("b"), "{now:?}");
+    assert_eq!(lb_tests::get(&format!("http://{moved_to}/")).await.member(), "m1");
+    assert_eq!(lb_tests::get(&format!("http://{}/", now["c"])).await.member(), "m1");
+    // The removed and the moved-away sockets take no new connections.
+    for gone in [a_old, b_old] {
+        let refused = eventually(Duration::from_secs(5), || async {
+            TcpStream::connect(gone).await.is_err().then_some(())
+        })
+        .await;
+        assert!(refused.is_some(), "{gone} still accepts");
+    }
+    // The request in flight during the reload got its answer.
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read(&mut open, &mut buf),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+}
