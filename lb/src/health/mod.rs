@@ -38,7 +38,9 @@ fn lower_median(mut v: Vec<f64>) -> Option<f64> {
 impl Monitor {
     pub fn evaluate(&mut self, balancers: &[Arc<Balancer>], snap: &Snapshot, now: Instant) {
         // Forget members no balancer holds any more.
-        self.trackers.retain(|id, _| balancers.iter().any(|b| b.member(*id).is_some()));
+        let live: std::collections::HashSet<MemberId> =
+            balancers.iter().flat_map(|b| b.members.iter().map(|m| m.id)).collect();
+        self.trackers.retain(|id, _| live.contains(id));
         for b in balancers {
             let policy = &b.settings.ejection;
             let kernel: Vec<_> = b
@@ -140,5 +142,61 @@ pub async fn run(
             }
             _ = &mut stop => break,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::balancer::Outcome;
+    use crate::config::{BalancerConfig, LbMethod, MemberConfig, parse_member_url};
+    use std::time::Duration;
+
+    fn config(ports: &[u16]) -> BalancerConfig {
+        BalancerConfig {
+            name: "b".into(),
+            lbmethod: LbMethod::ByRequests,
+            maxattempts: 1,
+            nofailover: false,
+            timeout: Duration::ZERO,
+            forcerecovery: true,
+            growth: 0,
+            ejection: Default::default(),
+            http: Default::default(),
+            members: ports
+                .iter()
+                .map(|p| {
+                    MemberConfig::for_url(
+                        parse_member_url(&format!("http://127.0.0.1:{p}")).unwrap(),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_ejection_survives_a_rebuild_that_keeps_the_member() {
+        let heartbeats = Arc::new(crate::balancer::heartbeat::Heartbeats::default());
+        let old = Arc::new(Balancer::new(&config(&[1, 2, 3]), false, Arc::clone(&heartbeats)));
+        let mut monitor = Monitor::default();
+        let snap = Snapshot::default();
+        for _ in 0..5 {
+            old.members[0].report(Outcome::Failed("refused".into()));
+        }
+        monitor.evaluate(std::slice::from_ref(&old), &snap, Instant::now());
+        assert_eq!(old.members[0].health_note().unwrap().state, "ejected");
+        // Member 1 stays (same URL), member 3 goes, member 4 is new.
+        let new = Arc::new(Balancer::rebuild(&config(&[1, 2, 4]), false, heartbeats, Some(&old)));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        monitor.evaluate(std::slice::from_ref(&new), &snap, Instant::now());
+        assert_eq!(new.members[0].health_note().unwrap().state, "ejected", "still ejected");
+        assert!(!new.members[0].usable());
+        assert_eq!(new.members[2].health_note().unwrap().state, "healthy");
+        assert_eq!(monitor.trackers.len(), 3, "the removed member's tracker is gone");
+        // The ejection ends on its own schedule (base_time 5 s), not reset by the rebuild.
+        tokio::time::advance(Duration::from_secs(5)).await;
+        monitor.evaluate(std::slice::from_ref(&new), &snap, Instant::now());
+        assert_eq!(new.members[0].health_note().unwrap().state, "probation");
+        assert!(new.members[0].usable());
     }
 }
