@@ -181,24 +181,25 @@ async fn forward(
         }
     }
     let m = Arc::clone(&member);
+    let moved = relay::Moved::default();
     let result = match client_io {
         Client::Plain(p) if svc.splice => {
             // What lb read while looking for a header goes first; the rest moves in the kernel.
             let (read, tcp) = p.into_parts();
             match upstream.write_all(&read).await {
                 Ok(()) => {
-                    member.add_transferred(read.len() as u64);
-                    splice::relay(&tcp, upstream.get_ref(), m, svc.idle).await
+                    moved.to_member(&member, read.len() as u64);
+                    splice::relay(&tcp, upstream.get_ref(), m, svc.idle, &moved).await
                 }
                 Err(e) => Err(relay::RelayError::Member(e)),
             }
         }
-        Client::Plain(p) => relay::relay(p, upstream, m, svc.idle).await,
-        Client::Tls(t) => relay::relay(t, upstream, m, svc.idle).await,
+        Client::Plain(p) => relay::relay(p, upstream, m, svc.idle, &moved).await,
+        Client::Tls(t) => relay::relay(t, upstream, m, svc.idle, &moved).await,
     };
-    let (outcome, totals) = match &result {
-        Ok(t) => ("closed".to_owned(), *t),
-        Err(e) => (e.to_string(), relay::Totals::default()),
+    let outcome = match &result {
+        Ok(()) => "closed".to_owned(),
+        Err(e) => e.to_string(),
     };
     if let Err(relay::RelayError::Member(e)) = &result {
         member.note_error(
@@ -210,7 +211,9 @@ async fn forward(
         tracing::info!(
             target: "lb::access",
             listener = %svc.name, client = %client, balancer = %balancer.name(),
-            member = %member.url, to_member = totals.to_member, to_client = totals.to_client,
+            member = %member.url,
+            to_member = moved.to_member.load(std::sync::atomic::Ordering::Relaxed),
+            to_client = moved.to_client.load(std::sync::atomic::Ordering::Relaxed),
             total_ms = start.elapsed().as_millis() as u64, outcome = %outcome, "tcp"
         );
     }

@@ -13,10 +13,25 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 /// Copy buffer per direction.
 const BUF: usize = 64 * 1024;
 
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Totals {
-    pub to_member: u64,
-    pub to_client: u64,
+/// Bytes moved so far each way; the caller keeps it, so it holds the count however the relay
+/// ends.
+#[derive(Debug, Default)]
+pub struct Moved {
+    pub to_member: AtomicU64,
+    pub to_client: AtomicU64,
+}
+
+impl Moved {
+    /// Count `n` bytes towards the member (on the member's `transferred` too).
+    pub fn to_member(&self, member: &Member, n: u64) {
+        member.add_transferred(n);
+        self.to_member.fetch_add(n, Relaxed);
+    }
+    /// Count `n` bytes towards the client (on the member's `read` too).
+    pub fn to_client(&self, member: &Member, n: u64) {
+        member.add_read(n);
+        self.to_client.fetch_add(n, Relaxed);
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -36,20 +51,20 @@ enum Dir {
     ToClient,
 }
 
-struct Shared {
+struct Shared<'a> {
     origin: Instant,
     /// Milliseconds since `origin` of the last byte moved.
     last: AtomicU64,
     member: Arc<Member>,
+    moved: &'a Moved,
 }
 
-async fn pump<R, W>(mut r: R, mut w: W, dir: Dir, s: &Shared) -> Result<u64, RelayError>
+async fn pump<R, W>(mut r: R, mut w: W, dir: Dir, s: &Shared<'_>) -> Result<(), RelayError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let mut buf = vec![0u8; BUF];
-    let mut total = 0u64;
     let (read_err, write_err): (fn(_) -> _, fn(_) -> _) = match dir {
         Dir::ToMember => (RelayError::Client, RelayError::Member),
         Dir::ToClient => (RelayError::Member, RelayError::Client),
@@ -59,37 +74,38 @@ where
         if n == 0 {
             // Half-close: the reading side is done; tell the writing side, keep the other way.
             let _ = w.shutdown().await;
-            return Ok(total);
+            return Ok(());
         }
         w.write_all(&buf[..n]).await.map_err(write_err)?;
-        total += n as u64;
         s.last.store(s.origin.elapsed().as_millis() as u64, Relaxed);
         match dir {
-            Dir::ToMember => s.member.add_transferred(n as u64),
-            Dir::ToClient => s.member.add_read(n as u64),
+            Dir::ToMember => s.moved.to_member(&s.member, n as u64),
+            Dir::ToClient => s.moved.to_client(&s.member, n as u64),
         }
     }
 }
 
-/// Relay between `client` and `upstream` (a connection to `member`) until both directions end.
+/// Relay between `client` and `upstream` (a connection to `member`) until both directions end,
+/// counting into `moved`.
 pub async fn relay<C, U>(
     client: C,
     upstream: U,
     member: Arc<Member>,
     idle: Duration,
-) -> Result<Totals, RelayError>
+    moved: &Moved,
+) -> Result<(), RelayError>
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    let s = Shared { origin: Instant::now(), last: AtomicU64::new(0), member };
+    let s = Shared { origin: Instant::now(), last: AtomicU64::new(0), member, moved };
     let (cr, cw) = tokio::io::split(client);
     let (ur, uw) = tokio::io::split(upstream);
     let both = async {
         tokio::try_join!(pump(cr, uw, Dir::ToMember, &s), pump(ur, cw, Dir::ToClient, &s))
     };
     tokio::select! {
-        r = both => r.map(|(to_member, to_client)| Totals { to_member, to_client }),
+        r = both => r.map(|_| ()),
         e = watchdog(s.origin, &s.last, idle) => Err(e),
     }
 }

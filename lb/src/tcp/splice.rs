@@ -8,7 +8,7 @@
 //! pooled: a direction takes one when it switches, and gives it back empty when it is done (a
 //! pipe with bytes left in it, after an error, is closed instead). The readiness of each socket
 //! comes from tokio, so a direction waits exactly like the buffered copy does.
-use super::relay::{RelayError, Totals};
+use super::relay::{Moved, RelayError};
 use crate::balancer::Member;
 use crossbeam_queue::ArrayQueue;
 use std::io;
@@ -110,10 +110,9 @@ async fn direction(
     count: impl Fn(u64),
     last: &AtomicU64,
     origin: Instant,
-) -> Result<u64, Side> {
+) -> Result<(), Side> {
     let mut buf = vec![0u8; CHUNK];
     let mut pipe: Option<Pipe> = None;
-    let mut total = 0u64;
     loop {
         let n = match &pipe {
             None => match from.try_read(&mut buf) {
@@ -140,7 +139,7 @@ async fn direction(
                 p.give_back();
             }
             let _ = socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write);
-            return Ok(total);
+            return Ok(());
         }
         match &pipe {
             None => write_all(to, &buf[..n]).await.map_err(Side::To)?,
@@ -159,7 +158,6 @@ async fn direction(
                 }
             }
         }
-        total += n as u64;
         count(n as u64);
         last.store(origin.elapsed().as_millis() as u64, Relaxed);
         if pipe.is_none() && n == CHUNK {
@@ -176,11 +174,12 @@ pub async fn relay(
     upstream: &TcpStream,
     member: Arc<Member>,
     idle: Duration,
-) -> Result<Totals, RelayError> {
+    moved: &Moved,
+) -> Result<(), RelayError> {
     let origin = Instant::now();
     let last = AtomicU64::new(0);
-    let to_member = direction(client, upstream, |n| member.add_transferred(n), &last, origin);
-    let to_client = direction(upstream, client, |n| member.add_read(n), &last, origin);
+    let to_member = direction(client, upstream, |n| moved.to_member(&member, n), &last, origin);
+    let to_client = direction(upstream, client, |n| moved.to_client(&member, n), &last, origin);
     let both = async {
         tokio::try_join!(
             async {
@@ -198,7 +197,7 @@ pub async fn relay(
         )
     };
     tokio::select! {
-        r = both => r.map(|(to_member, to_client)| Totals { to_member, to_client }),
+        r = both => r.map(|_| ()),
         e = super::relay::watchdog(origin, &last, idle) => Err(e),
     }
 }
