@@ -47,15 +47,8 @@ fn json<T: serde::Serialize>(v: &T) -> Response<Full<Bytes>> {
 const INDEX: &str = "lb admin\n  GET /status      balancers and members (JSON)\n  GET /health      kernel-sourced member health (JSON)\n  POST /heartbeat  v=1&ready=N&busy=M[&port=P] from a member\n  POST /reload     re-read the config file\n";
 
 async fn reload(shared: &Shared) -> Response<Full<Bytes>> {
-    let Some(tx) = &shared.reload else {
-        return reply(
-            StatusCode::CONFLICT,
-            "text/plain",
-            "lb runs without a config file: nothing to reload\n",
-        );
-    };
     let (answer, rx) = tokio::sync::oneshot::channel();
-    if tx.send(answer).await.is_err() {
+    if shared.reload.send(answer).await.is_err() {
         return reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "lb is shutting down\n");
     }
     match tokio::time::timeout(ADMIN_TIMEOUT, rx).await {

@@ -20,7 +20,7 @@
 //! runtime: config ─▶ Routing (members kept by balancer + URL) ─▶ swap slots  (start, reload)
 //! admin (/status, /health, /heartbeat, /reload) ─▶ state::Shared ─▶ status (reports)
 //! ```
-//! Module layering, leaves first: `config`, `shutdown` → `telemetry`, `conn`, `tls` →
+//! Module layering, leaves first: `config`, `errors`, `shutdown` → `telemetry`, `conn`, `tls` →
 //! `balancer` → `health`, `upstream`, `status`, `state` → `http`, `tcp`, `admin` → `routing` →
 //! `runtime`.
 pub mod admin;
@@ -28,6 +28,7 @@ pub mod balancer;
 pub mod config;
 pub mod conn;
 pub mod demo;
+pub mod errors;
 pub mod health;
 pub mod http;
 pub mod routing;

@@ -39,23 +39,23 @@ pub enum Service {
     Tcp(Arc<TcpService>),
 }
 
-/// Everything the data path reads, built from one config.
+/// What a later build carries over: the balancers (members by identity) and their HTTP views
+/// (pools by member).
 pub struct Routing {
     pub balancers: Vec<Arc<Balancer>>,
-    /// The HTTP view of each balancer an HTTP route uses (pools by member), by balancer name.
+    /// The HTTP view of each balancer an HTTP route uses, by balancer name.
     pub upstreams: HashMap<String, Arc<Upstream>>,
-    /// One service per listener, in config order.
-    pub services: Vec<Service>,
 }
 
 impl Routing {
-    /// Build from `cfg`, keeping members, pools and balancer state of `prev` where unchanged.
+    /// Build from `cfg`, keeping members, pools and balancer state of `prev` where unchanged;
+    /// with it, one service per listener, in config order, for the runtime to start or swap in.
     pub fn build(
         cfg: &Config,
         prev: Option<&Routing>,
         telemetry: &Arc<Telemetry>,
         heartbeats: &Arc<Heartbeats>,
-    ) -> Result<Routing, BuildError> {
+    ) -> Result<(Routing, Vec<Service>), BuildError> {
         let old_balancer = |name: &str| {
             prev.and_then(|p| p.balancers.iter().find(|b| b.name() == name)).map(|b| &**b)
         };
@@ -171,7 +171,7 @@ impl Routing {
             };
             services.push(service);
         }
-        Ok(Routing { balancers, upstreams, services })
+        Ok((Routing { balancers, upstreams }, services))
     }
 }
 

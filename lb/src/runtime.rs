@@ -42,6 +42,8 @@ pub struct Lb {
     config: Config,
     shared: Arc<Shared>,
     routing: Routing,
+    /// The listeners' services, until `run` starts them.
+    services: Vec<Service>,
     reload_rx: mpsc::Receiver<ReloadRequest>,
     apply_tx: mpsc::Sender<(Box<Config>, ReloadRequest)>,
     apply_rx: mpsc::Receiver<(Box<Config>, ReloadRequest)>,
@@ -84,7 +86,6 @@ pub struct Bound {
     sockets: Vec<TcpListener>,
     admin: Option<TcpListener>,
     heartbeat: Option<tokio::net::UdpSocket>,
-    file_tx: mpsc::Sender<ReloadRequest>,
 }
 
 async fn bind(name: &str, addr: SocketAddr) -> Result<TcpListener, RunError> {
@@ -99,20 +100,21 @@ impl Lb {
     pub fn build(cfg: &Config) -> Result<Lb, RunError> {
         let telemetry = Telemetry::start(&cfg.telemetry).map_err(RunError::Telemetry)?;
         let heartbeats = Arc::new(Heartbeats::default());
-        let routing = Routing::build(cfg, None, &telemetry, &heartbeats)?;
+        let (routing, services) = Routing::build(cfg, None, &telemetry, &heartbeats)?;
         let (reload_tx, reload_rx) = mpsc::channel(4);
         let (apply_tx, apply_rx) = mpsc::channel(4);
         let shared = Arc::new(Shared {
             balancers: Arc::new(ArcSwap::from_pointee(routing.balancers.clone())),
             telemetry,
             heartbeats,
-            reload: Some(reload_tx),
+            reload: reload_tx,
             listeners: ArcSwap::default(),
         });
         Ok(Lb {
             config: cfg.clone(),
             shared,
             routing,
+            services,
             reload_rx,
             apply_tx,
             apply_rx,
@@ -144,8 +146,7 @@ impl Lb {
                     })?)
                 }
             };
-        let file_tx = self.shared.reload.clone().unwrap_or_else(|| mpsc::channel(1).0);
-        let bound = Bound { lb: self, sockets, admin, heartbeat, file_tx };
+        let bound = Bound { lb: self, sockets, admin, heartbeat };
         bound.lb.shared.listeners.store(Arc::new(bound.listener_addrs()));
         Ok(bound)
     }
@@ -205,8 +206,7 @@ fn swap(slot: &RunningSlot, service: Service) -> bool {
 impl Bound {
     /// The bound address of the listener called `name`.
     pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
-        let i = self.lb.config.listeners.iter().position(|l| l.name == name)?;
-        self.sockets.get(i)?.local_addr().ok()
+        self.listener_addrs().into_iter().find(|(n, _)| n == name).map(|(_, a)| a)
     }
 
     /// Every listener's name and bound address, in config order.
@@ -226,7 +226,7 @@ impl Bound {
     pub fn handle(&self) -> Handle {
         Handle {
             apply: self.lb.apply_tx.clone(),
-            file: self.file_tx.clone(),
+            file: self.lb.shared.reload.clone(),
             shared: Arc::clone(&self.lb.shared),
         }
     }
@@ -234,10 +234,17 @@ impl Bound {
     /// Serve until `shutdown` resolves; then stop accepting and let open work finish within
     /// `[server] graceful_shutdown_timeout`.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) {
-        let Bound { lb, sockets, admin, heartbeat, file_tx } = self;
-        drop(file_tx);
-        let Lb { config, shared, mut routing, mut reload_rx, apply_tx, mut apply_rx, config_path } =
-            lb;
+        let Bound { lb, sockets, admin, heartbeat } = self;
+        let Lb {
+            config,
+            shared,
+            mut routing,
+            services,
+            mut reload_rx,
+            apply_tx,
+            mut apply_rx,
+            config_path,
+        } = lb;
         drop(apply_tx);
         let grace = config.graceful_shutdown_timeout;
         let publish = |running: &[Running]| {
@@ -247,7 +254,6 @@ impl Bound {
         let (tx, rx) = watch::channel(false);
         let mut tasks = tokio::task::JoinSet::new();
         let mut running: Vec<Running> = Vec::new();
-        let services = std::mem::take(&mut routing.services);
         for ((cfg, socket), service) in config.listeners.iter().zip(sockets).zip(services) {
             running.push(start(cfg, socket, service, grace));
         }
@@ -337,19 +343,20 @@ async fn apply(
             .iter()
             .any(|r| r.cfg.name == l.name && r.cfg.bind == l.bind && r.cfg.protocol == l.protocol);
         if !keep {
-            let socket = bind(&l.name, l.bind).await.map_err(|e| error_chain(&e))?;
+            let socket = bind(&l.name, l.bind).await.map_err(|e| crate::errors::chain(&e))?;
             fresh.insert(l.name.clone(), socket);
         }
     }
-    let built = Routing::build(next, Some(routing), &shared.telemetry, &shared.heartbeats)
-        .map_err(|e| error_chain(&e))?;
-    let Routing { balancers, upstreams, services } = built;
-    let old_ids: Vec<_> =
-        routing.balancers.iter().flat_map(|b| b.members.iter().map(|m| m.id)).collect();
-    let new_ids: Vec<_> = balancers.iter().flat_map(|b| b.members.iter().map(|m| m.id)).collect();
+    let (built, services) =
+        Routing::build(next, Some(routing), &shared.telemetry, &shared.heartbeats)
+            .map_err(|e| crate::errors::chain(&e))?;
+    let ids = |r: &Routing| -> Vec<_> {
+        r.balancers.iter().flat_map(|b| b.members.iter().map(|m| m.id)).collect()
+    };
+    let (old_ids, new_ids) = (ids(routing), ids(&built));
     let added_members = new_ids.iter().filter(|i| !old_ids.contains(i)).count();
     let removed_members = old_ids.iter().filter(|i| !new_ids.contains(i)).count();
-    shared.balancers.store(Arc::new(balancers.clone()));
+    shared.balancers.store(Arc::new(built.balancers.clone()));
     let grace = next.graceful_shutdown_timeout;
     let mut old: Vec<Running> = std::mem::take(running);
     let (mut kept, mut started) = (0, 0);
@@ -377,7 +384,7 @@ async fn apply(
         let _ = r.stop.send(true);
         draining.push(r.task);
     }
-    *routing = Routing { balancers, upstreams, services: Vec::new() };
+    *routing = built;
     Ok(format!(
         "{} listener(s): {kept} kept, {started} started, {stopped} stopped; {} balancer(s); members: {added_members} added, {removed_members} removed",
         next.listeners.len(),
@@ -406,18 +413,6 @@ fn needs_restart(running: &Config, next: &Config) -> String {
     } else {
         format!("; not applied until a restart: {}", keys.join(", "))
     }
-}
-
-/// An error and its sources on one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
 }
 
 /// Receive mod_heartbeat datagrams until `stop`.

@@ -15,8 +15,8 @@ pub struct Shared {
     pub balancers: Arc<ArcSwap<Vec<Arc<Balancer>>>>,
     pub telemetry: Arc<Telemetry>,
     pub heartbeats: Arc<Heartbeats>,
-    /// Where `POST /reload` sends its request.
-    pub reload: Option<mpsc::Sender<ReloadRequest>>,
+    /// Where `POST /reload` (and SIGHUP, through `runtime::Handle`) sends its request.
+    pub reload: mpsc::Sender<ReloadRequest>,
     /// Each running listener's name and bound address.
     pub listeners: ArcSwap<Vec<(String, std::net::SocketAddr)>>,
 }

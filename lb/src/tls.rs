@@ -65,6 +65,30 @@ pub fn acceptor(
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
 }
 
+/// Terminate TLS on a client connection within `wait`. A failed or timed-out handshake is logged
+/// with the client and the reason, and gives None: only that connection is closed.
+pub async fn accept<S>(
+    acceptor: &tokio_rustls::TlsAcceptor,
+    stream: S,
+    client: std::net::SocketAddr,
+    wait: std::time::Duration,
+) -> Option<tokio_rustls::server::TlsStream<S>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    match tokio::time::timeout(wait, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => Some(tls),
+        Ok(Err(e)) => {
+            tracing::warn!(%client, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::warn!(%client, "TLS handshake timed out after {wait:?}");
+            None
+        }
+    }
+}
+
 /// The system's trusted roots, loaded once per process.
 fn system_roots() -> Result<Arc<RootCertStore>, TlsError> {
     static ROOTS: std::sync::OnceLock<Arc<RootCertStore>> = std::sync::OnceLock::new();

@@ -47,7 +47,8 @@ pub enum Outcome {
 }
 
 /// No free connection slot within the wait (`max` reached).
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("no free connection within {waited:?} (max = {max})")]
 pub struct SlotsExhausted {
     pub max: u32,
     pub waited: Duration,

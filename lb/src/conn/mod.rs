@@ -54,14 +54,19 @@ pub struct Incoming {
     pub read: BytesMut,
     /// The client: the TCP peer, or the source its PROXY header names.
     pub client: SocketAddr,
-    /// The address the client connected to (or the PROXY header's destination).
-    pub local: SocketAddr,
+    /// The PROXY header's destination, when it named one.
+    dest: Option<SocketAddr>,
 }
 
 impl Incoming {
     pub fn new(stream: TcpStream, peer: SocketAddr) -> Incoming {
-        let local = stream.local_addr().unwrap_or(peer);
-        Incoming { stream, read: BytesMut::new(), client: peer, local }
+        Incoming { stream, read: BytesMut::new(), client: peer, dest: None }
+    }
+
+    /// The address the client connected to: the PROXY header's destination, or this socket's
+    /// own address (asked of the kernel only when wanted).
+    pub fn local(&self) -> SocketAddr {
+        self.dest.or_else(|| self.stream.local_addr().ok()).unwrap_or(self.client)
     }
 
     /// Read more, within `deadline`.
@@ -84,7 +89,7 @@ impl Incoming {
                 proxy_protocol::Parsed::Header { len, source, dest } => {
                     let _ = self.read.split_to(len);
                     self.client = source.unwrap_or(self.client);
-                    self.local = dest.unwrap_or(self.local);
+                    self.dest = dest.or(self.dest);
                     return Ok(());
                 }
             }

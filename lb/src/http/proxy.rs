@@ -10,7 +10,7 @@
 use super::access::AccessRecord;
 use super::body::{RequestBody, ResponseBody, UpstreamBody};
 use super::headers;
-use super::route::{Route, RouteTable, Upstream};
+use super::route::{MemberConn, Route, RouteTable};
 use crate::balancer::{Member, Outcome, Pick, PickContext};
 use crate::upstream::UpstreamError;
 use crate::upstream::pool::Lease;
@@ -67,7 +67,13 @@ struct Outgoing<'a> {
 }
 
 impl Outgoing<'_> {
-    fn retarget(&self, req: &mut Request<RequestBody>, member: &Arc<Member>) -> Result<(), String> {
+    /// Point `req` at `member` (reached through `conn`).
+    fn retarget(
+        &self,
+        req: &mut Request<RequestBody>,
+        member: &Arc<Member>,
+        conn: &MemberConn,
+    ) -> Result<(), String> {
         let mp = &member.url.path;
         let uri = if mp.is_empty() {
             Uri::try_from(self.path_and_query.as_str())
@@ -77,22 +83,19 @@ impl Outgoing<'_> {
         *req.uri_mut() = uri.map_err(|e| format!("cannot form the member URI: {e}"))?;
         let host = match (&self.client_host, self.route.preserve_host) {
             (Some(h), true) => h.clone(),
-            _ => match self.route.upstream.conn(member) {
-                Some(c) => c.host.clone(),
-                None => return Err(format!("member {} left its balancer", member.url)),
-            },
+            _ => conn.host.clone(),
         };
         req.headers_mut().insert(header::HOST, host);
         req.body_mut().count_for(member);
         Ok(())
     }
 
-    fn rebuild(&self, member: &Arc<Member>) -> Option<Request<RequestBody>> {
+    fn rebuild(&self, member: &Arc<Member>, conn: &MemberConn) -> Option<Request<RequestBody>> {
         let (method, headers) = self.replay.as_ref()?;
         let mut req = Request::new(RequestBody::empty());
         *req.method_mut() = method.clone();
         *req.headers_mut() = headers.clone();
-        self.retarget(&mut req, member).ok()?;
+        self.retarget(&mut req, member, conn).ok()?;
         Some(req)
     }
 }
@@ -240,12 +243,17 @@ impl HttpProxy {
             };
             attempts += 1;
             let member = Arc::clone(pick.member());
+            // The pick came from this upstream's own balancer, so its pool is there.
+            let Some(conn) = upstream.conn(&member) else {
+                let msg = format!("member {} has no connection pool", member.url);
+                return self.local(rec, StatusCode::BAD_GATEWAY, &msg);
+            };
             let req = match pending.take() {
-                Some(mut r) => match out.retarget(&mut r, &member) {
+                Some(mut r) => match out.retarget(&mut r, &member, conn) {
                     Ok(()) => r,
                     Err(e) => return self.local(rec, StatusCode::BAD_GATEWAY, &e),
                 },
-                None => match out.rebuild(&member) {
+                None => match out.rebuild(&member, conn) {
                     Some(r) => r,
                     None => {
                         return self.local(
@@ -260,7 +268,7 @@ impl HttpProxy {
                 r.member = Some(member.name());
                 r.attempts = attempts;
             }
-            match self.exchange(upstream, &out, &member, req).await {
+            match self.exchange(&out, &member, conn, req).await {
                 Ok((resp, lease)) => {
                     member.report(Outcome::Success);
                     return self.respond(route, &out, resp, lease, pick, client_upgrade, rec);
@@ -315,16 +323,11 @@ impl HttpProxy {
     /// reused keep-alive connection turned out dead.
     async fn exchange(
         &self,
-        upstream: &Upstream,
         out: &Outgoing<'_>,
         member: &Arc<Member>,
+        conn: &MemberConn,
         mut req: Request<RequestBody>,
     ) -> Result<(Response<Incoming>, Lease<RequestBody>), Failed> {
-        let Some(conn) = upstream.conn(member) else {
-            let source = std::io::Error::other("the member left its balancer in a reload");
-            let addr = member.url.authority();
-            return Err(Failed { error: UpstreamError::Connect { addr, source }, back: Some(req) });
-        };
         let pool = &conn.pool;
         let mut fresh = false;
         loop {
@@ -356,7 +359,7 @@ impl HttpProxy {
                                 back,
                             });
                         }
-                        None => match out.rebuild(member) {
+                        None => match out.rebuild(member, conn) {
                             Some(r) if stale_may_retry && !source.is_parse() => req = r,
                             _ => {
                                 return Err(Failed {

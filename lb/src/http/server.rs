@@ -112,10 +112,9 @@ async fn connection(mut conn: ClientConn, slot: Slot, watcher: Watcher) {
     match &svc.tls {
         None => serve_http(stream, client, false, slot, &svc, watcher).await,
         Some(acceptor) => {
-            match tokio::time::timeout(svc.handshake_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => serve_http(tls, client, true, slot, &svc, watcher).await,
-                Ok(Err(e)) => tracing::warn!(%client, error = %e, "TLS handshake failed"),
-                Err(_) => tracing::warn!(%client, "TLS handshake timed out"),
+            let wait = svc.handshake_timeout;
+            if let Some(tls) = crate::tls::accept(acceptor, stream, client, wait).await {
+                serve_http(tls, client, true, slot, &svc, watcher).await;
             }
         }
     }

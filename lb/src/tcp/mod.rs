@@ -107,15 +107,11 @@ async fn connection(mut conn: ClientConn, svc: Arc<TcpService>) {
         tracing::warn!(error = %e, "closing: bad or missing PROXY protocol header");
         return;
     }
-    let (client, local) = (conn.client, conn.local);
+    let (client, local) = (conn.client, conn.local());
     if let Some(acceptor) = &svc.tls {
-        let shake = acceptor.accept(conn.into_stream());
-        match tokio::time::timeout(crate::conn::PRELUDE_TIMEOUT, shake).await {
-            Ok(Ok(tls)) => {
-                forward(Client::Tls(Box::new(tls)), client, local, svc.default.clone(), &svc).await
-            }
-            Ok(Err(e)) => tracing::warn!(%client, error = %e, "TLS handshake failed"),
-            Err(_) => tracing::warn!(%client, "TLS handshake timed out"),
+        let wait = crate::conn::PRELUDE_TIMEOUT;
+        if let Some(tls) = crate::tls::accept(acceptor, conn.into_stream(), client, wait).await {
+            forward(Client::Tls(Box::new(tls)), client, local, svc.default.clone(), &svc).await;
         }
         return;
     }
@@ -246,10 +242,7 @@ async fn connect(
         let m = Arc::clone(pick.member());
         let result: Result<(), String> = match m.acquire_slot().await {
             Err(e) => {
-                let msg = format!(
-                    "member {}: no free connection slot within {:?} (max = {})",
-                    m.url, e.waited, e.max
-                );
+                let msg = format!("member {}: {e}", m.url);
                 m.report(Outcome::Busy(msg.clone()));
                 Err(msg)
             }

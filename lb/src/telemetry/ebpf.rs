@@ -44,22 +44,6 @@ pub struct Kernel {
     logger: Mutex<Option<aya_log::EbpfLogger<&'static dyn log::Log>>>,
 }
 
-/// An error and its causes on one line (aya's messages leave out the errno).
-pub(crate) fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        // aya often repeats its cause in its own message.
-        let text = c.to_string();
-        if !s.contains(&text) {
-            s.push_str(": ");
-            s.push_str(&text);
-        }
-        cur = c.source();
-    }
-    s
-}
-
 /// The cgroup v2 directory this process is in.
 fn own_cgroup2() -> Result<PathBuf, TelemetryError> {
     let cg = std::fs::read_to_string("/proc/self/cgroup").map_err(TelemetryError::Cgroup)?;
@@ -87,7 +71,7 @@ impl Kernel {
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&btf))
             .load(object)
-            .map_err(|e| TelemetryError::Load(chain(&e)))?;
+            .map_err(|e| TelemetryError::Load(crate::errors::chain(&e)))?;
         let logger = aya_log::EbpfLogger::init(&mut ebpf).ok();
         let cgroup = own_cgroup2()?;
         let cg = std::fs::File::open(&cgroup)
@@ -98,11 +82,14 @@ impl Kernel {
                 .ok_or_else(|| TelemetryError::Load("no lb_sockops program".into()))?
                 .try_into()
                 .map_err(|e: aya::programs::ProgramError| TelemetryError::Load(e.to_string()))?;
-            prog.load().map_err(|e| TelemetryError::Load(format!("sock_ops: {}", chain(&e))))?;
+            prog.load().map_err(|e| {
+                TelemetryError::Load(format!("sock_ops: {}", crate::errors::chain(&e)))
+            })?;
             // Attached through a bpf_link (kernel >= 5.7), which always coexists with other
             // programs on the cgroup; links take no attach flags, so the mode stays Single.
-            prog.attach(cg.as_fd(), CgroupAttachMode::Single)
-                .map_err(|e| TelemetryError::Load(format!("attach sock_ops: {}", chain(&e))))?;
+            prog.attach(cg.as_fd(), CgroupAttachMode::Single).map_err(|e| {
+                TelemetryError::Load(format!("attach sock_ops: {}", crate::errors::chain(&e)))
+            })?;
         }
         {
             let prog: &mut BtfTracePoint = ebpf
@@ -111,10 +98,14 @@ impl Kernel {
                 .try_into()
                 .map_err(|e: aya::programs::ProgramError| TelemetryError::Load(e.to_string()))?;
             prog.load("tcp_receive_reset", &btf).map_err(|e| {
-                TelemetryError::Load(format!("tp_btf tcp_receive_reset: {}", chain(&e)))
+                TelemetryError::Load(format!(
+                    "tp_btf tcp_receive_reset: {}",
+                    crate::errors::chain(&e)
+                ))
             })?;
-            prog.attach()
-                .map_err(|e| TelemetryError::Load(format!("attach tp_btf: {}", chain(&e))))?;
+            prog.attach().map_err(|e| {
+                TelemetryError::Load(format!("attach tp_btf: {}", crate::errors::chain(&e)))
+            })?;
         }
         let take = |ebpf: &mut Ebpf, name: &str| {
             ebpf.take_map(name).ok_or_else(|| TelemetryError::Load(format!("no {name} map")))

@@ -110,7 +110,7 @@ impl Telemetry {
         let tcp_info_why = |e: &TelemetryError| {
             format!(
                 "TCP_INFO of lb's member connections, because the eBPF programs are unavailable: {}",
-                ebpf::chain(e)
+                crate::errors::chain(e)
             )
         };
         let (kernel, source, why) = match cfg.source {
