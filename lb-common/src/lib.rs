@@ -72,7 +72,8 @@ pub struct SockInfo {
     pub connect_ns: u64,
     /// `SOCK_*` bits.
     pub flags: u32,
-    pub _pad: u32,
+    /// The socket's `data_segs_out` already added to its endpoint's counter (kernel side).
+    pub segs_seen: u32,
 }
 
 /// Counters for one member endpoint, on one CPU. Every field only grows; lb turns them into
@@ -88,6 +89,8 @@ pub struct EndpointStats {
     pub connect_failed: u64,
     /// Established connections that have closed (live = established − closed).
     pub closed: u64,
+    /// Data segments sent (retransmits included): the trials retransmits are a share of.
+    pub data_segs_out: u64,
     /// Retransmitted segments, SYNs included.
     pub retransmits: u64,
     /// Retransmitted SYNs (a subset of `retransmits`).
@@ -118,6 +121,7 @@ impl EndpointStats {
         established: 0,
         connect_failed: 0,
         closed: 0,
+        data_segs_out: 0,
         retransmits: 0,
         syn_retransmits: 0,
         rto: 0,
@@ -179,7 +183,7 @@ mod tests {
     #[test]
     fn map_values_have_no_implicit_padding() {
         assert_eq!(core::mem::size_of::<SockInfo>(), 24 + 8 + 4 + 4);
-        assert_eq!(core::mem::size_of::<EndpointStats>(), (15 + LAT_BUCKETS) * 8);
+        assert_eq!(core::mem::size_of::<EndpointStats>(), (16 + LAT_BUCKETS) * 8);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! - `lb_sockops` (sock_ops on lb's cgroup v2): for sockets lb registered in `SOCKETS` (by socket
 //!   cookie, before `connect()`), it turns on the RTT, retransmit, RTO and state callbacks at
 //!   connect time and counts, per member endpoint: connects, connect latency, failed connects,
-//!   RTT samples, retransmits (SYNs apart), RTOs and closes.
+//!   RTT samples, data segments sent, retransmits (SYNs apart), RTOs and closes.
 //! - `lb_receive_reset` (tp_btf `tcp_receive_reset`): resets received on registered sockets.
 //!
 //! Every other socket on the machine costs one map lookup and is left alone. Counters live in a
@@ -51,6 +51,17 @@ fn stats(endpoint: &EndpointKey) -> Option<&'static mut EndpointStats> {
     STATS.get_ptr_mut(endpoint).map(|p| unsafe { &mut *p })
 }
 
+/// Add the data segments sent since the last count to the endpoint's total. The kernel reads
+/// `data_segs_out` as 0 on a socket that is not a full socket; that never counts backwards.
+fn count_segments(ctx: &SockOpsContext, info: &mut SockInfo, s: &mut EndpointStats) {
+    // SAFETY: a u32 field of the context, read at its constant offset.
+    let segs = unsafe { (*ctx.ops).data_segs_out };
+    if segs > info.segs_seen {
+        s.data_segs_out += u64::from(segs - info.segs_seen);
+        info.segs_seen = segs;
+    }
+}
+
 fn try_sockops(ctx: &SockOpsContext) -> Result<(), i64> {
     // SAFETY: the helper reads the cookie of the socket this context belongs to.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
@@ -83,6 +94,7 @@ fn try_sockops(ctx: &SockOpsContext) -> Result<(), i64> {
             // SAFETY: a u32 field of the context, read at its constant offset.
             let srtt = u64::from(unsafe { (*ctx.ops).srtt_us }) >> 3;
             let mrtt = u64::from(ctx.arg(0));
+            count_segments(ctx, info, s);
             s.rtt_samples += 1;
             s.srtt_sum_us += srtt;
             s.mrtt_sum_us += mrtt;
@@ -91,6 +103,7 @@ fn try_sockops(ctx: &SockOpsContext) -> Result<(), i64> {
             s.last_sample_ns = now;
         }
         BPF_SOCK_OPS_RETRANS_CB => {
+            count_segments(ctx, info, s);
             s.retransmits += 1;
             if info.flags & SOCK_ESTABLISHED == 0 {
                 s.syn_retransmits += 1;
@@ -100,6 +113,7 @@ fn try_sockops(ctx: &SockOpsContext) -> Result<(), i64> {
         BPF_SOCK_OPS_STATE_CB => {
             let (old, new) = (ctx.arg(0), ctx.arg(1));
             if new == BPF_TCP_CLOSE {
+                count_segments(ctx, info, s);
                 if old == BPF_TCP_SYN_SENT {
                     s.connect_failed += 1;
                     warn!(ctx, "connect to member port {} failed", info.endpoint.port);

@@ -132,7 +132,7 @@ fn render_columns<const N: usize>(
     for (row, note) in rows.iter().zip(notes.iter().chain(std::iter::repeat(&None))) {
         out.push_str(&line(&mut row.iter().map(String::as_str)));
         if let Some(n) = note {
-            out.push_str(&format!("      {n}\n"));
+            out.push_str(&format!("      {}\n", n.replace('\n', "\n      ")));
         }
     }
     out
@@ -240,6 +240,9 @@ pub struct MemberHealth {
     /// Kernel figures for the member's endpoint (None when the source is off or the member has
     /// not been connected to yet).
     pub kernel: Option<crate::telemetry::EndpointHealth>,
+    /// The evidence behind the state: score against the ejection level, per-signal samples and
+    /// bad ones, srtt baseline and peers, stall, probes.
+    pub evidence: Option<crate::balancer::note::Evidence>,
 }
 
 pub fn health(
@@ -287,6 +290,7 @@ pub fn health(
                             heartbeat_ready: heartbeat_ready(b, m),
                             source: telemetry.source.as_str().to_owned(),
                             kernel,
+                            evidence: note.as_deref().and_then(|n| n.evidence.clone()),
                         }
                     })
                     .collect(),
@@ -329,9 +333,11 @@ pub fn render_health(r: &HealthReport) -> String {
             "In-flight",
             "Busyness",
             "Ready",
+            "Evidence",
+            "Probes",
             "Source",
         ];
-        let rows: Vec<[String; 10]> = b
+        let rows: Vec<[String; 12]> = b
             .members
             .iter()
             .map(|m| {
@@ -352,14 +358,51 @@ pub fn render_health(r: &HealthReport) -> String {
                     m.in_flight.to_string(),
                     format!("{:.2}", m.busyness),
                     m.heartbeat_ready.map_or("-".into(), |v| v.to_string()),
+                    m.evidence
+                        .as_ref()
+                        .map_or("-".into(), |e| format!("{:.1}/{:.1}", e.score, e.threshold)),
+                    m.evidence.as_ref().map_or("-".into(), |e| {
+                        format!("{} sent, {} failed", e.probes.sent, e.probes.failed)
+                    }),
                     m.source.clone(),
                 ]
             })
             .collect();
-        let notes: Vec<Option<String>> =
-            b.members.iter().map(|m| m.reason.as_ref().map(|r| format!("reason: {r}"))).collect();
+        let notes: Vec<Option<String>> = b.members.iter().map(health_notes).collect();
         out.push_str(&render_columns(&header, &rows, &notes));
         out.push('\n');
     }
     out
+}
+
+/// The lines under a member in `lb health`: why, and on what evidence.
+fn health_notes(m: &MemberHealth) -> Option<String> {
+    let mut lines = Vec::new();
+    if let Some(r) = &m.reason {
+        lines.push(format!("reason: {r}"));
+    }
+    if let Some(e) = &m.evidence {
+        let mut parts: Vec<String> = e
+            .signals
+            .iter()
+            .map(|t| format!("{} {} bad of {}", t.signal, t.bad, t.samples))
+            .collect();
+        if e.stalled_ms > 0 {
+            parts.push(format!("waiting {} ms with no answer", e.stalled_ms));
+        }
+        if let Some(b) = e.baseline_srtt_us {
+            parts.push(format!(
+                "srtt baseline {} (balancer median {})",
+                fmt_us(Some(b)),
+                fmt_us(e.peers_srtt_us)
+            ));
+        }
+        if let Some(p) = &e.probes.last {
+            parts.push(format!("last probe: {p}"));
+        }
+        if e.score > 0.0 || m.state != "healthy" {
+            lines.push(format!("evidence: {}", parts.join("; ")));
+        }
+    }
+    (!lines.is_empty()).then(|| lines.join("\n"))
 }

@@ -30,7 +30,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -99,7 +99,7 @@ pub struct Member {
     delay: Duration,
     /// Requests answered since start (all incarnations).
     pub hits: Arc<AtomicU64>,
-    /// Connections accepted since start (all incarnations).
+    /// Connections that carried a request (not a health probe) since start (all incarnations).
     pub conns: Arc<AtomicU64>,
     /// TLS handshakes that completed (https members).
     pub tls_ok: Arc<AtomicU64>,
@@ -182,11 +182,15 @@ impl Member {
             loop {
                 tokio::select! {
                     Ok((stream, _)) = listener.accept() => {
-                        conns_seen.fetch_add(1, Ordering::Relaxed);
                         let (name, hits) = (Arc::clone(&name), Arc::clone(&hits));
                         let (tls, tls_ok) = (tls.clone(), Arc::clone(&tls_ok));
+                        // Counted once it carries a request that is not a health probe.
+                        let (seen, counted) = (Arc::clone(&conns_seen), Arc::new(AtomicBool::new(false)));
                         conns.spawn(async move {
-                            let svc = service_fn(move |req| {
+                            let svc = service_fn(move |req: Request<Incoming>| {
+                                if !is_probe(&req) && !counted.swap(true, Ordering::Relaxed) {
+                                    seen.fetch_add(1, Ordering::Relaxed);
+                                }
                                 let (name, hits) = (Arc::clone(&name), Arc::clone(&hits));
                                 async move { answer(req, &name, size, delay, addr, &hits).await }
                             });
@@ -238,6 +242,17 @@ impl Drop for Member {
     }
 }
 
+/// lb's health probe: `OPTIONS *`.
+fn is_probe<B>(req: &Request<B>) -> bool {
+    req.method() == http::Method::OPTIONS && req.uri() == "*"
+}
+
+/// `OPTIONS *` probes every test member in this process has answered.
+pub fn probes() -> &'static AtomicU64 {
+    static PROBES: AtomicU64 = AtomicU64::new(0);
+    &PROBES
+}
+
 async fn answer(
     mut req: Request<Incoming>,
     name: &str,
@@ -246,6 +261,11 @@ async fn answer(
     addr: SocketAddr,
     hits: &AtomicU64,
 ) -> Result<Response<TestBody>, &'static str> {
+    // lb's health probes (`OPTIONS *`) are not traffic: they are counted apart.
+    if is_probe(&req) {
+        probes().fetch_add(1, Ordering::Relaxed);
+        return Ok(Response::new(full("")));
+    }
     hits.fetch_add(1, Ordering::Relaxed);
     let path = req.uri().path().to_owned();
     let mut status = StatusCode::OK;
@@ -446,6 +466,11 @@ pub fn config(balancer_body: &str) -> String {
 /// for tests of Apache's own error/retry semantics (ejection would hold a failed member out for
 /// its ejection time instead of its `retry`).
 pub const APACHE_RETRY_ONLY: &str = "[balancer.b.ejection]\nenabled = false\n";
+
+/// Put at the end of a `config` body: no idle probes to balancer `b`'s members, for tests that
+/// count the connections lb opens (a raw TCP member cannot tell a connect probe from lb's
+/// traffic).
+pub const NO_IDLE_PROBES: &str = "\n[balancer.b.ejection]\nprobe_interval = \"0s\"\n";
 
 /// `[[balancer.b.member]]` tables for these URLs, each with `extra` lines.
 pub fn members(urls: &[(&str, &str)]) -> String {

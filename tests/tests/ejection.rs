@@ -131,7 +131,8 @@ async fn syn_black_hole_is_ejected_and_recovers() {
     assert!(ejected["kernel"]["connect_failed"].as_u64().unwrap() >= 1, "{ejected}");
     let k = &ejected["kernel"];
     assert!(k["connect_failed"].as_u64() <= k["connects"].as_u64(), "{ejected}");
-    assert!(ejected["reason"].as_str().unwrap().contains("failed connect"), "{ejected}");
+    let reason = ejected["reason"].as_str().unwrap();
+    assert!(reason.contains("connects failed") || reason.contains("SYN retransmit"), "{ejected}");
     // Fault removed: after its ejection and probation the member serves again.
     nft.clear();
     let before = a.hits.load(Relaxed);

@@ -171,7 +171,7 @@ async fn accept_proxy_takes_the_client_from_the_header_and_refuses_garbage() {
     for splice in [true, false] {
         let relay = format!("splice = {splice}");
         let m = TcpMember::start("m", Mode::Echo, true).await;
-        let body = members(&[(&m.url(), "send_proxy = \"v1\"")]);
+        let body = members(&[(&m.url(), "send_proxy = \"v1\"")]) + lb_tests::NO_IDLE_PROBES;
         let lb = Lb::start(&tcp_config(&format!("accept_proxy = true\n{relay}"), &body)).await;
         // A PROXY-speaking client (as HAProxy sends it): v1, then v2 with the same addresses.
         let v1 = b"PROXY TCP4 203.0.113.7 192.0.2.1 4242 443\r\n".to_vec();

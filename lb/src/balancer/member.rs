@@ -23,13 +23,7 @@ impl MemberId {
     }
 }
 
-/// What `lb health` shows as a member's state (set by the health monitor).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HealthNote {
-    /// `healthy`, `ejected`, `probation`, or `sick` (sick but kept: the balancer is in panic mode).
-    pub state: &'static str,
-    pub reason: Option<String>,
-}
+pub use super::note::HealthNote;
 
 /// How one request or connection went, as the protocol layer reports it.
 #[derive(Debug)]
@@ -105,6 +99,8 @@ pub struct Member {
     /// bybusyness latency weight (f64 bits): max(1, (srtt + 100 µs) / (balancer median srtt +
     /// 100 µs)), set by the health monitor; 1.0 without telemetry.
     latency_weight: AtomicU64,
+    /// What requests tell the health monitor (answers, failures, stalls, ejection wake-ups).
+    pub vitals: super::vitals::Vitals,
 }
 
 impl Member {
@@ -135,6 +131,7 @@ impl Member {
             consecutive_errors: AtomicU32::new(0),
             health: ArcSwapOption::empty(),
             latency_weight: AtomicU64::new(1.0f64.to_bits()),
+            vitals: Default::default(),
         }
     }
 
@@ -203,12 +200,17 @@ impl Member {
     pub fn report(&self, outcome: Outcome) {
         let now = now_ms();
         match outcome {
-            Outcome::Success => self.record_success(),
+            Outcome::Success => {
+                self.vitals.count(true);
+                self.record_success()
+            }
             Outcome::Failed(msg) => {
+                self.vitals.count(false);
                 self.consecutive_errors.fetch_add(1, Relaxed);
                 self.mark_error(now, msg);
             }
             Outcome::SoftFailed(msg) => {
+                self.vitals.count(false);
                 self.consecutive_errors.fetch_add(1, Relaxed);
                 self.note_error(now, msg);
             }
@@ -224,6 +226,14 @@ impl Member {
         self.ejected_until_ms.store(until_ms, Relaxed);
         self.note_error(now, reason);
         self.error_time_ms.store(now, Relaxed);
+        self.set_flags(flags::IN_ERROR);
+        self.vitals.wake_ejected();
+    }
+
+    /// Keep the member out (E) past its ejection time, until [`Member::end_ejection`]: it
+    /// returns only once probes pass.
+    pub fn hold_ejection(&self) {
+        self.ejected_until_ms.store(u64::MAX, Relaxed);
         self.set_flags(flags::IN_ERROR);
     }
 

@@ -10,6 +10,8 @@
 pub mod heartbeat;
 pub mod member;
 pub mod method;
+pub mod note;
+pub mod vitals;
 
 pub use crate::config::flags;
 use crate::config::{BalancerConfig, EjectionPolicy, LbMethod};

@@ -121,11 +121,18 @@ impl Validator<'_> {
             RawNumber::Float(f) => f,
         };
         p.enabled = r.enabled.unwrap_or(true);
-        if let Some(v) = r.max_retransmits_per_s.map(num) {
-            if v > 0.0 {
-                p.max_retransmits_per_s = v
-            } else {
-                self.err(&path.key("max_retransmits_per_s"), "must be above 0")
+        for (key, set) in [
+            ("max_retransmits_per_s", r.max_retransmits_per_s.is_some()),
+            ("max_failed_connects", r.max_failed_connects.is_some()),
+            ("max_rto", r.max_rto.is_some()),
+        ] {
+            if set {
+                self.err(
+                    &path.key(key),
+                    "no longer used: lb now weighs retransmits, SYN retransmits, failed connects \
+                     and failed requests against the traffic that produced them, and confirms \
+                     with probes (remove the key; see [balancer.NAME.ejection] in the README)",
+                );
             }
         }
         if let Some(v) = r.latency_factor.map(num) {
@@ -133,20 +140,6 @@ impl Validator<'_> {
                 p.latency_factor = v
             } else {
                 self.err(&path.key("latency_factor"), "must be at least 1")
-            }
-        }
-        if let Some(v) = r.max_failed_connects {
-            if v >= 1 {
-                p.max_failed_connects = v
-            } else {
-                self.err(&path.key("max_failed_connects"), "must be at least 1")
-            }
-        }
-        if let Some(v) = r.max_rto {
-            if v >= 1 {
-                p.max_rto = v
-            } else {
-                self.err(&path.key("max_rto"), "must be at least 1")
             }
         }
         if let Some(v) = r.consecutive_errors {
@@ -165,6 +158,21 @@ impl Validator<'_> {
         p.base_time = self.duration(&path.key("base_time"), &r.base_time, p.base_time);
         p.max_time = self.duration(&path.key("max_time"), &r.max_time, p.max_time);
         p.probation = self.duration(&path.key("probation"), &r.probation, p.probation);
+        p.probe_interval =
+            self.duration(&path.key("probe_interval"), &r.probe_interval, p.probe_interval);
+        p.probe_timeout =
+            self.duration(&path.key("probe_timeout"), &r.probe_timeout, p.probe_timeout);
+        p.stall_after = self.duration(&path.key("stall_after"), &r.stall_after, p.stall_after);
+        if !p.probe_interval.is_zero() && p.probe_interval < Duration::from_millis(100) {
+            self.err(&path.key("probe_interval"), "must be 0 (off) or at least 100ms");
+        }
+        if p.probe_timeout < Duration::from_millis(10) || p.probe_timeout > Duration::from_secs(10)
+        {
+            self.err(&path.key("probe_timeout"), "must be between 10ms and 10s");
+        }
+        if p.stall_after < Duration::from_millis(50) {
+            self.err(&path.key("stall_after"), "must be at least 50ms");
+        }
         if p.base_time.is_zero() {
             self.err(&path.key("base_time"), "must be above 0");
         }

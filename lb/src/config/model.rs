@@ -176,12 +176,12 @@ pub struct HttpPolicy {
 #[derive(Debug, Clone, PartialEq)]
 pub struct EjectionPolicy {
     pub enabled: bool,
-    /// Retransmits per second (over the last second) that eject.
-    pub max_retransmits_per_s: f64,
-    /// Failed connects within the last second that eject.
-    pub max_failed_connects: u64,
-    /// RTOs within the last second that eject.
-    pub max_rto: u64,
+    /// A member with no traffic for this long is probed (zero: never probe idle members).
+    pub probe_interval: Duration,
+    /// A probe that has not finished within this fails.
+    pub probe_timeout: Duration,
+    /// Requests waiting this long on a member that answers nothing make it suspect.
+    pub stall_after: Duration,
     /// srtt this many times the balancer's median srtt ejects (with `latency_floor`).
     pub latency_factor: f64,
     /// ...but only when srtt is also at least this.
@@ -203,13 +203,13 @@ impl Default for EjectionPolicy {
     fn default() -> Self {
         EjectionPolicy {
             enabled: true,
-            max_retransmits_per_s: 5.0,
-            max_failed_connects: 1,
-            max_rto: 2,
+            probe_interval: Duration::from_millis(500),
+            probe_timeout: Duration::from_millis(250),
+            stall_after: Duration::from_millis(300),
             latency_factor: 10.0,
             latency_floor: Duration::from_millis(2),
             consecutive_errors: 5,
-            base_time: Duration::from_secs(5),
+            base_time: Duration::from_secs(2),
             max_time: Duration::from_secs(300),
             probation: Duration::from_secs(5),
             max_ejected_percent: 50,

@@ -124,9 +124,13 @@ pub struct RawBalancer {
 #[derive(Debug, Deserialize)]
 pub struct RawEjection {
     pub enabled: Option<bool>,
+    /// Replaced by evidence weighed against traffic; named only to say so.
     pub max_retransmits_per_s: Option<RawNumber>,
     pub max_failed_connects: Option<u64>,
     pub max_rto: Option<u64>,
+    pub probe_interval: Option<RawDuration>,
+    pub probe_timeout: Option<RawDuration>,
+    pub stall_after: Option<RawDuration>,
     pub latency_factor: Option<RawNumber>,
     pub latency_floor: Option<RawDuration>,
     pub consecutive_errors: Option<u32>,

@@ -1,29 +1,54 @@
-//! Member health: the control loop that turns kernel telemetry and request outcomes into
-//! ejections.
+//! Member health: the control loop that turns kernel telemetry, request outcomes and active
+//! probes into ejections.
 //!
-//! Every telemetry interval: sample the kernel counters (telemetry) → build each member's
-//! [`ejection::Signals`] → [`ejection::verdict`] → step the member's [`ejection::Tracker`] →
-//! apply the transition to the member (flag E with the reason, or back in rotation). The data
-//! path only ever reads member flags, so it never waits for this loop.
+//! Every telemetry interval, and whenever a probe answers: sample the kernel counters → each
+//! member's [`watch::Watch`] weighs what is new as [`evidence`] (relative to the traffic that
+//! produced it) → [`ejection::Tracker::step`] → apply the transition to the member (flag E with
+//! the reason, or back in rotation) → start the [`probe`]s the state asks for: a quick burst when
+//! a member turns suspect or waits to return, one now and then when it carries no traffic. The
+//! data path only reads member flags, so it never waits for this loop; a request waiting on a
+//! member that gets ejected is woken ([`crate::balancer::vitals::Vitals::ejected`]).
 pub mod ejection;
+pub mod evidence;
+pub mod probe;
+pub mod watch;
 
-use crate::balancer::{Balancer, HealthNote, MemberId, now_ms};
+use crate::balancer::{Balancer, HealthNote, Member, MemberId, flags, now_ms};
+use crate::config::Scheme;
 use crate::telemetry::{Snapshot, Telemetry};
 use arc_swap::ArcSwap;
-use ejection::{Signals, State, Tracker, Transition};
+use ejection::{Input, Reason, State, Transition};
+use probe::{ProbeKind, ProbeResult};
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::time::Instant;
+use watch::Watch;
 
 /// Added to srtt and to the median before they are compared for the latency weight, so that
 /// microsecond jitter between equal members (loopback, one rack) does not tilt the balance.
 pub const LATENCY_NOISE_US: f64 = 100.0;
+/// Probes of a burst start this far apart, at most [`BURST_IN_FLIGHT`] at once.
+pub const BURST_GAP: Duration = Duration::from_millis(100);
+pub const BURST_IN_FLIGHT: u32 = 3;
+/// After a stall or latency drift raised a suspicion, the same cause raises none for this long.
+pub const QUIET: Duration = Duration::from_secs(5);
 
-/// Ejection trackers for every member of every balancer, by member identity: a member kept
-/// across a reload keeps its tracker.
+/// A probe the control loop should start.
+#[derive(Debug, Clone)]
+pub struct ProbeOrder {
+    pub id: MemberId,
+    pub addr: SocketAddr,
+    pub kind: ProbeKind,
+    pub timeout: Duration,
+}
+
+/// Health of every member of every balancer, by member identity: a member kept across a
+/// reload keeps its evidence and state.
 #[derive(Default)]
 pub struct Monitor {
-    trackers: HashMap<MemberId, Tracker>,
+    watches: HashMap<MemberId, Watch>,
 }
 
 /// Lower median (robust with two members: one sick member cannot drag it up).
@@ -35,95 +60,258 @@ fn lower_median(mut v: Vec<f64>) -> Option<f64> {
     Some(v[(v.len() - 1) / 2])
 }
 
+/// What one member brings to a step, before the balancer-wide view (loaded or not) is known.
+struct Step {
+    sick: Option<Reason>,
+    suspect: Option<String>,
+    probes: Vec<bool>,
+    stalled_ms: u64,
+}
+
 impl Monitor {
-    pub fn evaluate(&mut self, balancers: &[Arc<Balancer>], snap: &Snapshot, now: Instant) {
+    /// One step over every balancer; returns the probes to start.
+    pub fn evaluate(
+        &mut self,
+        balancers: &[Arc<Balancer>],
+        snap: &Snapshot,
+        now: Instant,
+    ) -> Vec<ProbeOrder> {
         // Forget members no balancer holds any more.
         let live: std::collections::HashSet<MemberId> =
             balancers.iter().flat_map(|b| b.members.iter().map(|m| m.id)).collect();
-        self.trackers.retain(|id, _| live.contains(id));
+        self.watches.retain(|id, _| live.contains(id));
+        let mut orders = Vec::new();
         for b in balancers {
-            let policy = &b.settings.ejection;
-            let kernel: Vec<_> = b
-                .members
-                .iter()
-                .map(|m| m.endpoint().and_then(|e| snap.endpoints.get(&e)))
-                .collect();
-            let median =
-                lower_median(kernel.iter().filter_map(|k| k.and_then(|k| k.srtt_us)).collect());
-            let budget = policy.max_ejected(b.members.len());
-            let mut ejected = b
-                .members
-                .iter()
-                .filter(|m| self.trackers.get(&m.id).is_some_and(Tracker::is_ejected))
-                .count();
-            for (m, k) in b.members.iter().zip(&kernel) {
-                let weight = match (k.and_then(|k| k.srtt_us), median) {
-                    (Some(srtt), Some(med)) => (srtt + LATENCY_NOISE_US) / (med + LATENCY_NOISE_US),
-                    _ => 1.0,
-                };
-                m.set_latency_weight(weight);
-                let t = self.trackers.entry(m.id).or_insert_with(|| Tracker::new(now));
-                let signals = Signals {
-                    retransmits_per_s: k.map_or(0.0, |k| k.retransmits_per_s),
-                    failed_connects: k.map_or(0, |k| k.connect_failed_recent),
-                    rto: k.map_or(0, |k| k.rto_recent),
-                    srtt_us: k.and_then(|k| k.srtt_us),
-                    median_srtt_us: median,
-                    consecutive_errors: m.consecutive_errors(),
-                };
-                let sick = ejection::verdict(policy, &signals);
-                let transition = t.step(policy, now, sick, ejected < budget);
-                match &transition {
-                    Some(Transition::Ejected { reason, for_, count }) => {
-                        ejected += 1;
-                        let until = now_ms() + for_.as_millis() as u64;
-                        m.eject(
-                            until,
-                            format!("ejected for {for_:?} (ejection #{count}): {reason}"),
-                        );
-                        tracing::warn!(
-                            balancer = %b.name(), member = %m.url, reason = %reason,
-                            ejection_s = for_.as_secs_f64(), count, "member ejected"
-                        );
-                    }
-                    Some(Transition::Probation) => {
-                        m.end_ejection();
-                        tracing::info!(balancer = %b.name(), member = %m.url, "ejection over: member on probation");
-                    }
-                    Some(Transition::Healthy) => {
-                        tracing::info!(balancer = %b.name(), member = %m.url, "member healthy again");
-                    }
-                    Some(Transition::Withheld(reason))
-                        if m.health_note().is_none_or(|n| n.state != "sick") =>
-                    {
-                        tracing::warn!(
-                            balancer = %b.name(), member = %m.url, reason = %reason,
-                            "member is sick but the balancer already has {budget} member(s) ejected: panic mode, kept in rotation"
-                        );
-                    }
-                    _ => {}
+            self.evaluate_balancer(b, snap, now, &mut orders);
+        }
+        orders
+    }
+
+    fn evaluate_balancer(
+        &mut self,
+        b: &Balancer,
+        snap: &Snapshot,
+        now: Instant,
+        orders: &mut Vec<ProbeOrder>,
+    ) {
+        let policy = &b.settings.ejection;
+        let kernel: Vec<_> =
+            b.members.iter().map(|m| m.endpoint().and_then(|e| snap.endpoints.get(&e))).collect();
+        let median =
+            lower_median(kernel.iter().filter_map(|k| k.and_then(|k| k.srtt_us)).collect());
+        let mut steps = Vec::with_capacity(b.members.len());
+        for (m, k) in b.members.iter().zip(&kernel) {
+            let srtt = k.and_then(|k| k.srtt_us);
+            let weight = match (srtt, median) {
+                (Some(s), Some(med)) => (s + LATENCY_NOISE_US) / (med + LATENCY_NOISE_US),
+                _ => 1.0,
+            };
+            m.set_latency_weight(weight);
+            let w = self.watches.entry(m.id).or_insert_with(|| Watch::new(now));
+            w.peers_srtt = median;
+            let seen = w.observe(now, *k, m.vitals.outcomes(), m.busy());
+            let stalled_ms = m.vitals.stalled_ms(now_ms());
+            let mut suspect = seen.news;
+            let drift = match (srtt, w.baseline_srtt) {
+                (Some(s), Some(base)) => {
+                    s >= policy.latency_floor.as_micros() as f64
+                        && s >= policy.latency_factor * base
                 }
-                let note = match (&t.state, &transition) {
-                    (_, Some(Transition::Withheld(r))) => HealthNote {
-                        state: "sick",
-                        reason: Some(format!(
-                            "{r} (not ejected: ejection limit reached, panic mode)"
-                        )),
-                    },
-                    (State::Healthy, _) => HealthNote { state: "healthy", reason: None },
-                    (State::Ejected { reason, .. }, _) => {
-                        HealthNote { state: "ejected", reason: Some(reason.to_string()) }
-                    }
-                    (State::Probation { .. }, _) => HealthNote { state: "probation", reason: None },
+                _ => false,
+            };
+            if suspect.is_none() && now >= w.quiet_until {
+                if stalled_ms >= policy.stall_after.as_millis() as u64 {
+                    suspect = Some(format!("requests waiting {stalled_ms} ms with no answer"));
+                    w.quiet_until = now + QUIET;
+                } else if drift {
+                    suspect = Some(format!(
+                        "srtt {:.1} ms against its own {:.3} ms",
+                        srtt.unwrap_or(0.0) / 1000.0,
+                        w.baseline_srtt.unwrap_or(0.0) / 1000.0
+                    ));
+                    w.quiet_until = now + QUIET;
+                }
+            }
+            if matches!(w.tracker.state, State::Healthy) && w.evidence.score() == 0.0 && !drift {
+                w.learn_baseline(srtt);
+            }
+            let sick = if !policy.enabled {
+                None
+            } else if w.evidence.sick() {
+                Some(Reason::Evidence { summary: w.evidence.summary(), score: w.evidence.score() })
+            } else if let (Some(s), Some(med)) = (srtt, median)
+                && s >= policy.latency_floor.as_micros() as f64
+                && s >= policy.latency_factor * med
+            {
+                Some(Reason::Latency { srtt_us: s, median_us: med })
+            } else if policy.consecutive_errors > 0
+                && m.consecutive_errors() >= policy.consecutive_errors
+            {
+                Some(Reason::RequestErrors(m.consecutive_errors()))
+            } else {
+                None
+            };
+            if !policy.enabled {
+                suspect = None;
+            }
+            steps.push(Step { sick, suspect, probes: seen.probes, stalled_ms });
+        }
+        // Symptoms most of the balancer shares at once, while its members still answer, are load,
+        // not a sick member. (Members that answer nothing at all are dead, loaded or not.)
+        let symptomatic = b
+            .members
+            .iter()
+            .zip(&steps)
+            .filter(|(m, s)| {
+                let w = &self.watches[&m.id];
+                let t = &w.tracker;
+                !t.is_ejected()
+                    && w.answering(now, ejection::SUSPECT_FOR)
+                    && (s.sick.is_some()
+                        || s.suspect.is_some()
+                        || matches!(t.state, State::Suspect { .. }))
+            })
+            .count();
+        let loaded = symptomatic >= 2 && symptomatic * 2 > b.members.len();
+        let budget = policy.max_ejected(b.members.len());
+        let mut ejected =
+            b.members.iter().filter(|m| self.watches[&m.id].tracker.is_ejected()).count();
+        for (m, step) in b.members.iter().zip(steps) {
+            let Some(w) = self.watches.get_mut(&m.id) else { continue };
+            let input = Input {
+                sick: step.sick,
+                suspect: step.suspect,
+                settled: w.evidence.score() == 0.0,
+                probes: step.probes,
+                loaded,
+                may_eject: ejected < budget,
+            };
+            let was_out = w.tracker.is_ejected();
+            let transition = w.tracker.step(policy, now, input);
+            if !was_out && w.tracker.is_ejected() {
+                ejected += 1;
+            }
+            apply(b, m, w, &transition, budget, symptomatic);
+            m.set_health_note(note(w, &transition, step.stalled_ms));
+            if policy.enabled
+                && !m.flags().contains(flags::DISABLED | flags::STOPPED)
+                && let Some(addr) = m.endpoint()
+                && w.wants_probe(now, BURST_GAP, policy.probe_interval, BURST_IN_FLIGHT)
+            {
+                w.in_flight += 1;
+                w.last_probe = Some(now);
+                let kind = match m.url.scheme {
+                    Scheme::Http => ProbeKind::Http { authority: m.url.authority() },
+                    Scheme::Https | Scheme::Tcp => ProbeKind::Connect,
                 };
-                m.set_health_note(note);
+                orders.push(ProbeOrder { id: m.id, addr, kind, timeout: policy.probe_timeout });
             }
         }
     }
+
+    /// A probe came back. A completed probe whose connect took `latency_factor` times the
+    /// balancer's median srtt (and at least `latency_floor`) still counts as failed: slow.
+    pub fn probed(&mut self, balancers: &[Arc<Balancer>], id: MemberId, r: ProbeResult) {
+        let policy = balancers
+            .iter()
+            .find(|b| b.members.iter().any(|m| m.id == id))
+            .map(|b| &b.settings.ejection);
+        let Some(w) = self.watches.get_mut(&id) else { return };
+        let slow = match (policy, r.connect, w.peers_srtt) {
+            (Some(p), Some(c), Some(med))
+                if c >= p.latency_floor && c.as_micros() as f64 >= p.latency_factor * med =>
+            {
+                Some(format!(
+                    "slow: connected in {:.1} ms against a balancer median srtt of {:.3} ms",
+                    c.as_secs_f64() * 1e3,
+                    med / 1000.0
+                ))
+            }
+            _ => None,
+        };
+        w.probed(r, slow);
+    }
 }
 
-/// The control loop: sample telemetry and evaluate the current balancers' health every interval
-/// until `stop`.
+/// Act on a transition: flags on the member, and a log line with the evidence.
+fn apply(
+    b: &Balancer,
+    m: &Member,
+    w: &mut Watch,
+    transition: &Option<Transition>,
+    budget: usize,
+    symptomatic: usize,
+) {
+    let Some(t) = transition else { return };
+    let (balancer, member) = (b.name(), &m.url);
+    let probes = &w.probes;
+    match t {
+        Transition::Ejected { reason, for_, count } => {
+            let until = now_ms() + for_.as_millis() as u64;
+            m.eject(until, format!("ejected for {for_:?} (ejection #{count}): {reason}"));
+            tracing::warn!(
+                %balancer, %member, reason = %reason, score = w.evidence.score(),
+                probes_sent = probes.sent, probes_failed = probes.failed,
+                last_probe = probes.last.as_deref().unwrap_or("-"),
+                srtt_baseline_us = w.baseline_srtt.unwrap_or(0.0).round(),
+                srtt_peers_us = w.peers_srtt.unwrap_or(0.0).round(),
+                ejection_s = for_.as_secs_f64(), count, "member ejected"
+            );
+            w.evidence.clear();
+        }
+        Transition::Recovering => {
+            m.hold_ejection();
+            tracing::info!(%balancer, %member, "ejection time over: probing before the member returns");
+        }
+        Transition::Probation => {
+            m.end_ejection();
+            w.evidence.clear();
+            tracing::info!(%balancer, %member, probes_sent = probes.sent, "probes passed: member back in rotation, on probation");
+        }
+        Transition::Healthy => tracing::info!(%balancer, %member, "member healthy again"),
+        Transition::Suspected(why) => {
+            tracing::debug!(%balancer, %member, why = %why, "member suspect: probing")
+        }
+        Transition::Cleared => tracing::debug!(%balancer, %member, "suspicion cleared"),
+        Transition::Withheld(reason) if m.health_note().is_none_or(|n| n.state != "sick") => {
+            tracing::warn!(
+                %balancer, %member, reason = %reason,
+                "member is sick but the balancer already has {budget} member(s) ejected: panic mode, kept in rotation"
+            );
+        }
+        Transition::Loaded(reason) if m.health_note().is_none_or(|n| n.state != "loaded") => {
+            tracing::warn!(
+                %balancer, %member, reason = %reason,
+                "{symptomatic} of {} members show symptoms at once: load, not a sick member; kept in rotation",
+                b.members.len()
+            );
+        }
+        _ => {}
+    }
+}
+
+fn note(w: &Watch, transition: &Option<Transition>, stalled_ms: u64) -> HealthNote {
+    let (state, reason) = match (&w.tracker.state, transition) {
+        (_, Some(Transition::Withheld(r))) => {
+            ("sick", Some(format!("{r} (not ejected: ejection limit reached, panic mode)")))
+        }
+        (_, Some(Transition::Loaded(r))) => (
+            "loaded",
+            Some(format!("{r} (not ejected: most of the balancer shows the same symptoms)")),
+        ),
+        (State::Healthy, _) => ("healthy", None),
+        (State::Suspect { why, .. }, _) => ("suspect", Some(why.clone())),
+        (State::Ejected { reason, .. }, _) => ("ejected", Some(reason.to_string())),
+        (State::Recovering { reason, passes }, _) => (
+            "recovering",
+            Some(format!("{reason}; {passes} of {} probes passed", ejection::RETURN_PASSES)),
+        ),
+        (State::Probation { .. }, _) => ("probation", None),
+    };
+    HealthNote { state, reason, evidence: Some(w.report(stalled_ms)) }
+}
+
+/// The control loop: step every interval and whenever a probe answers, until `stop`.
 pub async fn run(
     balancers: Arc<ArcSwap<Vec<Arc<Balancer>>>>,
     telemetry: Arc<Telemetry>,
@@ -133,14 +321,27 @@ pub async fn run(
     let mut monitor = Monitor::default();
     let mut tick = tokio::time::interval(telemetry.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(MemberId, ProbeResult)>();
     loop {
-        tokio::select! {
+        let orders = tokio::select! {
             _ = tick.tick() => {
                 let now = Instant::now();
                 let snap = telemetry.sample(now.into_std());
-                monitor.evaluate(&balancers.load(), &snap, now);
+                monitor.evaluate(&balancers.load(), &snap, now)
+            }
+            Some((id, result)) = rx.recv() => {
+                let current = balancers.load();
+                monitor.probed(&current, id, result);
+                monitor.evaluate(&current, &telemetry.snapshot(), Instant::now())
             }
             _ = &mut stop => break,
+        };
+        for o in orders {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let r = probe::probe(o.addr, &o.kind, o.timeout).await;
+                let _ = tx.send((o.id, r));
+            });
         }
     }
 }
@@ -192,9 +393,22 @@ mod tests {
         assert_eq!(new.members[0].health_note().unwrap().state, "ejected", "still ejected");
         assert!(!new.members[0].usable());
         assert_eq!(new.members[2].health_note().unwrap().state, "healthy");
-        assert_eq!(monitor.trackers.len(), 3, "the removed member's tracker is gone");
-        // The ejection ends on its own schedule (base_time 5 s), not reset by the rebuild.
-        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(monitor.watches.len(), 3, "the removed member's watch is gone");
+        // The ejection ends on its own schedule (base_time 2 s), not reset by the rebuild; then
+        // the member is probed, and returns once three probes pass.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let orders = monitor.evaluate(std::slice::from_ref(&new), &snap, Instant::now());
+        assert_eq!(new.members[0].health_note().unwrap().state, "recovering");
+        assert!(!new.members[0].usable(), "still out until probes pass");
+        assert!(orders.iter().any(|o| o.id == new.members[0].id), "{orders:?}");
+        let pass = || ProbeResult {
+            ok: true,
+            connect: Some(Duration::from_micros(50)),
+            detail: "ok in 0.1 ms".into(),
+        };
+        for _ in 0..3 {
+            monitor.probed(std::slice::from_ref(&new), new.members[0].id, pass());
+        }
         monitor.evaluate(std::slice::from_ref(&new), &snap, Instant::now());
         assert_eq!(new.members[0].health_note().unwrap().state, "probation");
         assert!(new.members[0].usable());

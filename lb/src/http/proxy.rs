@@ -289,6 +289,10 @@ impl HttpProxy {
                         UpstreamError::PoolExhausted { .. } => {
                             member.report(Outcome::Busy(msg.clone()))
                         }
+                        // Already out of rotation: nothing more to hold against it.
+                        UpstreamError::Ejected { .. } => {
+                            member.note_error(crate::balancer::now_ms(), msg.clone())
+                        }
                         _ => member.report(Outcome::Failed(msg.clone())),
                     }
                     let sent = back.is_none();
@@ -330,8 +334,20 @@ impl HttpProxy {
     ) -> Result<(Response<Incoming>, Lease<RequestBody>), Failed> {
         let pool = &conn.pool;
         let mut fresh = false;
+        // A request waiting on a member that gets ejected goes elsewhere: before it is sent
+        // always, after only when it can be replayed.
+        let _waiting = member.vitals.wait();
+        let ejected = member.vitals.ejected();
+        tokio::pin!(ejected);
+        let gone = |addr: String| UpstreamError::Ejected { addr };
         loop {
-            let mut lease = match pool.checkout(fresh).await {
+            let checkout = tokio::select! {
+                r = pool.checkout(fresh) => r,
+                _ = &mut ejected => {
+                    return Err(Failed { error: gone(member.url.authority()), back: Some(req) });
+                }
+            };
+            let mut lease = match checkout {
                 Ok(l) => l,
                 Err(error) => {
                     return Err(Failed { error, back: Some(req) });
@@ -340,7 +356,16 @@ impl HttpProxy {
             let stale_may_retry = lease.reused && !fresh;
             let wait = lease.response_timeout();
             let addr = member.url.authority();
-            match tokio::time::timeout(wait, lease.sender.try_send_request(req)).await {
+            let send = tokio::time::timeout(wait, lease.sender.try_send_request(req));
+            let sent = if out.replay.is_some() {
+                tokio::select! {
+                    r = send => r,
+                    _ = &mut ejected => return Err(Failed { error: gone(addr), back: None }),
+                }
+            } else {
+                send.await
+            };
+            match sent {
                 Err(_) => {
                     return Err(Failed {
                         error: UpstreamError::ResponseTimeout { addr, after: wait },

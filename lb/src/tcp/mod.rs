@@ -216,6 +216,20 @@ async fn forward(
     drop(pick);
 }
 
+/// Connect to `m`, giving up (to fail over) if it is ejected while the connect is pending.
+async fn connect_unless_ejected(
+    m: &crate::balancer::Member,
+    telemetry: &Telemetry,
+) -> Result<crate::telemetry::tcp_info::TrackedStream, crate::upstream::UpstreamError> {
+    let _waiting = m.vitals.wait();
+    tokio::select! {
+        r = crate::upstream::connect::connect(m, telemetry) => r,
+        _ = m.vitals.ejected() => {
+            Err(crate::upstream::UpstreamError::Ejected { addr: m.url.authority() })
+        }
+    }
+}
+
 /// Pick and connect, failing over on connect errors within `maxattempts`. Returns the pick
 /// (counted busy while held), the connection and its slot permit.
 async fn connect(
@@ -246,7 +260,7 @@ async fn connect(
                 m.report(Outcome::Busy(msg.clone()));
                 Err(msg)
             }
-            Ok(permit) => match crate::upstream::connect::connect(&m, telemetry).await {
+            Ok(permit) => match connect_unless_ejected(&m, telemetry).await {
                 Ok(stream) => {
                     m.report(Outcome::Success);
                     return Ok((pick, stream, permit));

@@ -171,6 +171,7 @@ fn add(a: &mut EndpointStats, b: &EndpointStats) {
     a.established += b.established;
     a.connect_failed += b.connect_failed;
     a.closed += b.closed;
+    a.data_segs_out += b.data_segs_out;
     a.retransmits += b.retransmits;
     a.syn_retransmits += b.syn_retransmits;
     a.rto += b.rto;

@@ -47,6 +47,8 @@ pub struct EndpointHealth {
     pub connect_failed: u64,
     /// Established connections now open.
     pub live: u64,
+    /// Data segments sent: the trials retransmits are a share of.
+    pub data_segs_out: u64,
     pub retransmits: u64,
     pub syn_retransmits: u64,
     pub rto: u64,
@@ -321,6 +323,7 @@ impl Sampler {
                 established: s.established,
                 connect_failed: s.connect_failed,
                 live: s.established.saturating_sub(s.closed),
+                data_segs_out: s.data_segs_out,
                 retransmits: s.retransmits,
                 syn_retransmits: s.syn_retransmits,
                 rto: s.rto,

@@ -4,8 +4,8 @@
 //! so the sampler, ejection and bybusyness work unchanged, from other origins:
 //! connects, failures and connect latency are measured by lb around `connect()`; srtt,
 //! retransmits and RTOs come from TCP_INFO of every open member connection at each sample.
-//! What TCP_INFO cannot tell (resets, SYN retransmits, retransmits after a socket's last sample)
-//! stays zero or is counted at the last sample.
+//! What TCP_INFO cannot tell (resets, SYN retransmits, retransmits and segments sent after a
+//! socket's last sample) stays zero or is counted at the last sample.
 use lb_common::{EndpointKey, EndpointStats, lat_bucket};
 use std::collections::HashMap;
 use std::io;
@@ -23,6 +23,7 @@ struct SlotState {
     /// None once the connection is closing: the descriptor must not be used any more.
     fd: Option<RawFd>,
     total_retrans: u64,
+    data_segs_out: u64,
     /// The socket's current consecutive-RTO count at the last sample.
     rto_streak: u8,
 }
@@ -45,14 +46,32 @@ pub struct TcpInfoSource {
     state: Mutex<State>,
 }
 
+/// The kernel's `struct tcp_info` as far as lb reads it: libc's (glibc's) copy stops at
+/// `tcpi_total_retrans`, the kernel's goes on (Linux 4.6+ has the segment counters).
+#[repr(C)]
+struct TcpInfo {
+    base: libc::tcp_info,
+    _pacing_rate: u64,
+    _max_pacing_rate: u64,
+    _bytes_acked: u64,
+    _bytes_received: u64,
+    _segs_out: u32,
+    _segs_in: u32,
+    _notsent_bytes: u32,
+    _min_rtt: u32,
+    _data_segs_in: u32,
+    data_segs_out: u32,
+}
+
 /// The kernel's TCP_INFO for `fd`.
-fn tcp_info(fd: RawFd) -> io::Result<libc::tcp_info> {
-    // SAFETY: all-zero bytes are a valid tcp_info (integers only).
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+fn tcp_info(fd: RawFd) -> io::Result<TcpInfo> {
+    // SAFETY: all-zero bytes are a valid TcpInfo (integers only).
+    let mut info: TcpInfo = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<TcpInfo>() as libc::socklen_t;
     // SAFETY: `fd` is an open socket (the caller holds the slot lock, and a slot's fd is cleared
     // under that lock before the socket closes); `info` and `len` are valid for writes of `len`
-    // bytes, and the kernel writes at most `len` bytes.
+    // bytes, and the kernel writes at most `len` bytes (an older kernel writes fewer and leaves
+    // the rest zero).
     let rc = unsafe {
         libc::getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_INFO, (&raw mut info).cast(), &mut len)
     };
@@ -87,6 +106,7 @@ impl TcpInfoSource {
             state: Mutex::new(SlotState {
                 fd: Some(stream.as_raw_fd()),
                 total_retrans: 0,
+                data_segs_out: 0,
                 rto_streak: 0,
             }),
         });
@@ -105,17 +125,18 @@ impl TcpInfoSource {
 
     /// The connection is closing: stop using its descriptor and keep what it had counted.
     fn closed(&self, slot: &SocketSlot) {
-        let retrans = match slot.state.lock() {
+        let (retrans, segs) = match slot.state.lock() {
             Ok(mut st) => {
                 st.fd = None;
-                st.total_retrans
+                (st.total_retrans, st.data_segs_out)
             }
-            Err(_) => 0,
+            Err(_) => (0, 0),
         };
         self.with(|s| {
             let e = s.endpoints.entry(slot.key).or_insert(EndpointStats::ZERO);
             e.closed += 1;
             e.retransmits += retrans;
+            e.data_segs_out += segs;
             s.sockets.retain(|x| !std::ptr::eq(x.as_ref(), slot));
         });
     }
@@ -131,10 +152,13 @@ impl TcpInfoSource {
         for slot in &sockets {
             let Ok(mut st) = slot.state.lock() else { continue };
             let Some(fd) = st.fd else { continue };
-            let Ok(info) = tcp_info(fd) else { continue };
+            let Ok(full) = tcp_info(fd) else { continue };
+            let info = &full.base;
             let d = sample.entry(slot.key).or_insert(EndpointStats::ZERO);
             st.total_retrans = u64::from(info.tcpi_total_retrans);
             d.retransmits += st.total_retrans;
+            st.data_segs_out = u64::from(full.data_segs_out);
+            d.data_segs_out += st.data_segs_out;
             d.rto += u64::from(info.tcpi_retransmits.saturating_sub(st.rto_streak));
             st.rto_streak = info.tcpi_retransmits;
             if info.tcpi_rtt > 0 {
@@ -164,7 +188,10 @@ impl TcpInfoSource {
                 .iter()
                 .map(|(k, kept)| {
                     let mut e = *kept;
-                    e.retransmits += sample.get(k).map_or(0, |d| d.retransmits);
+                    if let Some(d) = sample.get(k) {
+                        e.retransmits += d.retransmits;
+                        e.data_segs_out += d.data_segs_out;
+                    }
                     (*k, e)
                 })
                 .collect()

@@ -41,6 +41,10 @@ pub enum UpstreamError {
     PoolExhausted { addr: String, max: u32, waited: Duration },
     #[error("{addr} sent no response head within {after:?}")]
     ResponseTimeout { addr: String, after: Duration },
+    /// The member was ejected while the request waited on it (nothing was lost: the request
+    /// had not been sent, or can be replayed).
+    #[error("{addr} was ejected while the request waited on it")]
+    Ejected { addr: String },
     #[error("exchange with {addr} failed: {source}")]
     Exchange {
         addr: String,

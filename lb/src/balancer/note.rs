@@ -1,0 +1,47 @@
+//! What the health monitor tells operators about a member: its state, why, and the evidence
+//! behind it. Plain data, set by `health` and read by `status` (`lb health`, `/health`).
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct HealthNote {
+    /// `healthy`, `suspect` (being probed), `ejected`, `recovering` (ejected, probed before it
+    /// returns), `probation`, `sick` (kept in rotation: the ejection limit is reached) or
+    /// `loaded` (kept: most of its balancer shows the same symptoms).
+    pub state: &'static str,
+    pub reason: Option<String>,
+    pub evidence: Option<Evidence>,
+}
+
+/// The evidence behind a member's state.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Evidence {
+    /// Log-likelihood ratio "sick" against "healthy" over the current episode (0 = nothing
+    /// suspicious), and the score that ejects.
+    pub score: f64,
+    pub threshold: f64,
+    /// Per signal over the current episode: samples and bad ones.
+    pub signals: Vec<Tally>,
+    /// The member's own smoothed RTT when it was last healthy, and its balancer's median now.
+    pub baseline_srtt_us: Option<f64>,
+    pub peers_srtt_us: Option<f64>,
+    /// Requests waiting on the member with no answer for this long, ms.
+    pub stalled_ms: u64,
+    pub probes: ProbeStats,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Tally {
+    /// `segments` (retransmits per data segment), `syn` (SYN retransmits per connect),
+    /// `connects` (failed per connect), `requests` (failed per request), `probes`.
+    pub signal: String,
+    pub samples: u64,
+    pub bad: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct ProbeStats {
+    pub sent: u64,
+    pub failed: u64,
+    /// The last probe's result: "ok in 0.2 ms", "timed out after 250 ms", "refused".
+    pub last: Option<String>,
+}

@@ -1,0 +1,196 @@
+//! One member as the health monitor follows it from step to step: the counters it saw last
+//! time (so each step weighs only what is new), its evidence, its probes and its state.
+use super::ejection::Tracker;
+use super::evidence::{Accumulator, Signal};
+use super::probe::ProbeResult;
+use crate::balancer::note::{Evidence, ProbeStats};
+use crate::telemetry::EndpointHealth;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Cumulative counts, as of the last step.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Counters {
+    segments: u64,
+    retransmits: u64,
+    syn_retransmits: u64,
+    connects: u64,
+    connect_failed: u64,
+    answered: u64,
+    failed: u64,
+}
+
+impl Counters {
+    fn read(k: Option<&EndpointHealth>, (answered, failed): (u64, u64)) -> Counters {
+        Counters {
+            segments: k.map_or(0, |k| k.data_segs_out),
+            retransmits: k.map_or(0, |k| k.retransmits),
+            syn_retransmits: k.map_or(0, |k| k.syn_retransmits),
+            connects: k.map_or(0, |k| k.connects),
+            connect_failed: k.map_or(0, |k| k.connect_failed),
+            answered,
+            failed,
+        }
+    }
+
+    fn since(&self, earlier: &Counters) -> Counters {
+        Counters {
+            segments: self.segments.saturating_sub(earlier.segments),
+            retransmits: self.retransmits.saturating_sub(earlier.retransmits),
+            syn_retransmits: self.syn_retransmits.saturating_sub(earlier.syn_retransmits),
+            connects: self.connects.saturating_sub(earlier.connects),
+            connect_failed: self.connect_failed.saturating_sub(earlier.connect_failed),
+            answered: self.answered.saturating_sub(earlier.answered),
+            failed: self.failed.saturating_sub(earlier.failed),
+        }
+    }
+}
+
+/// What one step brought.
+#[derive(Debug, Default)]
+pub struct Observed {
+    /// The new bad outcomes, in words, when there were any.
+    pub news: Option<String>,
+    /// Probe results since the last step, oldest first.
+    pub probes: Vec<bool>,
+}
+
+pub struct Watch {
+    pub tracker: Tracker,
+    pub evidence: Accumulator,
+    prev: Option<Counters>,
+    last_step: Instant,
+    /// Last time the member carried traffic (connects, requests, or anything in flight).
+    pub last_traffic: Instant,
+    /// Last time the member answered anything (a request or a probe).
+    pub last_answer: Option<Instant>,
+    pub last_probe: Option<Instant>,
+    pub in_flight: u32,
+    pub probes: ProbeStats,
+    pending: Vec<bool>,
+    /// The member's own srtt while it was healthy (EWMA), and its balancer's median now.
+    pub baseline_srtt: Option<f64>,
+    pub peers_srtt: Option<f64>,
+    /// Stalls and latency drift raise no new suspicion before this (a slow but healthy member
+    /// is not probed over and over).
+    pub quiet_until: Instant,
+}
+
+impl Watch {
+    pub fn new(now: Instant) -> Watch {
+        Watch {
+            tracker: Tracker::new(now),
+            evidence: Accumulator::default(),
+            prev: None,
+            last_step: now,
+            last_traffic: now,
+            last_answer: None,
+            last_probe: None,
+            in_flight: 0,
+            probes: ProbeStats::default(),
+            pending: Vec::new(),
+            baseline_srtt: None,
+            peers_srtt: None,
+            quiet_until: now,
+        }
+    }
+
+    /// Weigh what happened since the last step: kernel counters, request outcomes, probes.
+    pub fn observe(
+        &mut self,
+        now: Instant,
+        kernel: Option<&EndpointHealth>,
+        outcomes: (u64, u64),
+        busy: u64,
+    ) -> Observed {
+        self.evidence.fade(now.duration_since(self.last_step));
+        self.last_step = now;
+        let current = Counters::read(kernel, outcomes);
+        // The first step only learns where the counters stand.
+        let d = current.since(&self.prev.unwrap_or(current));
+        self.prev = Some(current);
+        let data_retransmits = d.retransmits.saturating_sub(d.syn_retransmits);
+        let e = &mut self.evidence;
+        e.add(Signal::Segments, d.segments, data_retransmits);
+        e.add(Signal::Syn, d.connects, d.syn_retransmits);
+        e.add(Signal::Connects, d.connects, d.connect_failed);
+        e.add(Signal::Requests, d.answered + d.failed, d.failed);
+        let probes = std::mem::take(&mut self.pending);
+        let failed_probes = probes.iter().filter(|ok| !**ok).count() as u64;
+        e.add(Signal::Probes, probes.len() as u64, failed_probes);
+        if d.answered > 0 || probes.iter().any(|ok| *ok) {
+            self.last_answer = Some(now);
+        }
+        if d.connects > 0 || d.answered + d.failed > 0 || busy > 0 {
+            self.last_traffic = now;
+        }
+        let mut news = Vec::new();
+        for (n, what) in [
+            (data_retransmits, "retransmit(s)"),
+            (d.syn_retransmits, "SYN retransmit(s)"),
+            (d.connect_failed, "failed connect(s)"),
+            (d.failed, "failed request(s)"),
+            (failed_probes, "failed probe(s)"),
+        ] {
+            if n > 0 {
+                news.push(format!("{n} {what}"));
+            }
+        }
+        let news = (!news.is_empty()).then(|| news.join(", "));
+        Observed { news, probes }
+    }
+
+    /// Answered something (a request or a probe) within `within`: slow or lossy, not dead.
+    pub fn answering(&self, now: Instant, within: Duration) -> bool {
+        self.last_answer.is_some_and(|t| now.duration_since(t) <= within)
+    }
+
+    /// Learn the member's own healthy srtt.
+    pub fn learn_baseline(&mut self, srtt: Option<f64>) {
+        if let Some(s) = srtt {
+            self.baseline_srtt = Some(self.baseline_srtt.map_or(s, |b| b + 0.05 * (s - b)));
+        }
+    }
+
+    /// A probe came back; `slow` names why a completed probe still counts as failed.
+    pub fn probed(&mut self, r: ProbeResult, slow: Option<String>) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        self.probes.sent += 1;
+        let ok = r.ok && slow.is_none();
+        if !ok {
+            self.probes.failed += 1;
+        }
+        self.probes.last = Some(slow.unwrap_or(r.detail));
+        self.pending.push(ok);
+    }
+
+    /// Whether to probe now: a burst while suspect or recovering (every `gap`, a few at once at
+    /// most), else one per `idle_every` while the member carries no traffic.
+    pub fn wants_probe(
+        &self,
+        now: Instant,
+        gap: Duration,
+        idle_every: Duration,
+        max_in_flight: u32,
+    ) -> bool {
+        let since_probe = self.last_probe.map(|t| now.duration_since(t));
+        if self.tracker.probing() {
+            return self.in_flight < max_in_flight && since_probe.is_none_or(|d| d >= gap);
+        }
+        if self.tracker.is_ejected() || idle_every.is_zero() || self.in_flight > 0 {
+            return false;
+        }
+        now.duration_since(self.last_traffic) >= idle_every
+            && since_probe.is_none_or(|d| d >= idle_every)
+    }
+
+    pub fn report(&self, stalled_ms: u64) -> Evidence {
+        Evidence {
+            baseline_srtt_us: self.baseline_srtt.map(|v| v.round()),
+            peers_srtt_us: self.peers_srtt.map(|v| v.round()),
+            stalled_ms,
+            probes: self.probes.clone(),
+            ..self.evidence.report()
+        }
+    }
+}
