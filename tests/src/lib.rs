@@ -17,7 +17,9 @@
 //! Every answer carries `x-member: NAME`. A member can be killed (listener and every open
 //! connection closed at once) and started again on the same port.
 pub mod certs;
+pub mod faults;
 pub mod l4;
+pub mod process;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};

@@ -196,3 +196,75 @@ async fn ejection_budget_keeps_the_rest_in_rotation() {
     assert!(sick["reason"].as_str().unwrap().contains("panic mode"), "{sick}");
     lb.stop().await;
 }
+
+/// A GET waiting on a member that stops answering (SIGSTOP) is sent to another member once the
+/// member is ejected: a short delay, not a stall. A POST waiting on it is never replayed: it is
+/// answered by that member once it runs again, and the other member never sees it.
+#[tokio::test]
+async fn a_stuck_get_moves_on_ejection_but_a_post_is_never_replayed() {
+    use lb_tests::faults::Process;
+    let c = Process::start("c");
+    let a = Member::start("a").await;
+    // byrequests with equal factors alternates c, a, c, a …
+    let lb = Lb::start(&config(&members(&[(&c.url(), ""), (&a.url(), "")]))).await;
+    assert_eq!(get(&lb.url("/")).await.member(), "c");
+    assert_eq!(get(&lb.url("/")).await.member(), "a");
+    c.stop();
+    let post_url = lb.url("/order");
+    let post = tokio::spawn(async move {
+        let req = http::Request::post(&post_url).body(full("one order")).unwrap();
+        send(&client(), req).await
+    });
+    let waiting = eventually(Duration::from_secs(5), || async {
+        (member_health(&lb, 0).await["in_flight"] == 1).then_some(())
+    })
+    .await;
+    assert!(waiting.is_some(), "the POST never reached c");
+    assert_eq!(get(&lb.url("/")).await.member(), "a", "a's turn");
+    // c's turn: this GET waits on the stopped member until it is ejected, then goes to a.
+    let started = Instant::now();
+    let r = get(&lb.url("/")).await;
+    let took = started.elapsed();
+    eprintln!("GET stuck on a stopped member answered by {} after {took:?}", r.member());
+    assert_eq!((r.status, r.member()), (200, "a".to_owned()));
+    assert!(took < Duration::from_secs(2), "stalled for {took:?}");
+    assert_eq!(member_health(&lb, 0).await["state"], "ejected");
+    assert!(!post.is_finished(), "the POST must still wait on c, not be replayed or failed");
+    c.resume();
+    let r = tokio::time::timeout(Duration::from_secs(10), post).await.expect("POST answered");
+    let r = r.unwrap().expect("POST transport");
+    assert_eq!((r.status, r.member()), (200, "c".to_owned()), "{}", r.text());
+    // a answered its two GETs and the moved one; never the POST.
+    assert_eq!(a.hits.load(Relaxed), 3);
+    lb.stop().await;
+}
+
+/// The ejection log line and `lb health` carry the evidence: what was counted against the
+/// member, the probes, and the score.
+#[tokio::test]
+async fn ejection_log_line_and_lb_health_show_the_evidence() {
+    use lb_tests::process::LbProcess;
+    let (a, dead) = (Member::start("a").await, dead_port().await);
+    let dir = std::env::temp_dir().join(format!("lb-evidence-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("lb.toml");
+    std::fs::write(&file, config(&members(&[(&a.url(), ""), (&format!("http://{dead}"), "")])))
+        .unwrap();
+    let lb = LbProcess::start(&file);
+    let admin = lb.addr("admin listening");
+    // Nothing but lb's own probes reaches the dead member: they fail, and it is ejected.
+    let line = lb.line(&["member ejected"], Duration::from_secs(10)).expect("no ejection logged");
+    for field in ["reason=", "score=", "probes_sent=", "probes_failed=", "last_probe="] {
+        assert!(line.contains(field), "{field} missing from: {line}");
+    }
+    assert!(line.contains("probes failed"), "{line}");
+    let out = std::process::Command::new(lb_bin())
+        .args(["health", "--admin", &admin.to_string()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("evidence: probes "), "{text}");
+    assert!(text.contains("last probe: connect: Connection refused"), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

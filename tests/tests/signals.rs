@@ -1,29 +1,13 @@
 //! The lb binary as an operator runs it: `lb reload` and SIGHUP re-read the config file, an
 //! invalid file is refused with `lb check`'s own errors, SIGTERM lets in-flight work finish.
 use lb_tests::*;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::Duration;
 
 fn config_text(member: &str) -> String {
     format!(
         "[admin]\nbind = \"127.0.0.1:0\"\n[server]\ngraceful_shutdown_timeout = \"5s\"\n[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\naccess_log = false\n  [[listener.proxy_pass]]\n  path = \"/\"\n  to = \"balancer://b/\"\n[balancer.b]\n[[balancer.b.member]]\nurl = \"{member}\"\n"
     )
-}
-
-/// The address logged after `marker` (`addr=IP:PORT`), waiting up to 20 s.
-fn logged_addr(lines: &Mutex<Vec<String>>, marker: &str) -> std::net::SocketAddr {
-    let end = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(a) = lines.lock().unwrap().iter().find(|l| l.contains(marker)).and_then(|l| {
-            l.split_whitespace().find_map(|w| w.strip_prefix("addr=")).and_then(|a| a.parse().ok())
-        }) {
-            return a;
-        }
-        assert!(std::time::Instant::now() < end, "no {marker:?} in lb's log");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn lb_cmd(args: &[&str]) -> std::process::Output {
@@ -37,25 +21,9 @@ async fn reload_sighup_and_sigterm_on_the_binary() {
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("lb.toml");
     std::fs::write(&file, config_text(&a.url())).unwrap();
-    let mut child = Command::new(lb_bin())
-        .args(["run", "--config"])
-        .arg(&file)
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start lb");
-    let pid = child.id().to_string();
-    let stderr = child.stderr.take().unwrap();
-    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
-    let sink = lines.clone();
-    std::thread::spawn(move || {
-        for l in BufReader::new(stderr).lines().map_while(Result::ok) {
-            sink.lock().unwrap().push(l);
-        }
-    });
-    let mut guard = ChildGuard(child);
-    let (web, admin) =
-        (logged_addr(&lines, "listening (http)"), logged_addr(&lines, "admin listening"));
+    let mut lb = lb_tests::process::LbProcess::start(&file);
+    let pid = lb.pid.clone();
+    let (web, admin) = (lb.addr("listening (http)"), lb.addr("admin listening"));
     let url = format!("http://{web}/");
     assert_eq!(get(&url).await.member(), "a");
 
@@ -110,7 +78,7 @@ async fn reload_sighup_and_sigterm_on_the_binary() {
     let status = tokio::task::spawn_blocking(move || {
         let end = std::time::Instant::now() + Duration::from_secs(10);
         loop {
-            if let Some(s) = guard.0.try_wait().unwrap() {
+            if let Some(s) = lb.guard.0.try_wait().unwrap() {
                 return Some(s);
             }
             if std::time::Instant::now() > end {

@@ -32,6 +32,11 @@ impl Vitals {
         }
     }
 
+    /// When the member last answered a request (`now_ms`; 0 never).
+    pub fn last_answer_ms(&self) -> u64 {
+        self.last_answer_ms.load(Relaxed)
+    }
+
     /// (answered, failed) so far.
     pub fn outcomes(&self) -> (u64, u64) {
         (self.answered.load(Relaxed), self.failed.load(Relaxed))

@@ -49,7 +49,7 @@ pub struct TelemetryConfig {
 
 impl Default for TelemetryConfig {
     fn default() -> Self {
-        TelemetryConfig { source: SourceChoice::Auto, interval: Duration::from_millis(250) }
+        TelemetryConfig { source: SourceChoice::Auto, interval: Duration::from_millis(100) }
     }
 }
 
@@ -178,7 +178,7 @@ pub struct EjectionPolicy {
     pub enabled: bool,
     /// A member with no traffic for this long is probed (zero: never probe idle members).
     pub probe_interval: Duration,
-    /// A probe that has not finished within this fails.
+    /// A probe that has not finished within this (or 8 × the member's srtt, if longer) fails.
     pub probe_timeout: Duration,
     /// Requests waiting this long on a member that answers nothing make it suspect.
     pub stall_after: Duration,
@@ -203,8 +203,8 @@ impl Default for EjectionPolicy {
     fn default() -> Self {
         EjectionPolicy {
             enabled: true,
-            probe_interval: Duration::from_millis(500),
-            probe_timeout: Duration::from_millis(250),
+            probe_interval: Duration::from_millis(250),
+            probe_timeout: Duration::from_millis(100),
             stall_after: Duration::from_millis(300),
             latency_factor: 10.0,
             latency_floor: Duration::from_millis(2),

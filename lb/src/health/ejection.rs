@@ -34,7 +34,7 @@ impl Policy {
     }
 }
 
-/// Probes in a row that must pass before an ejected member returns.
+/// Probes in a row that must pass before an ejected member returns, or to clear a suspicion.
 pub const RETURN_PASSES: u32 = 3;
 /// How long a suspicion may stay undecided before it is dropped.
 pub const SUSPECT_FOR: Duration = Duration::from_secs(2);
@@ -80,10 +80,10 @@ pub struct Input {
     /// Something new and suspicious happened (the first bad kernel event, a stall, a failed
     /// probe): probe the member.
     pub suspect: Option<String>,
-    /// No evidence left against the member (score 0).
-    pub settled: bool,
     /// Probe results since the last step, oldest first (true = passed).
     pub probes: Vec<bool>,
+    /// The evidence is below half the ejection level: passing probes may clear a suspicion.
+    pub calm: bool,
     /// Most of the balancer shows symptoms at once: loaded, not sick.
     pub loaded: bool,
     /// False when the balancer has no ejection budget left.
@@ -93,10 +93,12 @@ pub struct Input {
 #[derive(Debug, Clone, PartialEq)]
 pub enum State {
     Healthy,
-    /// Something suspicious: being probed until sick, cleared, or [`SUSPECT_FOR`] has passed.
+    /// Something suspicious: being probed until sick, cleared by [`RETURN_PASSES`] passing
+    /// probes in a row with the evidence calm again, or [`SUSPECT_FOR`] has passed.
     Suspect {
         since: Instant,
         why: String,
+        passes: u32,
     },
     Ejected {
         until: Instant,
@@ -179,7 +181,7 @@ impl Tracker {
             }
             State::Healthy => match input.suspect {
                 Some(why) => {
-                    self.state = State::Suspect { since: now, why: why.clone() };
+                    self.state = State::Suspect { since: now, why: why.clone(), passes: 0 };
                     Some(Transition::Suspected(why))
                 }
                 None => {
@@ -189,12 +191,17 @@ impl Tracker {
                     None
                 }
             },
-            State::Suspect { since, .. } => {
-                let cleared = input.settled && input.probes.iter().any(|ok| *ok);
+            State::Suspect { since, why, passes } => {
+                let mut passes = *passes;
+                for ok in &input.probes {
+                    passes = if *ok { passes + 1 } else { 0 };
+                }
+                let cleared = passes >= RETURN_PASSES && input.calm;
                 if cleared || now.duration_since(*since) >= SUSPECT_FOR {
                     self.state = State::Healthy;
                     Some(Transition::Cleared)
                 } else {
+                    self.state = State::Suspect { since: *since, why: why.clone(), passes };
                     None
                 }
             }
@@ -251,7 +258,7 @@ mod tests {
         }
     }
     fn quiet() -> Input {
-        Input { may_eject: true, settled: true, ..Input::default() }
+        Input { may_eject: true, calm: true, ..Input::default() }
     }
     fn probes(r: &[bool]) -> Input {
         Input { probes: r.to_vec(), ..quiet() }
@@ -323,16 +330,16 @@ mod tests {
             Some(Transition::Suspected("1 SYN retransmit".into()))
         );
         assert!(t.probing());
-        // Probes pass but evidence remains: still suspect.
-        assert_eq!(t.step(&p, now(), Input { settled: false, ..probes(&[true]) }), None);
+        // Passes must come in a row: a failure in between starts the count again.
+        assert_eq!(t.step(&p, now(), probes(&[true, true, false])), None);
+        assert_eq!(t.step(&p, now(), probes(&[true, true])), None);
+        // Three in a row, but the evidence is not calm yet: still suspect.
+        assert_eq!(t.step(&p, now(), Input { calm: false, ..probes(&[true]) }), None);
         assert_eq!(t.step(&p, now(), probes(&[true])), Some(Transition::Cleared));
         // Undecided suspicion ends after SUSPECT_FOR.
         t.step(&p, now(), s);
         tokio::time::advance(SUSPECT_FOR).await;
-        assert_eq!(
-            t.step(&p, now(), Input { settled: false, ..quiet() }),
-            Some(Transition::Cleared)
-        );
+        assert_eq!(t.step(&p, now(), Input { calm: false, ..quiet() }), Some(Transition::Cleared));
         // Sick while suspect: ejected.
         t.step(&p, now(), Input { suspect: Some("x".into()), ..Input::default() });
         assert!(matches!(t.step(&p, now(), sick()), Some(Transition::Ejected { .. })));

@@ -3,11 +3,15 @@
 //! Each signal is a count of trials and of bad outcomes among them: data segments and their
 //! retransmits, connects and their SYN retransmits, connects and the failed ones, requests and
 //! the failed ones, probes and the failed ones. A sequential probability ratio test (Wald's SPRT,
-//! in its CUSUM form: never below 0) weighs them: a bad outcome adds ln(p1/p0), a good one adds
-//! ln((1−p1)/(1−p0)), where p0 is the bad share of a healthy member and p1 that of a sick one.
-//! So the decision needs a few bad outcomes when there were few trials, and many when there were
-//! many: one retransmit among ten segments is news, ten among ten thousand are not. Evidence also
-//! fades with time (half-life [`HALF_LIFE`]), so old, isolated events never add up.
+//! in its CUSUM form: never below 0) weighs each signal: a bad outcome adds ln(p1/p0), a good one
+//! adds ln((1−p1)/(1−p0)), where p0 is the bad share of a healthy member and p1 that of a sick
+//! one. So the decision needs a few bad outcomes when there were few trials, and many when there
+//! were many: one retransmit among ten segments is news, ten among ten thousand are not.
+//!
+//! Each signal keeps its own score and the member's evidence is their sum: independent bad news
+//! adds up (a SYN retransmit and a failed probe), but good news on one signal never cancels bad
+//! news on another (requests that succeed slowly say nothing against a 5 % retransmit rate).
+//! Evidence also fades with time (half-life [`HALF_LIFE`]), so old, isolated events never add up.
 //!
 //! Pure: no clock, no I/O; unit-tested below.
 use crate::balancer::note::{Evidence, Tally};
@@ -53,7 +57,9 @@ impl Signal {
             // Loss worth ejecting for starts at a few percent.
             Signal::Segments => (0.01, 0.05),
             Signal::Syn | Signal::Connects | Signal::Requests => (0.01, 0.2),
-            Signal::Probes => (0.01, 0.3),
+            // A healthy member fails a probe (connect and answer within the probe timeout)
+            // almost never; a sick one often.
+            Signal::Probes => (0.005, 0.3),
         }
     }
 
@@ -71,14 +77,16 @@ impl Signal {
 /// One member's evidence.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Accumulator {
-    score: f64,
-    /// Samples and bad ones per signal since the score last left 0 (the current episode).
+    /// Score per signal (each a CUSUM, never below 0).
+    scores: [f64; 5],
+    /// Samples and bad ones per signal since its score last left 0 (the current episode).
     tallies: [(u64, u64); 5],
 }
 
 impl Accumulator {
+    /// The evidence against the member: the sum of the signals' scores.
     pub fn score(&self) -> f64 {
-        self.score
+        self.scores.iter().sum()
     }
 
     /// Add `trials` outcomes of `signal`, `bad` of them bad (`bad` above `trials` counts as
@@ -89,28 +97,32 @@ impl Accumulator {
             return 0.0;
         }
         let (up, down) = signal.weights();
-        let before = self.score;
-        self.score = (self.score + bad as f64 * up + (trials - bad) as f64 * down).max(0.0);
-        if self.score == 0.0 {
-            self.tallies = Default::default();
+        let i = signal.index();
+        let before = self.scores[i];
+        self.scores[i] = (before + bad as f64 * up + (trials - bad) as f64 * down).max(0.0);
+        if self.scores[i] == 0.0 {
+            self.tallies[i] = (0, 0);
         } else {
-            let t = &mut self.tallies[signal.index()];
-            t.0 += trials;
-            t.1 += bad;
+            self.tallies[i].0 += trials;
+            self.tallies[i].1 += bad;
         }
-        self.score - before
+        self.scores[i] - before
     }
 
     /// Let `dt` of time fade the evidence.
     pub fn fade(&mut self, dt: Duration) {
-        self.score *= 0.5f64.powf(dt.as_secs_f64() / HALF_LIFE.as_secs_f64());
-        if self.score < 0.01 {
-            self.clear();
+        let f = 0.5f64.powf(dt.as_secs_f64() / HALF_LIFE.as_secs_f64());
+        for (score, tally) in self.scores.iter_mut().zip(self.tallies.iter_mut()) {
+            *score *= f;
+            if *score < 0.01 {
+                *score = 0.0;
+                *tally = (0, 0);
+            }
         }
     }
 
     pub fn sick(&self) -> bool {
-        self.score >= EJECT_AT
+        self.score() >= EJECT_AT
     }
 
     pub fn clear(&mut self) {
@@ -139,7 +151,7 @@ impl Accumulator {
     /// The operator's view (`lb health`); the caller fills in baselines, stalls and probes.
     pub fn report(&self) -> Evidence {
         Evidence {
-            score: (self.score * 100.0).round() / 100.0,
+            score: (self.score() * 100.0).round() / 100.0,
             threshold: (EJECT_AT * 100.0).round() / 100.0,
             signals: SIGNALS
                 .iter()
@@ -200,18 +212,29 @@ mod tests {
         let mut a = Accumulator::default();
         a.add(Signal::Probes, 1, 1);
         assert!(!a.sick(), "one failed probe only raises suspicion");
+        a.add(Signal::Syn, 1, 1);
+        assert!(a.sick(), "independent bad news adds up: {}", a.score());
         a.add(Signal::Probes, 1, 1);
-        a.add(Signal::Syn, 1, 1);
-        assert!(a.sick());
         assert_eq!(a.summary(), "1 SYN retransmit(s) over 1 connect(s), 2 of 2 probes failed");
-        // Passing probes clear a suspicion raised by one event.
+        let mut b = Accumulator::default();
+        b.add(Signal::Probes, 2, 2);
+        assert!(b.sick(), "two failed probes in a row are enough");
+        // Good news on one signal does not cancel bad news on another.
         let mut a = Accumulator::default();
-        a.add(Signal::Syn, 1, 1);
-        for _ in 0..10 {
+        a.add(Signal::Segments, 1000, 50);
+        let bad = a.score();
+        assert!(bad > 0.0);
+        a.add(Signal::Requests, 10_000, 0);
+        assert_eq!(a.score(), bad);
+        // Passing probes clear the probes' own suspicion, and a cleared episode forgets its
+        // tallies.
+        let mut a = Accumulator::default();
+        a.add(Signal::Probes, 1, 1);
+        for _ in 0..20 {
             a.add(Signal::Probes, 1, 0);
         }
         assert_eq!(a.score(), 0.0);
-        assert_eq!(a.report().signals, vec![], "a cleared episode forgets its tallies");
+        assert_eq!(a.report().signals, vec![]);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! member's [`watch::Watch`] weighs what is new as [`evidence`] (relative to the traffic that
 //! produced it) → [`ejection::Tracker::step`] → apply the transition to the member (flag E with
 //! the reason, or back in rotation) → start the [`probe`]s the state asks for: a quick burst when
-//! a member turns suspect or waits to return, one now and then when it carries no traffic. The
+//! a member turns suspect or waits to return, one now and then while lb opens no connection to it. The
 //! data path only reads member flags, so it never waits for this loop; a request waiting on a
 //! member that gets ejected is woken ([`crate::balancer::vitals::Vitals::ejected`]).
 pub mod ejection;
@@ -29,9 +29,21 @@ use watch::Watch;
 /// Added to srtt and to the median before they are compared for the latency weight, so that
 /// microsecond jitter between equal members (loopback, one rack) does not tilt the balance.
 pub const LATENCY_NOISE_US: f64 = 100.0;
-/// Probes of a burst start this far apart, at most [`BURST_IN_FLIGHT`] at once.
-pub const BURST_GAP: Duration = Duration::from_millis(100);
-pub const BURST_IN_FLIGHT: u32 = 3;
+/// A burst starts with three probes at once, then one every [`BURST_GAP`], at most
+/// [`BURST_IN_FLIGHT`] at once (so at most about 20 probes a second, for at most
+/// [`ejection::SUSPECT_FOR`]).
+pub const BURST_GAP: Duration = Duration::from_millis(50);
+pub const BURST_IN_FLIGHT: u32 = 4;
+/// `OPTIONS *` requests per probe of an `http://` member, in a burst and otherwise: more
+/// packets per probe, so that loss shows sooner.
+pub const BURST_TRAIN: u32 = 4;
+pub const IDLE_TRAIN: u32 = 3;
+/// A probe may take this many times the member's healthy srtt (at least `probe_timeout`): two
+/// round trips (connect, answer) with room to spare.
+pub const PROBE_TIMEOUT_RTTS: f64 = 8.0;
+/// Evidence from which a member counts as showing symptoms, when deciding whether most of a
+/// balancer shows them at once (a lone SYN retransmit or failed probe is about 3 to 4).
+pub const SYMPTOM: f64 = 1.0;
 /// After a stall or latency drift raised a suspicion, the same cause raises none for this long.
 pub const QUIET: Duration = Duration::from_secs(5);
 
@@ -66,6 +78,7 @@ struct Step {
     suspect: Option<String>,
     probes: Vec<bool>,
     stalled_ms: u64,
+    calm: bool,
 }
 
 impl Monitor {
@@ -109,9 +122,10 @@ impl Monitor {
             m.set_latency_weight(weight);
             let w = self.watches.entry(m.id).or_insert_with(|| Watch::new(now));
             w.peers_srtt = median;
-            let seen = w.observe(now, *k, m.vitals.outcomes(), m.busy());
+            let seen = w.observe(now, *k, m.vitals.outcomes());
             let stalled_ms = m.vitals.stalled_ms(now_ms());
             let mut suspect = seen.news;
+            let srtt = srtt.filter(|_| seen.fresh_rtt);
             let drift = match (srtt, w.baseline_srtt) {
                 (Some(s), Some(base)) => {
                     s >= policy.latency_floor.as_micros() as f64
@@ -154,7 +168,8 @@ impl Monitor {
             if !policy.enabled {
                 suspect = None;
             }
-            steps.push(Step { sick, suspect, probes: seen.probes, stalled_ms });
+            let calm = w.evidence.score() < evidence::EJECT_AT / 2.0;
+            steps.push(Step { sick, suspect, probes: seen.probes, stalled_ms, calm });
         }
         // Symptoms most of the balancer shares at once, while its members still answer, are load,
         // not a sick member. (Members that answer nothing at all are dead, loaded or not.)
@@ -167,9 +182,7 @@ impl Monitor {
                 let t = &w.tracker;
                 !t.is_ejected()
                     && w.answering(now, ejection::SUSPECT_FOR)
-                    && (s.sick.is_some()
-                        || s.suspect.is_some()
-                        || matches!(t.state, State::Suspect { .. }))
+                    && (s.sick.is_some() || w.evidence.score() >= SYMPTOM)
             })
             .count();
         let loaded = symptomatic >= 2 && symptomatic * 2 > b.members.len();
@@ -181,8 +194,8 @@ impl Monitor {
             let input = Input {
                 sick: step.sick,
                 suspect: step.suspect,
-                settled: w.evidence.score() == 0.0,
                 probes: step.probes,
+                calm: step.calm,
                 loaded,
                 may_eject: ejected < budget,
             };
@@ -193,40 +206,68 @@ impl Monitor {
             }
             apply(b, m, w, &transition, budget, symptomatic);
             m.set_health_note(note(w, &transition, step.stalled_ms));
-            if policy.enabled
-                && !m.flags().contains(flags::DISABLED | flags::STOPPED)
-                && let Some(addr) = m.endpoint()
-                && w.wants_probe(now, BURST_GAP, policy.probe_interval, BURST_IN_FLIGHT)
-            {
+            let Some(addr) = m.endpoint() else { continue };
+            if !policy.enabled || m.flags().contains(flags::DISABLED | flags::STOPPED) {
+                continue;
+            }
+            let n = w.wants_probes(now, BURST_GAP, policy.probe_interval, BURST_IN_FLIGHT);
+            let rtt = w.baseline_srtt.or(median).unwrap_or(0.0);
+            let timeout =
+                policy.probe_timeout.max(Duration::from_secs_f64(PROBE_TIMEOUT_RTTS * rtt / 1e6));
+            // A burst sends trains: more packets per probe, so loss shows sooner.
+            let requests = if w.tracker.probing() { BURST_TRAIN } else { IDLE_TRAIN };
+            for _ in 0..n {
                 w.in_flight += 1;
                 w.last_probe = Some(now);
                 let kind = match m.url.scheme {
-                    Scheme::Http => ProbeKind::Http { authority: m.url.authority() },
+                    Scheme::Http => ProbeKind::Http { authority: m.url.authority(), requests },
                     Scheme::Https | Scheme::Tcp => ProbeKind::Connect,
                 };
-                orders.push(ProbeOrder { id: m.id, addr, kind, timeout: policy.probe_timeout });
+                orders.push(ProbeOrder { id: m.id, addr, kind, timeout });
             }
         }
     }
 
-    /// A probe came back. A completed probe whose connect took `latency_factor` times the
-    /// balancer's median srtt (and at least `latency_floor`) still counts as failed: slow.
-    pub fn probed(&mut self, balancers: &[Arc<Balancer>], id: MemberId, r: ProbeResult) {
-        let policy = balancers
+    /// A probe (started at `started`, in `now_ms` time) came back. Beyond its own verdict
+    /// (no connect, no answer, lost packets), a probe fails as slow when its connect, or each
+    /// answer, took `latency_factor` times the member's usual (and at least `latency_floor`).
+    /// A probe that connected but was answered late, or not in time, while the member answered
+    /// requests meanwhile passes: the application is busy, the member is not stopped.
+    pub fn probed(
+        &mut self,
+        balancers: &[Arc<Balancer>],
+        id: MemberId,
+        started: u64,
+        mut r: ProbeResult,
+    ) {
+        let Some((policy, m)) = balancers
             .iter()
-            .find(|b| b.members.iter().any(|m| m.id == id))
-            .map(|b| &b.settings.ejection);
+            .find_map(|b| b.members.iter().find(|m| m.id == id).map(|m| (&b.settings.ejection, m)))
+        else {
+            return;
+        };
+        let busy = m.vitals.last_answer_ms() >= started;
+        if r.timed_out && r.connect.is_some() && busy {
+            r.ok = true;
+            r.detail =
+                format!("{} (but it answered requests meanwhile: busy, not stopped)", r.detail);
+        }
         let Some(w) = self.watches.get_mut(&id) else { return };
-        let slow = match (policy, r.connect, w.peers_srtt) {
-            (Some(p), Some(c), Some(med))
-                if c >= p.latency_floor && c.as_micros() as f64 >= p.latency_factor * med =>
-            {
-                Some(format!(
-                    "slow: connected in {:.1} ms against a balancer median srtt of {:.3} ms",
-                    c.as_secs_f64() * 1e3,
-                    med / 1000.0
-                ))
+        let outlier = |took: Duration, base: f64| {
+            took >= policy.latency_floor && took.as_micros() as f64 >= policy.latency_factor * base
+        };
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        // The connect against the member's own healthy probes, else its balancer's srtt.
+        let connect_ref = w.probe_baseline_us.or(w.peers_srtt);
+        let slow = match (r.connect, connect_ref, r.per_answer(), w.answer_baseline_us) {
+            (Some(c), Some(base), ..) if outlier(c, base) => {
+                Some(format!("slow: connected in {:.1} ms against {:.3} ms", ms(c), base / 1000.0))
             }
+            (_, _, Some(per), Some(base)) if !busy && outlier(per, base) => Some(format!(
+                "slow: answered in {:.1} ms against its usual {:.3} ms",
+                ms(per),
+                base / 1000.0
+            )),
             _ => None,
         };
         w.probed(r, slow);
@@ -257,7 +298,6 @@ fn apply(
                 srtt_peers_us = w.peers_srtt.unwrap_or(0.0).round(),
                 ejection_s = for_.as_secs_f64(), count, "member ejected"
             );
-            w.evidence.clear();
         }
         Transition::Recovering => {
             m.hold_ejection();
@@ -321,7 +361,7 @@ pub async fn run(
     let mut monitor = Monitor::default();
     let mut tick = tokio::time::interval(telemetry.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(MemberId, ProbeResult)>();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(MemberId, u64, ProbeResult)>();
     loop {
         let orders = tokio::select! {
             _ = tick.tick() => {
@@ -329,9 +369,9 @@ pub async fn run(
                 let snap = telemetry.sample(now.into_std());
                 monitor.evaluate(&balancers.load(), &snap, now)
             }
-            Some((id, result)) = rx.recv() => {
+            Some((id, started, result)) = rx.recv() => {
                 let current = balancers.load();
-                monitor.probed(&current, id, result);
+                monitor.probed(&current, id, started, result);
                 monitor.evaluate(&current, &telemetry.snapshot(), Instant::now())
             }
             _ = &mut stop => break,
@@ -339,8 +379,9 @@ pub async fn run(
         for o in orders {
             let tx = tx.clone();
             tokio::spawn(async move {
+                let started = now_ms();
                 let r = probe::probe(o.addr, &o.kind, o.timeout).await;
-                let _ = tx.send((o.id, r));
+                let _ = tx.send((o.id, started, r));
             });
         }
     }
@@ -404,10 +445,13 @@ mod tests {
         let pass = || ProbeResult {
             ok: true,
             connect: Some(Duration::from_micros(50)),
+            took: Duration::from_micros(100),
+            requests: 1,
+            timed_out: false,
             detail: "ok in 0.1 ms".into(),
         };
         for _ in 0..3 {
-            monitor.probed(std::slice::from_ref(&new), new.members[0].id, pass());
+            monitor.probed(std::slice::from_ref(&new), new.members[0].id, now_ms(), pass());
         }
         monitor.evaluate(std::slice::from_ref(&new), &snap, Instant::now());
         assert_eq!(new.members[0].health_note().unwrap().state, "probation");

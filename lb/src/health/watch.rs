@@ -18,6 +18,7 @@ struct Counters {
     connect_failed: u64,
     answered: u64,
     failed: u64,
+    rtt_samples: u64,
 }
 
 impl Counters {
@@ -30,6 +31,7 @@ impl Counters {
             connect_failed: k.map_or(0, |k| k.connect_failed),
             answered,
             failed,
+            rtt_samples: k.map_or(0, |k| k.rtt_samples),
         }
     }
 
@@ -42,6 +44,7 @@ impl Counters {
             connect_failed: self.connect_failed.saturating_sub(earlier.connect_failed),
             answered: self.answered.saturating_sub(earlier.answered),
             failed: self.failed.saturating_sub(earlier.failed),
+            rtt_samples: self.rtt_samples.saturating_sub(earlier.rtt_samples),
         }
     }
 }
@@ -53,6 +56,8 @@ pub struct Observed {
     pub news: Option<String>,
     /// Probe results since the last step, oldest first.
     pub probes: Vec<bool>,
+    /// The kernel took new RTT samples: its srtt is current.
+    pub fresh_rtt: bool,
 }
 
 pub struct Watch {
@@ -60,8 +65,9 @@ pub struct Watch {
     pub evidence: Accumulator,
     prev: Option<Counters>,
     last_step: Instant,
-    /// Last time the member carried traffic (connects, requests, or anything in flight).
-    pub last_traffic: Instant,
+    /// Last time lb opened a connection to the member: without one for a while, only a probe
+    /// says whether it still accepts connections (pooled requests can hide a SYN black hole).
+    pub last_connect: Instant,
     /// Last time the member answered anything (a request or a probe).
     pub last_answer: Option<Instant>,
     pub last_probe: Option<Instant>,
@@ -71,6 +77,11 @@ pub struct Watch {
     /// The member's own srtt while it was healthy (EWMA), and its balancer's median now.
     pub baseline_srtt: Option<f64>,
     pub peers_srtt: Option<f64>,
+    /// Connect time of the member's passing probes while it was healthy (EWMA, µs): the
+    /// reference for a slow probe when the kernel has no srtt for it (no traffic).
+    pub probe_baseline_us: Option<f64>,
+    /// Time per `OPTIONS *` answer of its passing probes while healthy (EWMA, µs).
+    pub answer_baseline_us: Option<f64>,
     /// Stalls and latency drift raise no new suspicion before this (a slow but healthy member
     /// is not probed over and over).
     pub quiet_until: Instant,
@@ -83,7 +94,7 @@ impl Watch {
             evidence: Accumulator::default(),
             prev: None,
             last_step: now,
-            last_traffic: now,
+            last_connect: now,
             last_answer: None,
             last_probe: None,
             in_flight: 0,
@@ -91,6 +102,8 @@ impl Watch {
             pending: Vec::new(),
             baseline_srtt: None,
             peers_srtt: None,
+            probe_baseline_us: None,
+            answer_baseline_us: None,
             quiet_until: now,
         }
     }
@@ -101,7 +114,6 @@ impl Watch {
         now: Instant,
         kernel: Option<&EndpointHealth>,
         outcomes: (u64, u64),
-        busy: u64,
     ) -> Observed {
         self.evidence.fade(now.duration_since(self.last_step));
         self.last_step = now;
@@ -121,8 +133,8 @@ impl Watch {
         if d.answered > 0 || probes.iter().any(|ok| *ok) {
             self.last_answer = Some(now);
         }
-        if d.connects > 0 || d.answered + d.failed > 0 || busy > 0 {
-            self.last_traffic = now;
+        if d.connects > d.connect_failed {
+            self.last_connect = now;
         }
         let mut news = Vec::new();
         for (n, what) in [
@@ -137,7 +149,7 @@ impl Watch {
             }
         }
         let news = (!news.is_empty()).then(|| news.join(", "));
-        Observed { news, probes }
+        Observed { news, probes, fresh_rtt: d.rtt_samples > 0 }
     }
 
     /// Answered something (a request or a probe) within `within`: slow or lossy, not dead.
@@ -160,28 +172,43 @@ impl Watch {
         if !ok {
             self.probes.failed += 1;
         }
+        let ewma = |b: &mut Option<f64>, us: f64| *b = Some(b.map_or(us, |b| b + 0.1 * (us - b)));
+        if ok
+            && matches!(self.tracker.state, super::ejection::State::Healthy)
+            && let Some(c) = r.connect
+        {
+            ewma(&mut self.probe_baseline_us, c.as_secs_f64() * 1e6);
+            if let Some(per) = r.per_answer() {
+                ewma(&mut self.answer_baseline_us, per.as_secs_f64() * 1e6);
+            }
+        }
         self.probes.last = Some(slow.unwrap_or(r.detail));
         self.pending.push(ok);
     }
 
-    /// Whether to probe now: a burst while suspect or recovering (every `gap`, a few at once at
-    /// most), else one per `idle_every` while the member carries no traffic.
-    pub fn wants_probe(
+    /// How many probes to start now: while suspect or recovering a burst (three at once, then
+    /// one every `gap`, at most `max_in_flight` at once); else one per `idle_every` while lb
+    /// opens no connection to the member.
+    pub fn wants_probes(
         &self,
         now: Instant,
         gap: Duration,
         idle_every: Duration,
         max_in_flight: u32,
-    ) -> bool {
+    ) -> u32 {
         let since_probe = self.last_probe.map(|t| now.duration_since(t));
+        let due = |every: Duration| since_probe.is_none_or(|d| d >= every);
         if self.tracker.probing() {
-            return self.in_flight < max_in_flight && since_probe.is_none_or(|d| d >= gap);
+            return match self.in_flight {
+                0 if due(gap) => 3,
+                n if n < max_in_flight && due(gap) => 1,
+                _ => 0,
+            };
         }
         if self.tracker.is_ejected() || idle_every.is_zero() || self.in_flight > 0 {
-            return false;
+            return 0;
         }
-        now.duration_since(self.last_traffic) >= idle_every
-            && since_probe.is_none_or(|d| d >= idle_every)
+        u32::from(now.duration_since(self.last_connect) >= idle_every && due(idle_every))
     }
 
     pub fn report(&self, stalled_ms: u64) -> Evidence {

@@ -66,6 +66,8 @@ pub struct EndpointHealth {
     /// Smoothed RTT: an EWMA of the kernel's srtt that jumps up to a slower sample at once and
     /// decays slowly (peak-EWMA), µs.
     pub srtt_us: Option<f64>,
+    /// RTT samples taken so far (each new one means `srtt_us` is current).
+    pub rtt_samples: u64,
     /// Standard deviation of the RTT samples of the last interval that had any, µs.
     pub rttvar_us: Option<f64>,
 }
@@ -260,7 +262,11 @@ const LAT_WINDOW: Duration = Duration::from_secs(10);
 /// How far back rates (retransmits/s, failed connects/s, RTOs/s) look.
 pub const RATE_WINDOW: Duration = Duration::from_secs(1);
 /// EWMA weight of a new srtt sample that is lower than the average (higher ones are taken as is).
+/// An average with no sample for [`SRTT_STALE`] and three sampler updates is not decayed but
+/// replaced: it describes a path as it was, not as it is (a member back from an ejection starts
+/// afresh).
 const SRTT_DECAY: f64 = 0.2;
+const SRTT_STALE: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
 struct EndpointTrack {
@@ -269,6 +275,9 @@ struct EndpointTrack {
     rates: VecDeque<(Instant, u64, u64, u64)>,
     hist: VecDeque<(Instant, [u64; LAT_BUCKETS])>,
     srtt: Option<f64>,
+    srtt_at: Option<Instant>,
+    /// Sampler updates since the last RTT sample.
+    quiet_updates: u32,
     rttvar: Option<f64>,
 }
 
@@ -350,18 +359,28 @@ impl Sampler {
                 if n > 0 {
                     let mean_srtt =
                         s.srtt_sum_us.saturating_sub(prev.srtt_sum_us) as f64 / n as f64;
+                    let fresh = t.quiet_updates < 3
+                        || t.srtt_at.is_some_and(|at| now.duration_since(at) < SRTT_STALE);
                     t.srtt = Some(match t.srtt {
-                        Some(old) if mean_srtt < old => old + SRTT_DECAY * (mean_srtt - old),
+                        Some(old) if fresh && mean_srtt < old => {
+                            old + SRTT_DECAY * (mean_srtt - old)
+                        }
                         _ => mean_srtt,
                     });
+                    t.srtt_at = Some(now);
+                    t.quiet_updates = 0;
+                } else {
+                    t.quiet_updates = t.quiet_updates.saturating_add(1);
                     let m = s.mrtt_sum_us.saturating_sub(prev.mrtt_sum_us) as f64 / n as f64;
                     let sq = s.mrtt_sq_sum.saturating_sub(prev.mrtt_sq_sum) as f64 / n as f64;
                     t.rttvar = Some((sq - m * m).max(0.0).sqrt());
                 }
             } else if s.rtt_samples > 0 {
                 t.srtt = Some(s.srtt_sum_us as f64 / s.rtt_samples as f64);
+                t.srtt_at = Some(now);
             }
             h.srtt_us = t.srtt;
+            h.rtt_samples = s.rtt_samples;
             h.rttvar_us = t.rttvar;
             t.hist.push_back((now, s.connect_lat_hist));
             while t.hist.len() > 2 && now.duration_since(t.hist[1].0) >= LAT_WINDOW {
@@ -422,5 +441,13 @@ mod tests {
         let snap = s.update(t0 + Duration::from_secs(3), &[(key, st)]);
         let srtt = snap.endpoints[&"127.0.0.1:9".parse().unwrap()].srtt_us.unwrap();
         assert!((srtt - (10_000.0 + 0.2 * (100.0 - 10_000.0))).abs() < 1e-6);
+        // Ten seconds without a sample: the old average is stale, the next samples replace it.
+        for i in 4..7 {
+            s.update(t0 + Duration::from_secs(i), &[(key, st)]);
+        }
+        st.rtt_samples = 40;
+        st.srtt_sum_us += 10 * 100;
+        let snap = s.update(t0 + Duration::from_secs(13), &[(key, st)]);
+        assert_eq!(snap.endpoints[&"127.0.0.1:9".parse().unwrap()].srtt_us, Some(100.0));
     }
 }

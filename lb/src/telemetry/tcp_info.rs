@@ -63,6 +63,11 @@ struct TcpInfo {
     data_segs_out: u32,
 }
 
+/// Segments `stream` has retransmitted so far (the health probes' loss check).
+pub fn retransmits(stream: &TcpStream) -> io::Result<u32> {
+    tcp_info(stream.as_raw_fd()).map(|i| i.base.tcpi_total_retrans)
+}
+
 /// The kernel's TCP_INFO for `fd`.
 fn tcp_info(fd: RawFd) -> io::Result<TcpInfo> {
     // SAFETY: all-zero bytes are a valid TcpInfo (integers only).
