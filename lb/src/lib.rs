@@ -16,7 +16,9 @@
 //!
 //! # Control path
 //! ```text
-//! telemetry (eBPF / TCP_INFO) ─▶ health (ejection state machine per MemberId) ─▶ member flags
+//! telemetry (eBPF / TCP_INFO) ┐
+//! request outcomes, stalls     ├▶ health: evidence per signal (SPRT) ─▶ ejection state machine
+//! probes (connect, OPTIONS *) ◀┘    per MemberId ─▶ member flags; wakes requests waiting on it
 //! runtime: config ─▶ Routing (members kept by balancer + URL) ─▶ swap slots  (start, reload)
 //! admin (/status, /health, /heartbeat, /reload) ─▶ state::Shared ─▶ status (reports)
 //! ```

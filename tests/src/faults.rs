@@ -126,16 +126,9 @@ pub struct Process {
 
 impl Process {
     pub fn start(name: &str) -> Process {
-        use std::io::BufRead;
-        let mut child = std::process::Command::new(lb_bin())
-            .args(["member", "--bind", "127.0.0.1:0", "--name", name])
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("start lb member");
-        let out = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        std::io::BufReader::new(out).read_line(&mut line).expect("member address");
-        let addr = line.trim().trim_start_matches("listening on ").parse().expect("member address");
+        let mut cmd = std::process::Command::new(lb_bin());
+        cmd.args(["member", "--bind", "127.0.0.1:0", "--name", name]);
+        let (child, addr) = crate::spawn_member(cmd);
         Process { child: ChildGuard(child), addr }
     }
 

@@ -684,21 +684,25 @@ impl Netns {
 
     /// Start `lb member` inside the namespace on port 0; returns the process and its address.
     pub fn member(&self, name: &str, body_size: usize) -> (std::process::Child, SocketAddr) {
-        use std::io::BufRead;
-        let mut child = std::process::Command::new("ip")
-            .args(["netns", "exec", &self.name])
+        let mut cmd = std::process::Command::new("ip");
+        cmd.args(["netns", "exec", &self.name])
             .arg(lb_bin())
             .args(["member", "--bind", &format!("{}:0", self.ns_ip), "--name", name])
-            .args(["--body-size", &body_size.to_string()])
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("start member in namespace");
-        let out = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        std::io::BufReader::new(out).read_line(&mut line).expect("member address");
-        let addr = line.trim().trim_start_matches("listening on ").parse().expect("member address");
-        (child, addr)
+            .args(["--body-size", &body_size.to_string()]);
+        spawn_member(cmd)
     }
+}
+
+/// Run an `lb member` command line and read the address it says it listens on.
+pub fn spawn_member(mut cmd: std::process::Command) -> (std::process::Child, SocketAddr) {
+    use std::io::BufRead;
+    let mut child =
+        cmd.stdout(std::process::Stdio::piped()).spawn().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let out = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    std::io::BufReader::new(out).read_line(&mut line).expect("member address");
+    let addr = line.trim().trim_start_matches("listening on ").parse().expect("member address");
+    (child, addr)
 }
 
 impl Drop for Netns {

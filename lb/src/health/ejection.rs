@@ -266,6 +266,14 @@ mod tests {
     fn now() -> Instant {
         Instant::now()
     }
+    /// Eject, wait out the first ejection, and let three probes pass: on probation.
+    async fn eject_and_return(p: &Policy, t: &mut Tracker) {
+        t.step(p, now(), sick());
+        tokio::time::advance(p.base_time).await;
+        t.step(p, now(), quiet());
+        t.step(p, now(), probes(&[true, true, true]));
+        assert!(matches!(t.state, State::Probation { .. }));
+    }
 
     #[tokio::test(start_paused = true)]
     async fn eject_recover_by_probes_then_probation_then_healthy() {
@@ -311,11 +319,7 @@ mod tests {
     async fn relapse_on_probation_ejects_for_longer() {
         let p = Policy::default();
         let mut t = Tracker::new(now());
-        t.step(&p, now(), sick());
-        tokio::time::advance(p.base_time).await;
-        t.step(&p, now(), quiet());
-        t.step(&p, now(), probes(&[true, true, true]));
-        assert!(matches!(t.state, State::Probation { .. }));
+        eject_and_return(&p, &mut t).await;
         let tr = t.step(&p, now(), sick());
         assert!(matches!(tr, Some(Transition::Ejected { count: 2, .. })));
     }
@@ -349,10 +353,7 @@ mod tests {
     async fn ejection_count_is_forgotten_after_a_long_healthy_spell() {
         let p = Policy::default();
         let mut t = Tracker::new(now());
-        t.step(&p, now(), sick());
-        tokio::time::advance(p.base_time).await;
-        t.step(&p, now(), quiet());
-        t.step(&p, now(), probes(&[true, true, true]));
+        eject_and_return(&p, &mut t).await;
         tokio::time::advance(p.probation).await;
         t.step(&p, now(), quiet());
         assert_eq!(t.ejections, 1);

@@ -19,6 +19,7 @@ struct Counters {
     answered: u64,
     failed: u64,
     rtt_samples: u64,
+    resets: u64,
 }
 
 impl Counters {
@@ -32,6 +33,7 @@ impl Counters {
             answered,
             failed,
             rtt_samples: k.map_or(0, |k| k.rtt_samples),
+            resets: k.map_or(0, |k| k.resets),
         }
     }
 
@@ -45,6 +47,7 @@ impl Counters {
             answered: self.answered.saturating_sub(earlier.answered),
             failed: self.failed.saturating_sub(earlier.failed),
             rtt_samples: self.rtt_samples.saturating_sub(earlier.rtt_samples),
+            resets: self.resets.saturating_sub(earlier.resets),
         }
     }
 }
@@ -143,6 +146,8 @@ impl Watch {
             (d.connect_failed, "failed connect(s)"),
             (d.failed, "failed request(s)"),
             (failed_probes, "failed probe(s)"),
+            // Not weighed (a member may close idle connections with a reset), but worth a look.
+            (d.resets, "reset(s)"),
         ] {
             if n > 0 {
                 news.push(format!("{n} {what}"));

@@ -1,0 +1,82 @@
+//! What a step's transition does: flags on the member, a log line carrying the evidence, and
+//! the note operators read in `lb health`.
+use super::ejection::{self, State, Transition};
+use super::watch::Watch;
+use crate::balancer::{Balancer, HealthNote, Member, now_ms};
+
+/// Act on a transition: flags on the member, and a log line with the evidence.
+pub(super) fn apply(
+    b: &Balancer,
+    m: &Member,
+    w: &mut Watch,
+    transition: &Option<Transition>,
+    budget: usize,
+    symptomatic: usize,
+) {
+    let Some(t) = transition else { return };
+    let (balancer, member) = (b.name(), &m.url);
+    let probes = &w.probes;
+    match t {
+        Transition::Ejected { reason, for_, count } => {
+            let until = now_ms() + for_.as_millis() as u64;
+            m.eject(until, format!("ejected for {for_:?} (ejection #{count}): {reason}"));
+            tracing::warn!(
+                %balancer, %member, reason = %reason, score = w.evidence.score(),
+                probes_sent = probes.sent, probes_failed = probes.failed,
+                last_probe = probes.last.as_deref().unwrap_or("-"),
+                srtt_baseline_us = w.baseline_srtt.unwrap_or(0.0).round(),
+                srtt_peers_us = w.peers_srtt.unwrap_or(0.0).round(),
+                ejection_s = for_.as_secs_f64(), count, "member ejected"
+            );
+        }
+        Transition::Recovering => {
+            m.hold_ejection();
+            tracing::info!(%balancer, %member, "ejection time over: probing before the member returns");
+        }
+        Transition::Probation => {
+            m.end_ejection();
+            w.evidence.clear();
+            tracing::info!(%balancer, %member, probes_sent = probes.sent, "probes passed: member back in rotation, on probation");
+        }
+        Transition::Healthy => tracing::info!(%balancer, %member, "member healthy again"),
+        Transition::Suspected(why) => {
+            tracing::debug!(%balancer, %member, why = %why, "member suspect: probing")
+        }
+        Transition::Cleared => tracing::debug!(%balancer, %member, "suspicion cleared"),
+        Transition::Withheld(reason) if m.health_note().is_none_or(|n| n.state != "sick") => {
+            tracing::warn!(
+                %balancer, %member, reason = %reason,
+                "member is sick but the balancer already has {budget} member(s) ejected: panic mode, kept in rotation"
+            );
+        }
+        Transition::Loaded(reason) if m.health_note().is_none_or(|n| n.state != "loaded") => {
+            tracing::warn!(
+                %balancer, %member, reason = %reason,
+                "{symptomatic} of {} members show symptoms at once: load, not a sick member; kept in rotation",
+                b.members.len()
+            );
+        }
+        _ => {}
+    }
+}
+
+pub(super) fn note(w: &Watch, transition: &Option<Transition>, stalled_ms: u64) -> HealthNote {
+    let (state, reason) = match (&w.tracker.state, transition) {
+        (_, Some(Transition::Withheld(r))) => {
+            ("sick", Some(format!("{r} (not ejected: ejection limit reached, panic mode)")))
+        }
+        (_, Some(Transition::Loaded(r))) => (
+            "loaded",
+            Some(format!("{r} (not ejected: most of the balancer shows the same symptoms)")),
+        ),
+        (State::Healthy, _) => ("healthy", None),
+        (State::Suspect { why, .. }, _) => ("suspect", Some(why.clone())),
+        (State::Ejected { reason, .. }, _) => ("ejected", Some(reason.to_string())),
+        (State::Recovering { reason, passes }, _) => (
+            "recovering",
+            Some(format!("{reason}; {passes} of {} probes passed", ejection::RETURN_PASSES)),
+        ),
+        (State::Probation { .. }, _) => ("probation", None),
+    };
+    HealthNote { state, reason, evidence: Some(w.report(stalled_ms)) }
+}
