@@ -246,13 +246,20 @@ fn limit(f: Fault, t: Traffic) -> Duration {
     }
 }
 
-/// Every traffic shape for one fault; prints the rows, then checks them.
+/// Where the rows also go, a Markdown table row per cell (appended; the file is per run of
+/// the test binary only by convention: delete it first for a clean table).
+fn table_file() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("ejection-matrix.md")
+}
+
+/// Every traffic shape for one fault; prints the rows (and appends them to
+/// [`table_file`]), then checks them.
 async fn fault(f: Fault) {
     let _one_at_a_time = SERIAL.lock().await;
     let mut rows = Vec::new();
     for t in Traffic::ALL {
         let r = cell(f, t).await;
-        eprintln!(
+        let row = format!(
             "| {} | {} | {} | < {} ms | {} | {} of {} | {} |",
             r.fault,
             t.name(),
@@ -263,6 +270,14 @@ async fn fault(f: Fault) {
             r.ok + r.failed,
             ms(r.returned)
         );
+        eprintln!("{row}");
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(table_file())
+            .expect("table");
+        writeln!(file, "{row}").expect("write table");
         rows.push(r);
     }
     for r in &rows {

@@ -45,6 +45,8 @@ pub const PROBE_TIMEOUT_RTTS: f64 = 8.0;
 /// Evidence from which a member counts as showing symptoms, when deciding whether most of a
 /// balancer shows them at once (a lone SYN retransmit or failed probe is about 3 to 4).
 pub const SYMPTOM: f64 = 1.0;
+/// How close in time symptoms on several members count as shared.
+pub const LOAD_WINDOW: Duration = Duration::from_secs(5);
 /// After a stall or latency drift raised a suspicion, the same cause raises none for this long.
 pub const QUIET: Duration = Duration::from_secs(5);
 
@@ -170,20 +172,23 @@ impl Monitor {
                 suspect = None;
             }
             let calm = w.evidence.score() < evidence::EJECT_AT / 2.0;
+            if sick.is_some() || w.evidence.score() >= SYMPTOM {
+                w.last_symptom = Some(now);
+            }
             steps.push(Step { sick, suspect, probes: seen.probes, stalled_ms, calm });
         }
-        // Symptoms most of the balancer shares at once, while its members still answer, are load,
-        // not a sick member. (Members that answer nothing at all are dead, loaded or not.)
+        // Symptoms most of the balancer shares within a few seconds, while its members still
+        // answer, are load, not a sick member. (Under overload each member's evidence comes and
+        // goes as its queue fills and drains, so "at once" means within LOAD_WINDOW. Members
+        // that answer nothing at all are dead, loaded or not.)
         let symptomatic = b
             .members
             .iter()
-            .zip(&steps)
-            .filter(|(m, s)| {
+            .filter(|m| {
                 let w = &self.watches[&m.id];
-                let t = &w.tracker;
-                !t.is_ejected()
-                    && w.answering(now, ejection::SUSPECT_FOR)
-                    && (s.sick.is_some() || w.evidence.score() >= SYMPTOM)
+                !w.tracker.is_ejected()
+                    && w.answering(now, LOAD_WINDOW)
+                    && w.last_symptom.is_some_and(|t| now.duration_since(t) <= LOAD_WINDOW)
             })
             .count();
         let loaded = symptomatic >= 2 && symptomatic * 2 > b.members.len();

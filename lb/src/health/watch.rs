@@ -71,6 +71,8 @@ pub struct Watch {
     /// Last time lb opened a connection to the member: without one for a while, only a probe
     /// says whether it still accepts connections (pooled requests can hide a SYN black hole).
     pub last_connect: Instant,
+    /// Last time its evidence showed symptoms (see `super::SYMPTOM`).
+    pub last_symptom: Option<Instant>,
     /// Last time the member answered anything (a request or a probe).
     pub last_answer: Option<Instant>,
     pub last_probe: Option<Instant>,
@@ -99,6 +101,7 @@ impl Watch {
             last_step: now,
             last_connect: now,
             last_answer: None,
+            last_symptom: None,
             last_probe: None,
             in_flight: 0,
             probes: ProbeStats::default(),
