@@ -49,7 +49,7 @@ pub struct TelemetryConfig {
 
 impl Default for TelemetryConfig {
     fn default() -> Self {
-        TelemetryConfig { source: SourceChoice::Auto, interval: Duration::from_millis(100) }
+        TelemetryConfig { source: SourceChoice::Auto, interval: Duration::from_millis(250) }
     }
 }
 

@@ -1,13 +1,14 @@
 //! Member health: the control loop that turns kernel telemetry, request outcomes and active
 //! probes into ejections.
 //!
-//! Every telemetry interval, and whenever a probe answers: sample the kernel counters → each
-//! member's [`watch::Watch`] weighs what is new as [`evidence`] (relative to the traffic that
-//! produced it) → [`ejection::Tracker::step`] → apply the transition to the member (flag E with
-//! the reason, or back in rotation) → start the [`probe`]s the state asks for: a quick burst when
-//! a member turns suspect or waits to return, one now and then while lb opens no connection to it. The
-//! data path only reads member flags, so it never waits for this loop; a request waiting on a
-//! member that gets ejected is woken ([`crate::balancer::vitals::Vitals::ejected`]).
+//! Every [`STEP`] (sampling the kernel every telemetry interval), and whenever a probe answers,
+//! each member's [`watch::Watch`] weighs what is new as [`evidence`] (relative to the traffic
+//! that produced it) → [`ejection::Tracker::step`] → the transition is applied to the member
+//! (flag E with the reason, or back in rotation) → the [`probe`]s the state asks for start: a
+//! quick burst when a member turns suspect or waits to return, one now and then while lb opens
+//! no connection to it. The data path only reads member flags, so it never waits for this loop;
+//! a request waiting on a member that gets ejected is woken
+//! ([`crate::balancer::vitals::Vitals::ejected`]).
 mod act;
 pub mod ejection;
 pub mod evidence;
@@ -42,6 +43,8 @@ pub const IDLE_TRAIN: u32 = 3;
 /// A probe may take this many times the member's healthy srtt (at least `probe_timeout`): two
 /// round trips (connect, answer) with room to spare.
 pub const PROBE_TIMEOUT_RTTS: f64 = 8.0;
+/// The health loop steps at least this often, whatever the telemetry interval.
+pub const STEP: Duration = Duration::from_millis(100);
 /// Evidence from which a member counts as showing symptoms, when deciding whether most of a
 /// balancer shows them at once (a lone SYN retransmit or failed probe is about 3 to 4).
 pub const SYMPTOM: f64 = 1.0;
@@ -288,14 +291,22 @@ pub async fn run(
 ) {
     tokio::pin!(stop);
     let mut monitor = Monitor::default();
-    let mut tick = tokio::time::interval(telemetry.interval);
+    // Health steps at least every STEP (probes are scheduled on these steps); the kernel is
+    // sampled every telemetry interval.
+    let mut tick = tokio::time::interval(telemetry.interval.min(STEP));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sampled: Option<Instant> = None;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(MemberId, u64, ProbeResult)>();
     loop {
         let orders = tokio::select! {
             _ = tick.tick() => {
                 let now = Instant::now();
-                let snap = telemetry.sample(now.into_std());
+                let snap = if sampled.is_none_or(|t| now.duration_since(t) >= telemetry.interval) {
+                    sampled = Some(now);
+                    telemetry.sample(now.into_std())
+                } else {
+                    telemetry.snapshot()
+                };
                 monitor.evaluate(&balancers.load(), &snap, now)
             }
             Some((id, started, result)) = rx.recv() => {

@@ -261,11 +261,13 @@ fn clock_ns() -> u64 {
 const LAT_WINDOW: Duration = Duration::from_secs(10);
 /// How far back rates (retransmits/s, failed connects/s, RTOs/s) look.
 pub const RATE_WINDOW: Duration = Duration::from_secs(1);
-/// EWMA weight of a new srtt sample that is lower than the average (higher ones are taken as is).
-/// An average with no sample for [`SRTT_STALE`] and three sampler updates is not decayed but
+/// EWMA weight of a new srtt sample that is lower than the average (higher ones are taken as is),
+/// per [`SRTT_DECAY_EVERY`] since the last sample: the decay is the same whatever the sampling
+/// interval. An average with no sample for [`SRTT_STALE`] and three sampler updates is not decayed but
 /// replaced: it describes a path as it was, not as it is (a member back from an ejection starts
 /// afresh).
 const SRTT_DECAY: f64 = 0.2;
+const SRTT_DECAY_EVERY: Duration = Duration::from_millis(250);
 const SRTT_STALE: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
@@ -354,7 +356,7 @@ impl Sampler {
                 h.connect_failed_per_s = h.connect_failed_recent as f64 / dt;
                 h.rto_per_s = h.rto_recent as f64 / dt;
             }
-            if let Some((_, prev)) = &t.last {
+            if let Some((then, prev)) = &t.last {
                 let n = s.rtt_samples.saturating_sub(prev.rtt_samples);
                 if n > 0 {
                     let mean_srtt =
@@ -363,7 +365,10 @@ impl Sampler {
                         || t.srtt_at.is_some_and(|at| now.duration_since(at) < SRTT_STALE);
                     t.srtt = Some(match t.srtt {
                         Some(old) if fresh && mean_srtt < old => {
-                            old + SRTT_DECAY * (mean_srtt - old)
+                            let periods = now.duration_since(*then).as_secs_f64()
+                                / SRTT_DECAY_EVERY.as_secs_f64();
+                            let w = 1.0 - (1.0 - SRTT_DECAY).powf(periods);
+                            old + w * (mean_srtt - old)
                         }
                         _ => mean_srtt,
                     });
@@ -440,7 +445,9 @@ mod tests {
         st.srtt_sum_us += 10 * 100; // back to 100 µs: decays, not dropped
         let snap = s.update(t0 + Duration::from_secs(3), &[(key, st)]);
         let srtt = snap.endpoints[&"127.0.0.1:9".parse().unwrap()].srtt_us.unwrap();
-        assert!((srtt - (10_000.0 + 0.2 * (100.0 - 10_000.0))).abs() < 1e-6);
+        // One second later: four decay periods of 0.2 each.
+        let w = 1.0 - 0.8f64.powi(4);
+        assert!((srtt - (10_000.0 + w * (100.0 - 10_000.0))).abs() < 1e-6, "{srtt}");
         // Ten seconds without a sample: the old average is stale, the next samples replace it.
         for i in 4..7 {
             s.update(t0 + Duration::from_secs(i), &[(key, st)]);
