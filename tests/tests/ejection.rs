@@ -73,14 +73,15 @@ async fn lossy_member_is_ejected_fast_while_the_others_stay_clean() {
     let took = fault.elapsed();
     eprintln!("20% loss → ejected after {took:?}");
     let h = ejected.unwrap_or_else(|| panic!("not ejected within 2 s of sustained load"));
-    assert!(
-        h["reason"].as_str().unwrap_or("").contains("retransmit")
-            || h["reason"].as_str().unwrap_or("").contains("timeout")
-            || h["reason"].as_str().unwrap_or("").contains("srtt"),
-        "{h}"
-    );
+    let reason = h["reason"].as_str().unwrap_or("");
+    assert!(["retransmit", "srtt", "probes failed"].iter().any(|w| reason.contains(w)), "{h}");
     assert_eq!(h["status"], "E", "{h}");
-    assert!(h["kernel"]["retransmits"].as_u64().unwrap() > 0, "{h}");
+    // The kernel side saw the loss (it may be sampled just after the probes decided).
+    let seen = eventually(Duration::from_secs(5), || async {
+        (member_health(&lb, 2).await["kernel"]["retransmits"].as_u64() > Some(0)).then_some(())
+    })
+    .await;
+    assert!(seen.is_some(), "no retransmit counted: {}", member_health(&lb, 2).await);
     // Keep the load on the others for a while after the ejection: still no GET may fail.
     let after = ok.load(Relaxed);
     let more = eventually(Duration::from_secs(10), || async {
@@ -128,11 +129,18 @@ async fn syn_black_hole_is_ejected_and_recovers() {
     // Requests keep succeeding (failed over to b) while a's connects time out.
     let ejected = until_first_ejected(&lb, "black-holed").await;
     eprintln!("SYN black hole → ejected after {:?} (connectiontimeout 300 ms)", fault.elapsed());
-    assert!(ejected["kernel"]["connect_failed"].as_u64().unwrap() >= 1, "{ejected}");
-    let k = &ejected["kernel"];
-    assert!(k["connect_failed"].as_u64() <= k["connects"].as_u64(), "{ejected}");
+    // What ejected it: failed connects, SYN retransmits, failed probes or requests, whichever
+    // came first.
     let reason = ejected["reason"].as_str().unwrap();
-    assert!(reason.contains("connects failed") || reason.contains("SYN retransmit"), "{ejected}");
+    assert!(reason.contains("failed") || reason.contains("SYN retransmit"), "{ejected}");
+    // The kernel side counts the aborted connects as failed (once lb gives up on them).
+    let counted = eventually(Duration::from_secs(5), || async {
+        let k = member_health(&lb, 0).await["kernel"].clone();
+        (k["connect_failed"].as_u64() >= Some(1)).then_some(k)
+    })
+    .await
+    .expect("no failed connect counted");
+    assert!(counted["connect_failed"].as_u64() <= counted["connects"].as_u64(), "{counted}");
     // Fault removed: after its ejection and probation the member serves again.
     nft.clear();
     let before = a.hits.load(Relaxed);
@@ -155,8 +163,14 @@ async fn closed_port_is_ejected_and_recovers() {
     let fault = Instant::now();
     let ejected = until_first_ejected(&lb, "closed-port").await;
     eprintln!("closed port → ejected after {:?}", fault.elapsed());
-    assert!(ejected["kernel"]["connect_failed"].as_u64().unwrap() >= 1, "{ejected}");
-    assert!(ejected["kernel"]["resets"].as_u64().unwrap() >= 1, "{ejected}");
+    assert!(ejected["reason"].as_str().unwrap_or("").contains("failed"), "{ejected}");
+    // The kernel side counted the refused connects and their resets (sampled every 250 ms).
+    let counted = eventually(Duration::from_secs(5), || async {
+        let k = member_health(&lb, 0).await["kernel"].clone();
+        (k["connect_failed"].as_u64() >= Some(1) && k["resets"].as_u64() >= Some(1)).then_some(())
+    })
+    .await;
+    assert!(counted.is_some(), "{}", member_health(&lb, 0).await);
     a.restart().await;
     let before = a.hits.load(Relaxed);
     let back = eventually(Duration::from_secs(15), || async {

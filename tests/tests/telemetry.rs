@@ -75,8 +75,9 @@ async fn ebpf_counts_each_members_connections_and_nothing_else() {
     assert!(k["connects"].as_u64().unwrap() >= 1, "{k}");
     assert_eq!(k["established"], 0, "{k}");
     assert!(k["resets"].as_u64().unwrap() >= 1, "{k}");
-    // Out of rotation: in error from the failed request, and ejected once the sampler sees it.
-    assert!(matches!(m[3]["state"].as_str(), Some("unusable" | "ejected")), "{}", m[3]);
+    // Out of rotation: in error from the failed request (and suspect, or ejected, as its probes
+    // fail).
+    assert_ne!(m[3]["state"], "healthy", "{}", m[3]);
     assert_eq!(m[3]["status"], "E");
     lb.stop().await;
 }
@@ -215,8 +216,16 @@ async fn tcp_info_feeds_the_same_snapshot() {
     })
     .await
     .expect("lossy member never ejected on TCP_INFO figures");
+    // TCP_INFO counts retransmits at each sample: they show by the next one, if the probes
+    // decided first.
+    let counted = eventually(Duration::from_secs(5), || async {
+        let h = health(&lb).await;
+        (h["balancers"][0]["members"][1]["kernel"]["retransmits"].as_u64() > Some(0)).then_some(h)
+    })
+    .await
+    .unwrap_or(ejected);
     drop(nft);
-    let m = &ejected["balancers"][0]["members"];
+    let m = &counted["balancers"][0]["members"];
     assert!(m[1]["kernel"]["retransmits"].as_u64().unwrap() > 0, "{}", m[1]);
     assert_eq!(m[0]["kernel"]["retransmits"], 0, "{}", m[0]);
     lb.stop().await;
