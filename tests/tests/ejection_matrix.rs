@@ -182,7 +182,7 @@ async fn cell(fault: Fault, traffic: Traffic) -> Row {
     assert!(ready.is_some(), "{}: never ready: {}", fault.name(), member(&lb, 2).await);
     sick.break_(fault);
     let t0 = Instant::now();
-    let ejected = eventually(Duration::from_secs(20), || async {
+    let ejected = eventually(Duration::from_secs(30), || async {
         let m = member(&lb, 2).await;
         (m["state"] == "ejected" || m["state"] == "recovering").then_some(m)
     })
@@ -226,7 +226,7 @@ async fn cell(fault: Fault, traffic: Traffic) -> Row {
 }
 
 fn ms(d: Option<Duration>) -> String {
-    d.map_or("not within 20 s".into(), |d| format!("{} ms", d.as_millis()))
+    d.map_or("not within 30 s".into(), |d| format!("{} ms", d.as_millis()))
 }
 
 /// The bound each cell is held to: the (1 s with traffic, 2 s idle), except for loss on
@@ -237,7 +237,7 @@ fn ms(d: Option<Duration>) -> String {
 fn limit(f: Fault, t: Traffic) -> Duration {
     match (f, t) {
         (Fault::Loss(5, _), Traffic::KeepAlive50) => Duration::from_millis(1500),
-        (Fault::Loss(5, _), _) => Duration::from_secs(15),
+        (Fault::Loss(5, _), _) => Duration::from_secs(20),
         (Fault::Loss(20, _), Traffic::Idle | Traffic::OnePerSecond | Traffic::Sequential) => {
             Duration::from_secs(3)
         }

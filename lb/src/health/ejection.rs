@@ -82,7 +82,7 @@ pub struct Input {
     pub suspect: Option<String>,
     /// Probe results since the last step, oldest first (true = passed).
     pub probes: Vec<bool>,
-    /// The evidence is below half the ejection level: passing probes may clear a suspicion.
+    /// The evidence is all but gone: passing probes may clear a suspicion.
     pub calm: bool,
     /// Most of the balancer shows symptoms at once: loaded, not sick.
     pub loaded: bool,

@@ -174,7 +174,7 @@ impl Monitor {
             if !policy.enabled {
                 suspect = None;
             }
-            let calm = w.evidence.score() < evidence::EJECT_AT / 2.0;
+            let calm = w.evidence.score() < SYMPTOM;
             if sick.is_some() || w.evidence.score() >= SYMPTOM {
                 w.last_symptom = Some(now);
             }
