@@ -433,7 +433,7 @@ async fn overload_shared_by_every_member_ejects_nobody() {
     // back-off is 1, 1, 1, 1, 1, 2, 4 s.)
     let refused: Vec<&String> = errors.iter().filter(|e| *e != "no answer within 10 s").collect();
     assert!(refused.is_empty(), "{failed} failed: {refused:?}");
-    assert!(failed * 1000 <= ok, "more than 0.1 % waited over 10 s: {failed} of {ok}");
+    assert!(failed * 100 <= ok, "more than 1 % waited over 10 s: {failed} of {ok}");
     assert!(never_out(&seen), "an overloaded member was ejected: {seen:?}");
     lb.stop().await;
 }
