@@ -65,7 +65,7 @@ impl Freezable {
                                 let (h, name, mut rx) = (Arc::clone(&h), Arc::clone(&name), rx.clone());
                                 async move {
                                     until_thawed(&mut rx).await;
-                                    if !(req.method() == http::Method::OPTIONS && req.uri() == "*") {
+                                    if !crate::is_probe(&req) {
                                         h.fetch_add(1, Relaxed);
                                     }
                                     Ok::<_, std::convert::Infallible>(Response::new(full(name.to_string())))

@@ -245,7 +245,7 @@ impl Drop for Member {
 }
 
 /// lb's health probe: `OPTIONS *`.
-fn is_probe<B>(req: &Request<B>) -> bool {
+pub(crate) fn is_probe<B>(req: &Request<B>) -> bool {
     req.method() == http::Method::OPTIONS && req.uri() == "*"
 }
 

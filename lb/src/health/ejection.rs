@@ -32,6 +32,13 @@ impl Policy {
     pub fn ejection_time(&self, n: u32) -> Duration {
         self.base_time.saturating_mul(n.max(1)).min(self.max_time)
     }
+
+    /// `us` is a latency outlier against `reference_us`: at least `latency_factor` times it,
+    /// and at least `latency_floor` (loopback jitter is not sickness). The one rule for srtt
+    /// against the balancer median or the member's own baseline, and for slow probes.
+    pub fn latency_outlier(&self, us: f64, reference_us: f64) -> bool {
+        us >= self.latency_floor.as_micros() as f64 && us >= self.latency_factor * reference_us
+    }
 }
 
 /// Probes in a row that must pass before an ejected member returns, or to clear a suspicion.
@@ -371,6 +378,17 @@ mod tests {
         let tr = t.step(&p, now(), Input { loaded: true, ..sick() });
         assert!(matches!(tr, Some(Transition::Loaded(_))));
         assert_eq!(t.state, State::Healthy);
+    }
+
+    #[test]
+    fn latency_outliers_need_the_factor_and_the_floor() {
+        let p = Policy::default();
+        // 40 ms against a 20 µs reference: far above, and above the 2 ms floor.
+        assert!(p.latency_outlier(40_000.0, 20.0));
+        // 200 µs is 10x a 20 µs reference but below the floor: loopback jitter, not sickness.
+        assert!(!p.latency_outlier(200.0, 20.0));
+        // 5 ms is above the floor but only 2.5x a 2 ms reference: merely slower.
+        assert!(!p.latency_outlier(5_000.0, 2_000.0));
     }
 
     #[test]

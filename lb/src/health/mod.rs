@@ -133,10 +133,7 @@ impl Monitor {
             let mut suspect = seen.news;
             let srtt = srtt.filter(|_| seen.fresh_rtt);
             let drift = match (srtt, w.baseline_srtt) {
-                (Some(s), Some(base)) => {
-                    s >= policy.latency_floor.as_micros() as f64
-                        && s >= policy.latency_factor * base
-                }
+                (Some(s), Some(base)) => policy.latency_outlier(s, base),
                 _ => false,
             };
             if suspect.is_none() && now >= w.quiet_until {
@@ -160,8 +157,7 @@ impl Monitor {
             } else if w.evidence.sick() {
                 Some(Reason::Evidence { summary: w.evidence.summary(), score: w.evidence.score() })
             } else if let (Some(s), Some(med)) = (srtt, median)
-                && s >= policy.latency_floor.as_micros() as f64
-                && s >= policy.latency_factor * med
+                && policy.latency_outlier(s, med)
             {
                 Some(Reason::Latency { srtt_us: s, median_us: med })
             } else if policy.consecutive_errors > 0
@@ -223,16 +219,19 @@ impl Monitor {
             let rtt = w.baseline_srtt.or(median).unwrap_or(0.0);
             let timeout =
                 policy.probe_timeout.max(Duration::from_secs_f64(PROBE_TIMEOUT_RTTS * rtt / 1e6));
+            if n == 0 {
+                continue;
+            }
             // A burst sends trains: more packets per probe, so loss shows sooner.
             let requests = if w.tracker.probing() { BURST_TRAIN } else { IDLE_TRAIN };
+            let kind = match m.url.scheme {
+                Scheme::Http => ProbeKind::Http { authority: m.url.authority(), requests },
+                Scheme::Https | Scheme::Tcp => ProbeKind::Connect,
+            };
+            w.in_flight += n;
+            w.last_probe = Some(now);
             for _ in 0..n {
-                w.in_flight += 1;
-                w.last_probe = Some(now);
-                let kind = match m.url.scheme {
-                    Scheme::Http => ProbeKind::Http { authority: m.url.authority(), requests },
-                    Scheme::Https | Scheme::Tcp => ProbeKind::Connect,
-                };
-                orders.push(ProbeOrder { id: m.id, addr, kind, timeout });
+                orders.push(ProbeOrder { id: m.id, addr, kind: kind.clone(), timeout });
             }
         }
     }
@@ -262,9 +261,8 @@ impl Monitor {
                 format!("{} (but it answered requests meanwhile: busy, not stopped)", r.detail);
         }
         let Some(w) = self.watches.get_mut(&id) else { return };
-        let outlier = |took: Duration, base: f64| {
-            took >= policy.latency_floor && took.as_micros() as f64 >= policy.latency_factor * base
-        };
+        let outlier =
+            |took: Duration, base: f64| policy.latency_outlier(took.as_micros() as f64, base);
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         // The connect against the member's own healthy probes, else its balancer's srtt.
         let connect_ref = w.probe_baseline_us.or(w.peers_srtt);

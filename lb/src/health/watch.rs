@@ -52,6 +52,11 @@ impl Counters {
     }
 }
 
+/// Move a baseline `weight` of the way to `x` (or start it at `x`).
+fn ewma(baseline: &mut Option<f64>, x: f64, weight: f64) {
+    *baseline = Some(baseline.map_or(x, |b| b + weight * (x - b)));
+}
+
 /// What one step brought.
 #[derive(Debug, Default)]
 pub struct Observed {
@@ -168,7 +173,7 @@ impl Watch {
     /// Learn the member's own healthy srtt.
     pub fn learn_baseline(&mut self, srtt: Option<f64>) {
         if let Some(s) = srtt {
-            self.baseline_srtt = Some(self.baseline_srtt.map_or(s, |b| b + 0.05 * (s - b)));
+            ewma(&mut self.baseline_srtt, s, 0.05);
         }
     }
 
@@ -180,14 +185,13 @@ impl Watch {
         if !ok {
             self.probes.failed += 1;
         }
-        let ewma = |b: &mut Option<f64>, us: f64| *b = Some(b.map_or(us, |b| b + 0.1 * (us - b)));
         if ok
             && matches!(self.tracker.state, super::ejection::State::Healthy)
             && let Some(c) = r.connect
         {
-            ewma(&mut self.probe_baseline_us, c.as_secs_f64() * 1e6);
+            ewma(&mut self.probe_baseline_us, c.as_secs_f64() * 1e6, 0.1);
             if let Some(per) = r.per_answer() {
-                ewma(&mut self.answer_baseline_us, per.as_secs_f64() * 1e6);
+                ewma(&mut self.answer_baseline_us, per.as_secs_f64() * 1e6, 0.1);
             }
         }
         self.probes.last = Some(slow.unwrap_or(r.detail));
