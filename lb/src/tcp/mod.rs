@@ -267,7 +267,13 @@ async fn connect(
                 }
                 Err(e) => {
                     let msg = format!("member {}: {e}", m.url);
-                    m.report(Outcome::Failed(msg.clone()));
+                    match e {
+                        // Already out of rotation: nothing more to hold against it.
+                        crate::upstream::UpstreamError::Ejected { .. } => {
+                            m.note_error(crate::balancer::now_ms(), msg.clone())
+                        }
+                        _ => m.report(Outcome::Failed(msg.clone())),
+                    }
                     Err(msg)
                 }
             },
