@@ -103,6 +103,8 @@ pub struct Member {
     pub hits: Arc<AtomicU64>,
     /// Connections that carried a request (not a health probe) since start (all incarnations).
     pub conns: Arc<AtomicU64>,
+    /// lb's health probes (`OPTIONS *`) answered since start; not in `hits`.
+    pub probes: Arc<AtomicU64>,
     /// TLS handshakes that completed (https members).
     pub tls_ok: Arc<AtomicU64>,
     tls: Option<tokio_rustls::TlsAcceptor>,
@@ -151,6 +153,7 @@ impl Member {
             delay,
             hits,
             conns,
+            probes: Arc::default(),
             tls_ok: Arc::default(),
             tls: None,
             task: None,
@@ -175,6 +178,7 @@ impl Member {
         let delay = self.delay;
         let hits = Arc::clone(&self.hits);
         let conns_seen = Arc::clone(&self.conns);
+        let probes = Arc::clone(&self.probes);
         let tls_ok = Arc::clone(&self.tls_ok);
         let tls = self.tls.clone();
         let addr = self.addr;
@@ -188,9 +192,12 @@ impl Member {
                         let (tls, tls_ok) = (tls.clone(), Arc::clone(&tls_ok));
                         // Counted once it carries a request that is not a health probe.
                         let (seen, counted) = (Arc::clone(&conns_seen), Arc::new(AtomicBool::new(false)));
+                        let probes = Arc::clone(&probes);
                         conns.spawn(async move {
                             let svc = service_fn(move |req: Request<Incoming>| {
-                                if !is_probe(&req) && !counted.swap(true, Ordering::Relaxed) {
+                                if is_probe(&req) {
+                                    probes.fetch_add(1, Ordering::Relaxed);
+                                } else if !counted.swap(true, Ordering::Relaxed) {
                                     seen.fetch_add(1, Ordering::Relaxed);
                                 }
                                 let (name, hits) = (Arc::clone(&name), Arc::clone(&hits));
@@ -249,12 +256,6 @@ pub(crate) fn is_probe<B>(req: &Request<B>) -> bool {
     req.method() == http::Method::OPTIONS && req.uri() == "*"
 }
 
-/// `OPTIONS *` probes every test member in this process has answered.
-pub fn probes() -> &'static AtomicU64 {
-    static PROBES: AtomicU64 = AtomicU64::new(0);
-    &PROBES
-}
-
 async fn answer(
     mut req: Request<Incoming>,
     name: &str,
@@ -265,7 +266,6 @@ async fn answer(
 ) -> Result<Response<TestBody>, &'static str> {
     // lb's health probes (`OPTIONS *`) are not traffic: they are counted apart.
     if is_probe(&req) {
-        probes().fetch_add(1, Ordering::Relaxed);
         return Ok(Response::new(full("")));
     }
     hits.fetch_add(1, Ordering::Relaxed);

@@ -164,7 +164,7 @@ async fn closed_port_is_ejected_and_recovers() {
     let ejected = until_first_ejected(&lb, "closed-port").await;
     eprintln!("closed port → ejected after {:?}", fault.elapsed());
     assert!(ejected["reason"].as_str().unwrap_or("").contains("failed"), "{ejected}");
-    // The kernel side counted the refused connects and their resets (sampled every 250 ms).
+    // The kernel side counted the refused connects and their resets (sampled every telemetry interval).
     let counted = eventually(Duration::from_secs(5), || async {
         let k = member_health(&lb, 0).await["kernel"].clone();
         (k["connect_failed"].as_u64() >= Some(1) && k["resets"].as_u64() >= Some(1)).then_some(())
@@ -281,4 +281,34 @@ async fn ejection_log_line_and_lb_health_show_the_evidence() {
     assert!(text.contains("evidence: probes "), "{text}");
     assert!(text.contains("last probe: connect: Connection refused"), "{text}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Probing adds a small, bounded load to a healthy member: one train of `IDLE_TRAIN`
+/// `OPTIONS *` per `probe_interval` while lb sends it nothing (the health loop steps every
+/// `STEP`, so a train may come up to one step late), none of it counted as traffic, and no
+/// evidence against the member.
+#[tokio::test]
+async fn an_idle_healthy_member_is_probed_at_a_bounded_rate() {
+    let (a, b) = (Member::start("a").await, Member::start("b").await);
+    let cfg = config(&members(&[(&a.url(), ""), (&b.url(), "")]));
+    let every = parse_config(&cfg).balancers[0].ejection.probe_interval;
+    let train = f64::from(lb::health::IDLE_TRAIN);
+    let lb = Lb::start(&cfg).await;
+    let first = eventually(Duration::from_secs(5), || async {
+        (a.probes.load(Relaxed) > 0).then(|| (a.probes.load(Relaxed), Instant::now()))
+    })
+    .await;
+    let (p0, t0) = first.expect("the idle member was never probed");
+    let window = Duration::from_secs(3);
+    let _ = eventually(window * 2, || async { (t0.elapsed() >= window).then_some(()) }).await;
+    let (n, took) = ((a.probes.load(Relaxed) - p0) as f64, t0.elapsed().as_secs_f64());
+    let most = (took / every.as_secs_f64() + 1.0) * train;
+    let least = (took / (every + lb::health::STEP).as_secs_f64() - 1.0) * train;
+    assert!(n <= most, "{n} probe requests in {took:.2} s; at most {most:.0} allowed");
+    assert!(n >= least, "{n} probe requests in {took:.2} s; at least {least:.0} expected");
+    assert_eq!(a.hits.load(Relaxed), 0, "probes counted as requests");
+    let m = member_health(&lb, 0).await;
+    assert_eq!(m["state"], "healthy", "{m}");
+    assert_eq!(m["evidence"]["probes"]["failed"], 0, "{m}");
+    lb.stop().await;
 }

@@ -229,17 +229,16 @@ fn ms(d: Option<Duration>) -> String {
     d.map_or("not within 30 s".into(), |d| format!("{} ms", d.as_millis()))
 }
 
-/// The bound each cell is held to: the (1 s with traffic, 2 s idle), except for loss on
-/// a member that carries little or no traffic, where the evidence cannot be had that fast every
-/// time. Such a member is only probed (4 times a second); a probe notices 20 % loss about
-/// half the time and 5 % loss about one time in seven, and telling 5 % loss from a healthy path
-/// takes tens of probes. The README's table gives what each cell measured.
+/// The bound each cell is held to: the (1 s with traffic, 2 s idle), except for 5 %
+/// loss of the packets a member sends, when it carries little or no traffic. Then the only
+/// packets from it are the answers to lb's probes (about 16 a second: a handshake and three
+/// answers, about four times a second; the probes' own requests travel as many small packets,
+/// which is why loss towards the member is seen in time). At 5 % loss the first of them is lost
+/// after about 1.3 s on average, and one run in a hundred waits over 6 s.
 fn limit(f: Fault, t: Traffic) -> Duration {
     match (f, t) {
-        (Fault::Loss(5, _), Traffic::KeepAlive50) => Duration::from_millis(1500),
-        (Fault::Loss(5, _), _) => Duration::from_secs(20),
-        (Fault::Loss(20, _), Traffic::Idle | Traffic::OnePerSecond | Traffic::Sequential) => {
-            Duration::from_secs(3)
+        (Fault::Loss(5, Dir::FromMember), Traffic::Idle | Traffic::OnePerSecond) => {
+            Duration::from_secs(10)
         }
         (_, Traffic::Idle) => Duration::from_secs(2),
         _ => Duration::from_secs(1),

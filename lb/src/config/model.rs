@@ -49,7 +49,7 @@ pub struct TelemetryConfig {
 
 impl Default for TelemetryConfig {
     fn default() -> Self {
-        TelemetryConfig { source: SourceChoice::Auto, interval: Duration::from_millis(250) }
+        TelemetryConfig { source: SourceChoice::Auto, interval: Duration::from_millis(100) }
     }
 }
 
@@ -203,7 +203,7 @@ impl Default for EjectionPolicy {
     fn default() -> Self {
         EjectionPolicy {
             enabled: true,
-            probe_interval: Duration::from_millis(250),
+            probe_interval: Duration::from_millis(200),
             probe_timeout: Duration::from_millis(100),
             stall_after: Duration::from_millis(300),
             latency_factor: 10.0,

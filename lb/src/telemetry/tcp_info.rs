@@ -46,33 +46,28 @@ pub struct TcpInfoSource {
     state: Mutex<State>,
 }
 
-/// The kernel's `struct tcp_info` as far as lb reads it: libc's (glibc's) copy stops at
-/// `tcpi_total_retrans`, the kernel's goes on (Linux 4.6+ has the segment counters).
-#[repr(C)]
-struct TcpInfo {
-    base: libc::tcp_info,
-    _pacing_rate: u64,
-    _max_pacing_rate: u64,
-    _bytes_acked: u64,
-    _bytes_received: u64,
-    _segs_out: u32,
-    _segs_in: u32,
-    _notsent_bytes: u32,
-    _min_rtt: u32,
-    _data_segs_in: u32,
-    data_segs_out: u32,
+/// What a connection's own counters say about lost packets (the health probes' loss check).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Losses {
+    /// Segments it sent again: its own packets were lost (or their acknowledgements).
+    pub retransmits: u32,
+    /// Segments that arrived after a gap: the peer's packets were lost (loopback and one
+    /// rack do not reorder).
+    pub out_of_order: u32,
 }
 
-/// Segments `stream` has retransmitted so far (the health probes' loss check).
-pub fn retransmits(stream: &TcpStream) -> io::Result<u32> {
-    tcp_info(stream.as_raw_fd()).map(|i| i.base.tcpi_total_retrans)
+/// Lost packets `stream` has noticed so far, in either direction.
+pub fn losses(stream: &TcpStream) -> io::Result<Losses> {
+    tcp_info(stream.as_raw_fd())
+        .map(|i| Losses { retransmits: i.tcpi_total_retrans, out_of_order: i.tcpi_rcv_ooopack })
 }
 
-/// The kernel's TCP_INFO for `fd`.
-fn tcp_info(fd: RawFd) -> io::Result<TcpInfo> {
-    // SAFETY: all-zero bytes are a valid TcpInfo (integers only).
-    let mut info: TcpInfo = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<TcpInfo>() as libc::socklen_t;
+/// The kernel's TCP_INFO for `fd`. A kernel older than libc's struct fills less of it and
+/// leaves the rest zero (the segment counters need Linux 4.6, `rcv_ooopack` 5.4).
+fn tcp_info(fd: RawFd) -> io::Result<libc::tcp_info> {
+    // SAFETY: all-zero bytes are a valid tcp_info (integers only).
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
     // SAFETY: `fd` is an open socket (the caller holds the slot lock, and a slot's fd is cleared
     // under that lock before the socket closes); `info` and `len` are valid for writes of `len`
     // bytes, and the kernel writes at most `len` bytes (an older kernel writes fewer and leaves
@@ -157,12 +152,11 @@ impl TcpInfoSource {
         for slot in &sockets {
             let Ok(mut st) = slot.state.lock() else { continue };
             let Some(fd) = st.fd else { continue };
-            let Ok(full) = tcp_info(fd) else { continue };
-            let info = &full.base;
+            let Ok(info) = tcp_info(fd) else { continue };
             let d = sample.entry(slot.key).or_insert(EndpointStats::ZERO);
             st.total_retrans = u64::from(info.tcpi_total_retrans);
             d.retransmits += st.total_retrans;
-            st.data_segs_out = u64::from(full.data_segs_out);
+            st.data_segs_out = u64::from(info.tcpi_data_segs_out);
             d.data_segs_out += st.data_segs_out;
             d.rto += u64::from(info.tcpi_retransmits.saturating_sub(st.rto_streak));
             st.rto_streak = info.tcpi_retransmits;
