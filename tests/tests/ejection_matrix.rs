@@ -229,17 +229,22 @@ fn ms(d: Option<Duration>) -> String {
     d.map_or("not within 30 s".into(), |d| format!("{} ms", d.as_millis()))
 }
 
-/// The bound each cell is held to: the (1 s with traffic, 2 s idle), except for 5 %
-/// loss of the packets a member sends, when it carries little or no traffic. Then the only
-/// packets from it are the answers to lb's probes (about 16 a second: a handshake and three
-/// answers, about four times a second; the probes' own requests travel as many small packets,
-/// which is why loss towards the member is seen in time). At 5 % loss the first of them is lost
-/// after about 1.3 s on average, and one run in a hundred waits over 6 s.
+/// The bound each cell is held to: the (1 s with traffic, 2 s idle) for every hard
+/// fault and for 20 % loss. 5 % loss is held to looser bounds, because telling it from a
+/// healthy path takes more packets than the traffic (or the probes) carry in a second: under
+/// 1.5 s with 50 keep-alive clients, under 3 s otherwise, and under 10 s for loss of the
+/// packets a member sends when it carries little or no traffic. Then the only packets from it
+/// are the answers to lb's probes (about 20 a second: a handshake and three answers, five
+/// times a second; the probes' requests travel as many small packets, which is why loss
+/// towards the member is seen sooner). At 5 % loss the first of them is lost after about a
+/// second on average, and one run in a hundred waits over 4.5 s.
 fn limit(f: Fault, t: Traffic) -> Duration {
     match (f, t) {
         (Fault::Loss(5, Dir::FromMember), Traffic::Idle | Traffic::OnePerSecond) => {
             Duration::from_secs(10)
         }
+        (Fault::Loss(5, _), Traffic::KeepAlive50) => Duration::from_millis(1500),
+        (Fault::Loss(5, _), _) => Duration::from_secs(3),
         (_, Traffic::Idle) => Duration::from_secs(2),
         _ => Duration::from_secs(1),
     }

@@ -39,20 +39,7 @@ impl Validator<'_> {
                 LbMethod::ByRequests
             }
         };
-        for (key, set) in [
-            ("stickysession", b.stickysession.is_some()),
-            ("stickysessionsep", b.stickysessionsep.is_some()),
-            ("scolonpathdelim", b.scolonpathdelim.is_some()),
-        ] {
-            if set {
-                self.err(
-                    &path.key(key),
-                    format!(
-                        "{key} is not supported yet: sticky sessions arrive in a later release"
-                    ),
-                );
-            }
-        }
+        let sticky = self.sticky(path, b);
         let mut failonstatus = Vec::new();
         let codes: Vec<(i64, KeyPath)> = match &b.failonstatus {
             None => Vec::new(),
@@ -108,7 +95,12 @@ impl Validator<'_> {
             forcerecovery: b.forcerecovery.unwrap_or(true),
             growth: b.growth.unwrap_or(0),
             ejection: self.ejection(&path.key("ejection"), b.ejection.as_ref()),
-            http: HttpPolicy { failonstatus, failontimeout: b.failontimeout.unwrap_or(false) },
+            http: HttpPolicy {
+                failonstatus,
+                failontimeout: b.failontimeout.unwrap_or(false),
+                sticky,
+                balancer_headers: b.balancer_headers.unwrap_or(false),
+            },
             members,
         }
     }

@@ -12,6 +12,7 @@
 //! | this module | loading, the validator's core, `[admin]`, `[server]`, `[telemetry]`, `[heartbeat]` |
 //! | [`listener`] | `[[listener]]`, its `proxy_pass`, `tls` and `sni` |
 //! | [`balancer`] | `[balancer.NAME]`, its members, ejection and upstream TLS |
+//! | `sticky` | sticky sessions and the routing cookie |
 //! | [`units`] | durations and member URLs |
 //! | [`tls`] | reading and checking certificates and keys |
 //! | [`flags`] | Apache's member status flags |
@@ -25,6 +26,7 @@ pub mod flags;
 pub mod listener;
 pub mod model;
 pub mod raw;
+mod sticky;
 pub mod tls;
 pub mod units;
 
@@ -301,5 +303,37 @@ failonstatus = "500, 503"
         assert!(keys.contains(&"balancer.mycluster.member[1].lbset"), "{keys:?}");
         assert!(keys.contains(&"listener[0].proxy_pass[0].to"), "{keys:?}");
         assert!(e.diagnostics().iter().all(|d| d.line > 0), "{e}");
+    }
+
+    #[test]
+    fn sticky_sessions_and_their_errors() {
+        let text = GOOD.replace(
+            "maxattempts = 2",
+            "maxattempts = 2\nstickysession = \"JSESSIONID|jsessionid\"\nstickysessionsep = \"Off\"",
+        ) + "[balancer.mycluster.sticky_cookie]\nsecure = true\nsamesite = \"none\"\n";
+        let s = parse(&text).unwrap().balancers[0].http.sticky.clone().unwrap();
+        assert_eq!(
+            (s.cookie.as_str(), s.param.as_str(), s.separator),
+            ("JSESSIONID", "jsessionid", None)
+        );
+        let c = s.set_cookie.unwrap();
+        assert_eq!(
+            (c.name.as_str(), c.samesite.as_deref(), c.httponly),
+            ("JSESSIONID", Some("None"), true)
+        );
+        let bad = GOOD.replace(
+            "maxattempts = 2",
+            "maxattempts = 2\nstickysession = \"a=b\"\nstickysessionsep = \"::\"",
+        ) + "[balancer.mycluster.sticky_cookie]\nname = \"other\"\nsamesite = \"none\"\n";
+        let e = parse(&bad).unwrap_err();
+        let keys: Vec<&str> = e.diagnostics().iter().map(|d| d.key.as_str()).collect();
+        for k in
+            ["stickysession", "stickysessionsep", "sticky_cookie.name", "sticky_cookie.samesite"]
+        {
+            assert!(keys.contains(&format!("balancer.mycluster.{k}").as_str()), "{k}: {e}");
+        }
+        let orphan = GOOD.replace("maxattempts = 2", "maxattempts = 2\nscolonpathdelim = true");
+        let e = parse(&orphan).unwrap_err();
+        assert!(e.to_string().contains("needs stickysession"), "{e}");
     }
 }

@@ -169,6 +169,41 @@ pub struct HttpPolicy {
     pub failonstatus: Vec<u16>,
     /// A member timeout also puts it in E.
     pub failontimeout: bool,
+    /// Sticky sessions (`stickysession`), when set.
+    pub sticky: Option<Sticky>,
+    /// Send the BALANCER_* values to members as `X-Balancer-*` request headers.
+    pub balancer_headers: bool,
+}
+
+/// Apache's `stickysession`, `stickysessionsep` and `scolonpathdelim`, and lb's own routing
+/// cookie.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sticky {
+    /// The cookie that carries the session (`stickysession=COOKIE|param`, or the one name).
+    pub cookie: String,
+    /// The URL parameter that carries it.
+    pub param: String,
+    /// The route starts after the first of these in the session value; None (`Off`): the
+    /// whole value is the route.
+    pub separator: Option<u8>,
+    /// `;` also ends a URL parameter's value (`scolonpathdelim`).
+    pub scolon: bool,
+    /// The cookie lb sets when a response comes from a member whose route the client did not
+    /// send.
+    pub set_cookie: Option<RoutingCookie>,
+}
+
+/// `[balancer.NAME.sticky_cookie]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoutingCookie {
+    pub name: String,
+    pub path: String,
+    pub domain: Option<String>,
+    pub secure: bool,
+    pub httponly: bool,
+    pub samesite: Option<String>,
+    /// None: a session cookie.
+    pub max_age: Option<Duration>,
 }
 
 /// When a member is sick, and what ejection costs it. `[balancer.NAME.ejection]` in the config;

@@ -114,10 +114,24 @@ pub struct RawBalancer {
     pub stickysession: Option<String>,
     pub stickysessionsep: Option<String>,
     pub scolonpathdelim: Option<bool>,
+    pub sticky_cookie: Option<RawStickyCookie>,
+    pub balancer_headers: Option<bool>,
     pub ejection: Option<RawEjection>,
     pub tls: Option<RawUpstreamTls>,
     #[serde(default)]
     pub member: Vec<RawMember>,
+}
+
+/// `[balancer.NAME.sticky_cookie]`: the routing cookie lb sets itself.
+#[derive(Debug, Deserialize)]
+pub struct RawStickyCookie {
+    pub name: Option<String>,
+    pub path: Option<String>,
+    pub domain: Option<String>,
+    pub secure: Option<bool>,
+    pub httponly: Option<bool>,
+    pub samesite: Option<String>,
+    pub max_age: Option<RawDuration>,
 }
 
 /// `[balancer.NAME.ejection]`: when kernel signals and request errors eject a member.

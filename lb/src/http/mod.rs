@@ -1,11 +1,15 @@
 //! Layer 7: HTTP/1.1 and h2c from clients, HTTP/1.1 to members.
 //!
-//! [`server`] accepts connections; [`proxy`] routes each request ([`route`]), asks the balancer for
-//! a member, sends it over a pooled connection and streams the answer back ([`body`]), rewriting
-//! headers on the way ([`headers`]) and logging it ([`access`]).
+//! [`server`] accepts connections; [`proxy`] routes each request ([`route`]), asks the balancer
+//! for a member, points the request at it (`outgoing`), sends it over a pooled connection and
+//! streams the answer back ([`body`]), rewriting headers on the way ([`headers`]) and logging it
+//! ([`access`]). A sticky session's route ([`sticky`]) is read from the request before the pick
+//! and may set a cookie on the answer.
 pub mod access;
 pub mod body;
 pub mod headers;
+mod outgoing;
 pub mod proxy;
 pub mod route;
 pub mod server;
+pub mod sticky;

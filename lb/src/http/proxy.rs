@@ -10,12 +10,14 @@
 use super::access::AccessRecord;
 use super::body::{RequestBody, ResponseBody, UpstreamBody};
 use super::headers;
+use super::outgoing::{Outgoing, is_idempotent, lossy};
 use super::route::{MemberConn, Route, RouteTable};
+use super::sticky;
 use crate::balancer::{Member, Outcome, Pick, PickContext};
 use crate::upstream::UpstreamError;
 use crate::upstream::pool::Lease;
-use http::header::{self, HeaderMap, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::{Body, Incoming};
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
@@ -54,63 +56,10 @@ impl ConnState {
     }
 }
 
-/// What every attempt of one request shares.
-struct Outgoing<'a> {
-    /// Path and query after the member's own path prefix.
-    path_and_query: String,
-    client_host: Option<HeaderValue>,
-    route: &'a Route,
-    /// The client's scheme, for ProxyPassReverse.
-    scheme: &'static str,
-    /// Method and headers to rebuild the request for another attempt, when replay is safe.
-    replay: Option<(Method, HeaderMap)>,
-}
-
-impl Outgoing<'_> {
-    /// Point `req` at `member` (reached through `conn`).
-    fn retarget(
-        &self,
-        req: &mut Request<RequestBody>,
-        member: &Arc<Member>,
-        conn: &MemberConn,
-    ) -> Result<(), String> {
-        let mp = &member.url.path;
-        let uri = if mp.is_empty() {
-            Uri::try_from(self.path_and_query.as_str())
-        } else {
-            Uri::try_from(format!("{mp}{}", self.path_and_query))
-        };
-        *req.uri_mut() = uri.map_err(|e| format!("cannot form the member URI: {e}"))?;
-        let host = match (&self.client_host, self.route.preserve_host) {
-            (Some(h), true) => h.clone(),
-            _ => conn.host.clone(),
-        };
-        req.headers_mut().insert(header::HOST, host);
-        req.body_mut().count_for(member);
-        Ok(())
-    }
-
-    fn rebuild(&self, member: &Arc<Member>, conn: &MemberConn) -> Option<Request<RequestBody>> {
-        let (method, headers) = self.replay.as_ref()?;
-        let mut req = Request::new(RequestBody::empty());
-        *req.method_mut() = method.clone();
-        *req.headers_mut() = headers.clone();
-        self.retarget(&mut req, member, conn).ok()?;
-        Some(req)
-    }
-}
-
 struct Failed {
     error: UpstreamError,
     /// The request, when nothing of it reached the member.
     back: Option<Request<RequestBody>>,
-}
-
-fn is_idempotent(m: &Method) -> bool {
-    matches!(
-        *m,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    )
 }
 
 impl HttpProxy {
@@ -144,6 +93,10 @@ impl HttpProxy {
                 balancer: None,
                 member: None,
                 attempts: 0,
+                session_sticky: None,
+                session_route: None,
+                worker_route: None,
+                route_changed: false,
                 start,
                 head_us: 0,
             })
@@ -197,6 +150,10 @@ impl HttpProxy {
             path_and_query.push_str(q);
         }
 
+        let session = route.upstream.policy.sticky.as_ref().and_then(|s| {
+            let target = req.uri().path_and_query().map_or("", |p| p.as_str());
+            sticky::session(s, target.as_bytes(), req.headers())
+        });
         let version = req.version();
         let upgrade = headers::upgrade_request(version, req.headers());
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
@@ -221,6 +178,7 @@ impl HttpProxy {
             route,
             scheme: conn.scheme,
             replay: replayable.then(|| (parts.method.clone(), parts.headers.clone())),
+            session,
         };
         let mut pending = Some(Request::from_parts(parts, RequestBody::new(body)));
 
@@ -229,12 +187,25 @@ impl HttpProxy {
         if let Some(r) = rec.as_mut() {
             r.balancer = Some(Arc::clone(&upstream.name));
         }
-        let mut ctx = PickContext { client: Some(peer), tried: Vec::new() };
+        let mut ctx = PickContext {
+            client: Some(peer),
+            tried: Vec::new(),
+            route: out.session.as_ref().map(|s| s.route.clone()),
+        };
         let mut attempts = 0u32;
         let mut last: Option<(String, bool)> = None; // (error, whether the request had been sent)
         loop {
             let Some(pick) = balancer.pick_wait(&ctx).await else {
                 let mut msg = balancer.unavailable_reason();
+                if balancer.refuses(&ctx)
+                    && let Some(s) = &out.session
+                {
+                    msg.push_str(&format!(
+                        "; the session's route {:?} names a member that cannot take it, and \
+                         nofailover is on",
+                        lossy(&s.route)
+                    ));
+                }
                 if let Some((e, _)) = &last {
                     msg.push_str("; last error: ");
                     msg.push_str(e);
@@ -267,6 +238,7 @@ impl HttpProxy {
             if let Some(r) = rec.as_mut() {
                 r.member = Some(member.name());
                 r.attempts = attempts;
+                r.sticky(upstream.policy.sticky.as_ref(), out.session.as_ref(), &member);
             }
             match self.exchange(&out, &member, conn, req).await {
                 Ok((resp, lease)) => {
@@ -451,6 +423,14 @@ impl HttpProxy {
             }
         }
         headers::add_via(&mut parts.headers, parts.version);
+        if let Some(s) = &route.upstream.policy.sticky
+            && let Some(c) = &s.set_cookie
+            && let Some(r) = member.config().route.as_deref()
+            && sticky::route_changed(out.session.as_ref(), Some(r))
+            && let Some(v) = sticky::set_cookie(c, s.separator, r)
+        {
+            parts.headers.append(header::SET_COOKIE, v);
+        }
         Response::from_parts(
             parts,
             ResponseBody::Upstream(UpstreamBody::new(body, lease, pick.guard, rec)),

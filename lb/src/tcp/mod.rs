@@ -240,7 +240,7 @@ async fn connect(
     (Pick, crate::telemetry::tcp_info::TrackedStream, Option<tokio::sync::OwnedSemaphorePermit>),
     String,
 > {
-    let mut ctx = PickContext { client: Some(client), tried: Vec::new() };
+    let mut ctx = PickContext { client: Some(client), ..Default::default() };
     let mut attempts = 0u32;
     let mut last: Option<String> = None;
     loop {
