@@ -10,6 +10,29 @@ pub struct HealthNote {
     pub state: &'static str,
     pub reason: Option<String>,
     pub evidence: Option<Evidence>,
+    /// The active health check (`hcmethod`), when the member has one and it has run.
+    pub check: Option<CheckNote>,
+}
+
+/// The last active health check of a member, and its counts.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct CheckNote {
+    /// `hcmethod` and what it asks for: "GET11 /health", "TCP".
+    pub method: String,
+    pub ok: bool,
+    /// "200 in 1.2 ms", "status 503 (accepted: 200-399)", "connect: Connection refused".
+    pub detail: String,
+    pub latency_ms: f64,
+    /// When it ran (`now_ms` clock); the report gives its age.
+    #[serde(skip)]
+    pub at_ms: u64,
+    #[serde(default)]
+    pub age_ms: u64,
+    /// Results in a row: passes, failures (one of them is 0).
+    pub passes: u32,
+    pub fails: u32,
+    pub sent: u64,
+    pub failed: u64,
 }
 
 /// The evidence behind a member's state.

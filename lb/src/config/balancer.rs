@@ -70,7 +70,9 @@ impl Validator<'_> {
         let mut members: Vec<MemberConfig> = Vec::new();
         for (i, m) in b.member.iter().enumerate() {
             let mp = path.key("member").index(i);
-            if let Some(m) = self.member(&mp, m, b.tls.as_ref()) {
+            if let Some(mut c) = self.member(&mp, m, b.tls.as_ref()) {
+                c.hcheck = self.hcheck(&mp, m, path, b, c.url.scheme);
+                let m = c;
                 if members.iter().any(|x| x.url == m.url) {
                     self.err(&mp.key("url"), format!("member {} is listed twice", m.url));
                 }

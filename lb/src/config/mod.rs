@@ -13,6 +13,7 @@
 //! | [`listener`] | `[[listener]]`, its `proxy_pass`, `tls` and `sni` |
 //! | [`balancer`] | `[balancer.NAME]`, its members, ejection and upstream TLS |
 //! | `sticky` | sticky sessions and the routing cookie |
+//! | `hcheck` | active health checks (`hcmethod` …) |
 //! | [`units`] | durations and member URLs |
 //! | [`tls`] | reading and checking certificates and keys |
 //! | [`flags`] | Apache's member status flags |
@@ -23,6 +24,7 @@
 pub mod balancer;
 pub mod error;
 pub mod flags;
+mod hcheck;
 pub mod listener;
 pub mod model;
 pub mod raw;
@@ -335,5 +337,48 @@ failonstatus = "500, 503"
         let orphan = GOOD.replace("maxattempts = 2", "maxattempts = 2\nscolonpathdelim = true");
         let e = parse(&orphan).unwrap_err();
         assert!(e.to_string().contains("needs stickysession"), "{e}");
+    }
+
+    #[test]
+    fn health_checks_and_their_errors() {
+        let text = GOOD.replace(
+            "maxattempts = 2",
+            "maxattempts = 2\nhcmethod = \"get11\"\nhcinterval = \"5s\"\nhcuri = \"/hc\"",
+        )
+        .replace("retry = 5", "retry = 5\n  hcinterval = \"250ms\"\n  hcstatus = \"200-204, 404\"\n  hcbody = \"up\"");
+        let c = parse(&text).unwrap();
+        let (a, b) = (
+            c.balancers[0].members[0].hcheck.clone().unwrap(),
+            c.balancers[0].members[1].hcheck.clone().unwrap(),
+        );
+        assert_eq!(
+            (a.method, a.interval, a.uri.as_str()),
+            (HcMethod::Get11, Duration::from_secs(5), "/hc")
+        );
+        assert_eq!((a.passes, a.fails, a.status.clone()), (1, 1, vec![(200, 399)]));
+        assert_eq!(
+            (b.interval, b.status.clone()),
+            (Duration::from_millis(250), vec![(200, 204), (404, 404)])
+        );
+        assert!(matches!(&b.body, Some(BodyMatch::Contains(s)) if s == "up"));
+        let bad = GOOD
+            .replace("maxattempts = 2", "maxattempts = 2\nhcmethod = \"HEAD\"\nhcbody = \"up\"")
+            .replace(
+                "retry = 5",
+                "retry = 5\n  hcinterval = \"50ms\"\n  hcfails = 0\n  hcbody_regex = \"(\"",
+            )
+            .replace("route = \"server1\"", "route = \"server1\"\n  hcmethod = \"PING\"");
+        let e = parse(&bad).unwrap_err();
+        let keys: Vec<&str> = e.diagnostics().iter().map(|d| d.key.as_str()).collect();
+        for k in [
+            "member[0].hcmethod",
+            "member[1].hcinterval",
+            "member[1].hcfails",
+            "member[1].hcbody_regex",
+        ] {
+            assert!(keys.contains(&format!("balancer.mycluster.{k}").as_str()), "{k}: {e}");
+        }
+        let orphan = GOOD.replace("retry = 5", "retry = 5\n  hcinterval = 10");
+        assert!(parse(&orphan).unwrap_err().to_string().contains("no effect without an hcmethod"));
     }
 }

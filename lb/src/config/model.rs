@@ -341,6 +341,59 @@ pub struct MemberConfig {
     pub send_proxy: Option<ProxyVersion>,
     /// TLS settings for an `https://` member (the balancer's, with the member's overrides).
     pub tls: Option<Arc<UpstreamTls>>,
+    /// Active health checks (`hcmethod` and friends), when configured.
+    pub hcheck: Option<Arc<HealthCheck>>,
+}
+
+/// Apache's `hcmethod`: a TCP connect (a TLS handshake for `https://` members), or an HTTP
+/// request, HTTP/1.0 or (the `11` forms) HTTP/1.1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HcMethod {
+    Tcp,
+    Options,
+    Head,
+    Get,
+    Options11,
+    Head11,
+    Get11,
+}
+
+impl HcMethod {
+    /// The HTTP method and whether the request is HTTP/1.1 (None for TCP).
+    pub fn http(self) -> Option<(&'static str, bool)> {
+        match self {
+            HcMethod::Tcp => None,
+            HcMethod::Options => Some(("OPTIONS", false)),
+            HcMethod::Head => Some(("HEAD", false)),
+            HcMethod::Get => Some(("GET", false)),
+            HcMethod::Options11 => Some(("OPTIONS", true)),
+            HcMethod::Head11 => Some(("HEAD", true)),
+            HcMethod::Get11 => Some(("GET", true)),
+        }
+    }
+}
+
+/// What a health check's answer body must hold.
+#[derive(Debug, Clone)]
+pub enum BodyMatch {
+    Contains(String),
+    Regex(regex::Regex),
+}
+
+/// A member's active health check (mod_proxy_hcheck).
+#[derive(Debug, Clone)]
+pub struct HealthCheck {
+    pub method: HcMethod,
+    /// Appended to the member URL's path.
+    pub uri: String,
+    pub interval: Duration,
+    /// Passes in a row that clear C (and E); failures in a row that set C.
+    pub passes: u32,
+    pub fails: u32,
+    pub timeout: Duration,
+    /// Accepted statuses, as inclusive ranges.
+    pub status: Vec<(u16, u16)>,
+    pub body: Option<BodyMatch>,
 }
 
 impl MemberConfig {
@@ -362,6 +415,7 @@ impl MemberConfig {
             disablereuse: false,
             keepalive: false,
             send_proxy: None,
+            hcheck: None,
             tls: None,
         }
     }

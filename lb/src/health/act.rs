@@ -2,7 +2,7 @@
 //! the note operators read in `lb health`.
 use super::ejection::{self, State, Transition};
 use super::watch::Watch;
-use crate::balancer::{Balancer, HealthNote, Member, now_ms};
+use crate::balancer::{Balancer, HealthNote, Member, flags, now_ms};
 
 /// Act on a transition: flags on the member, and a log line with the evidence.
 pub(super) fn apply(
@@ -60,6 +60,29 @@ pub(super) fn apply(
     }
 }
 
+/// Act on a health check's transition: flag C set or cleared (with E, and the ejection when
+/// there is one), and a log line.
+pub(super) fn check(b: &Balancer, m: &Member, w: &mut Watch, transition: &Option<Transition>) {
+    let (balancer, member) = (b.name(), &m.url);
+    let last = w.check_note.as_ref().map_or("-", |n| n.method.as_str());
+    match transition {
+        Some(Transition::CheckFailed(detail)) => {
+            m.set_flags(flags::HC_FAIL);
+            m.note_error(now_ms(), format!("health check failed: {detail}"));
+            tracing::warn!(%balancer, %member, check = %last, %detail, "health check failed: flag C set, no traffic");
+        }
+        Some(Transition::CheckPassed { returned }) => {
+            m.clear_flags(flags::HC_FAIL | flags::IN_ERROR);
+            if *returned {
+                m.end_ejection();
+                w.evidence.clear();
+            }
+            tracing::info!(%balancer, %member, check = %last, ejection_ended = returned, "health checks pass: C and E cleared, back in rotation");
+        }
+        _ => {}
+    }
+}
+
 pub(super) fn note(w: &Watch, transition: &Option<Transition>, stalled_ms: u64) -> HealthNote {
     let (state, reason) = match (&w.tracker.state, transition) {
         (_, Some(Transition::Withheld(r))) => {
@@ -78,5 +101,5 @@ pub(super) fn note(w: &Watch, transition: &Option<Transition>, stalled_ms: u64) 
         ),
         (State::Probation { .. }, _) => ("probation", None),
     };
-    HealthNote { state, reason, evidence: Some(w.report(stalled_ms)) }
+    HealthNote { state, reason, evidence: Some(w.report(stalled_ms)), check: w.check_note.clone() }
 }

@@ -139,6 +139,13 @@ pub enum Transition {
     Withheld(Reason),
     /// Sick, but so is most of the balancer: load, not a sick member.
     Loaded(Reason),
+    /// `hcfails` health checks failed in a row: flag C.
+    CheckFailed(String),
+    /// `hcpasses` health checks passed in a row: C and E cleared; `returned` when the member
+    /// was ejected and now returns, on probation.
+    CheckPassed {
+        returned: bool,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -147,11 +154,18 @@ pub struct Tracker {
     /// Ejections so far (they lengthen the next one); forgotten after `max_time` healthy.
     pub ejections: u32,
     healthy_since: Instant,
+    /// Health-check results in a row (see `super::hcheck`).
+    pub checks: super::hcheck::Streak,
 }
 
 impl Tracker {
     pub fn new(now: Instant) -> Tracker {
-        Tracker { state: State::Healthy, ejections: 0, healthy_since: now }
+        Tracker {
+            state: State::Healthy,
+            ejections: 0,
+            healthy_since: now,
+            checks: Default::default(),
+        }
     }
 
     /// Out of rotation (ejected, or waiting for probes to let it return).

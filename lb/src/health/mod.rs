@@ -10,15 +10,19 @@
 //! a request waiting on a member that gets ejected is woken
 //! ([`crate::balancer::vitals::Vitals::ejected`]).
 mod act;
+mod checks;
 pub mod ejection;
 pub mod evidence;
+pub mod hcheck;
 pub mod probe;
+mod run;
 pub mod watch;
+
+pub use run::run;
 
 use crate::balancer::{Balancer, MemberId, flags, now_ms};
 use crate::config::Scheme;
-use crate::telemetry::{Snapshot, Telemetry};
-use arc_swap::ArcSwap;
+use crate::telemetry::Snapshot;
 use ejection::{Input, Reason, State};
 use probe::{ProbeKind, ProbeResult};
 use std::collections::HashMap;
@@ -53,13 +57,20 @@ pub const LOAD_WINDOW: Duration = Duration::from_secs(5);
 /// After a stall or latency drift raised a suspicion, the same cause raises none for this long.
 pub const QUIET: Duration = Duration::from_secs(5);
 
-/// A probe the control loop should start.
+/// A probe or health check the control loop should start.
 #[derive(Debug, Clone)]
 pub struct ProbeOrder {
     pub id: MemberId,
     pub addr: SocketAddr,
-    pub kind: ProbeKind,
-    pub timeout: Duration,
+    pub what: What,
+}
+
+#[derive(Debug, Clone)]
+pub enum What {
+    /// A confirmation or idle probe.
+    Probe { kind: ProbeKind, timeout: Duration },
+    /// An active health check (`hcmethod`).
+    Check(checks::CheckOrder),
 }
 
 /// Health of every member of every balancer, by member identity: a member kept across a
@@ -212,6 +223,9 @@ impl Monitor {
             act::apply(b, m, w, &transition, budget, symptomatic);
             m.set_health_note(act::note(w, &transition, step.stalled_ms));
             let Some(addr) = m.endpoint() else { continue };
+            if let Some(o) = checks::due(m, w, addr, now) {
+                orders.push(o);
+            }
             if !policy.enabled || m.flags().contains(flags::DISABLED | flags::STOPPED) {
                 continue;
             }
@@ -231,7 +245,8 @@ impl Monitor {
             w.in_flight += n;
             w.last_probe = Some(now);
             for _ in 0..n {
-                orders.push(ProbeOrder { id: m.id, addr, kind: kind.clone(), timeout });
+                let what = What::Probe { kind: kind.clone(), timeout };
+                orders.push(ProbeOrder { id: m.id, addr, what });
             }
         }
     }
@@ -278,50 +293,6 @@ impl Monitor {
             _ => None,
         };
         w.probed(r, slow);
-    }
-}
-
-/// The control loop: step every interval and whenever a probe answers, until `stop`.
-pub async fn run(
-    balancers: Arc<ArcSwap<Vec<Arc<Balancer>>>>,
-    telemetry: Arc<Telemetry>,
-    stop: impl std::future::Future<Output = ()>,
-) {
-    tokio::pin!(stop);
-    let mut monitor = Monitor::default();
-    // Health steps at least every STEP (probes are scheduled on these steps); the kernel is
-    // sampled every telemetry interval.
-    let mut tick = tokio::time::interval(telemetry.interval.min(STEP));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut sampled: Option<Instant> = None;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(MemberId, u64, ProbeResult)>();
-    loop {
-        let orders = tokio::select! {
-            _ = tick.tick() => {
-                let now = Instant::now();
-                let snap = if sampled.is_none_or(|t| now.duration_since(t) >= telemetry.interval) {
-                    sampled = Some(now);
-                    telemetry.sample(now.into_std())
-                } else {
-                    telemetry.snapshot()
-                };
-                monitor.evaluate(&balancers.load(), &snap, now)
-            }
-            Some((id, started, result)) = rx.recv() => {
-                let current = balancers.load();
-                monitor.probed(&current, id, started, result);
-                monitor.evaluate(&current, &telemetry.snapshot(), Instant::now())
-            }
-            _ = &mut stop => break,
-        };
-        for o in orders {
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let started = now_ms();
-                let r = probe::probe(o.addr, &o.kind, o.timeout).await;
-                let _ = tx.send((o.id, started, r));
-            });
-        }
     }
 }
 

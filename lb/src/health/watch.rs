@@ -3,8 +3,10 @@
 use super::ejection::Tracker;
 use super::evidence::{Accumulator, Signal};
 use super::probe::ProbeResult;
-use crate::balancer::note::{Evidence, ProbeStats};
+use crate::balancer::note::{CheckNote, Evidence, ProbeStats};
+use crate::config::tls::UpstreamTls;
 use crate::telemetry::EndpointHealth;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -95,6 +97,12 @@ pub struct Watch {
     /// Stalls and latency drift raise no new suspicion before this (a slow but healthy member
     /// is not probed over and over).
     pub quiet_until: Instant,
+    /// Active health checks: when the next one is due, whether one is running, the last one.
+    pub check_due: Option<Instant>,
+    pub check_running: bool,
+    pub check_note: Option<CheckNote>,
+    /// The TLS connector for checks of an `https://` member, and the settings it was made from.
+    pub check_tls: Option<(Arc<UpstreamTls>, crate::tls::Upstream)>,
 }
 
 impl Watch {
@@ -116,6 +124,10 @@ impl Watch {
             probe_baseline_us: None,
             answer_baseline_us: None,
             quiet_until: now,
+            check_due: None,
+            check_running: false,
+            check_note: None,
+            check_tls: None,
         }
     }
 
