@@ -20,28 +20,42 @@ struct Checked {
     status: Arc<AtomicU16>,
     checks: Arc<AtomicU64>,
     hits: Arc<AtomicU64>,
+    /// The most checks it was answering at once.
+    most_at_once: Arc<AtomicU64>,
     _task: tokio::task::JoinHandle<()>,
 }
 
 impl Checked {
     async fn start() -> Checked {
+        Self::start_slow(Duration::ZERO).await
+    }
+
+    /// A member that takes `delay` to answer each check.
+    async fn start_slow(delay: Duration) -> Checked {
         let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = l.local_addr().expect("addr");
         let status = Arc::new(AtomicU16::new(200));
         let (checks, hits) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let (most, now) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
         let (s, c, h) = (status.clone(), checks.clone(), hits.clone());
+        let (most_t, now_t) = (most.clone(), now.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = l.accept().await else { return };
                 let (s, c, h) = (s.clone(), c.clone(), h.clone());
+                let (most, now) = (most_t.clone(), now_t.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                         let (s, c, h) = (s.clone(), c.clone(), h.clone());
+                        let (most, now) = (most.clone(), now.clone());
                         async move {
                             let mut resp = http::Response::new(Full::new(Bytes::from("ok")));
                             resp.headers_mut().insert("x-member", "checked".parse().unwrap());
                             if req.uri().path() == "/hc" {
                                 c.fetch_add(1, Relaxed);
+                                most.fetch_max(now.fetch_add(1, Relaxed) + 1, Relaxed);
+                                tokio::time::sleep(delay).await;
+                                now.fetch_sub(1, Relaxed);
                                 *resp.status_mut() =
                                     http::StatusCode::from_u16(s.load(Relaxed)).unwrap();
                             } else if !(req.method() == http::Method::OPTIONS && req.uri() == "*") {
@@ -56,7 +70,7 @@ impl Checked {
                 });
             }
         });
-        Checked { addr, status, checks, hits, _task: task }
+        Checked { addr, status, checks, hits, most_at_once: most, _task: task }
     }
 }
 
@@ -233,5 +247,42 @@ async fn health_check_state_survives_a_reload_that_keeps_the_member() {
     a.status.store(200, Relaxed);
     let back = until_c(&lb, 0, false).await;
     assert!(back["check"]["sent"].as_u64().unwrap_or(0) > sent, "{back}");
+    lb.stop().await;
+}
+
+#[tokio::test]
+async fn a_slow_check_is_never_doubled() {
+    // Each check takes longer than the interval: they run one after the other.
+    let a = Checked::start_slow(Duration::from_millis(350)).await;
+    let hc = "hcmethod = \"GET11\"\nhcuri = \"/hc\"\nhcinterval = \"100ms\"";
+    let lb = Lb::start(&config(&members(&[(&format!("http://{}", a.addr), hc)]))).await;
+    let enough = eventually(Duration::from_secs(10), || async {
+        (a.checks.load(Relaxed) >= 4).then_some(())
+    })
+    .await;
+    assert!(enough.is_some(), "checks stopped");
+    assert_eq!(a.most_at_once.load(Relaxed), 1, "two checks of one member at once");
+    lb.stop().await;
+}
+
+#[tokio::test]
+async fn a_tcp_member_is_checked_with_a_connect() {
+    use lb_tests::l4::{Mode, TcpMember, tcp_config};
+    let up = TcpMember::start("up", Mode::Echo, false).await;
+    let dead = format!("tcp://{}", dead_port().await);
+    let hc = "hcmethod = \"TCP\"\nhcinterval = \"100ms\"";
+    let body = format!(
+        "[[balancer.b.member]]\nurl = \"{}\"\n{hc}\n[[balancer.b.member]]\nurl = \"{dead}\"\n{hc}\n",
+        up.url()
+    );
+    let lb = Lb::start(&tcp_config("", &body)).await;
+    let m = until_c(&lb, 1, true).await;
+    assert!(m["check"]["detail"].as_str().unwrap_or("").starts_with("connect:"), "{m}");
+    let ok = eventually(Duration::from_secs(5), || async {
+        let m = member_status(&lb, 0).await;
+        (m["check"]["ok"] == true && m["check"]["method"] == "TCP").then_some(())
+    })
+    .await;
+    assert!(ok.is_some(), "{}", member_status(&lb, 0).await);
     lb.stop().await;
 }

@@ -72,6 +72,7 @@ impl Validator<'_> {
             let mp = path.key("member").index(i);
             if let Some(mut c) = self.member(&mp, m, b.tls.as_ref()) {
                 c.hcheck = self.hcheck(&mp, m, path, b, c.url.scheme);
+                c.ping = self.ping(&mp, m, path, b, c.url.scheme);
                 let m = c;
                 if members.iter().any(|x| x.url == m.url) {
                     self.err(&mp.key("url"), format!("member {} is listed twice", m.url));
@@ -269,6 +270,31 @@ impl Validator<'_> {
             _ => {}
         }
         Some(c)
+    }
+
+    /// Apache's `ping` (seconds, 0 = off), the member's or else its balancer's.
+    fn ping(
+        &mut self,
+        path: &KeyPath,
+        m: &RawMember,
+        bpath: &KeyPath,
+        b: &RawBalancer,
+        scheme: Scheme,
+    ) -> Option<Duration> {
+        let (at, raw) = match (&m.ping, &b.ping) {
+            (Some(_), _) => (path.key("ping"), &m.ping),
+            (None, Some(_)) => (bpath.key("ping"), &b.ping),
+            (None, None) => return None,
+        };
+        let d = self.duration(&at, raw, Duration::ZERO);
+        if d.is_zero() {
+            return None;
+        }
+        if scheme == Scheme::Tcp {
+            self.err(&at, "ping applies to http:// and https:// members (Expect: 100-continue)");
+            return None;
+        }
+        Some(d)
     }
 
     /// The balancer's `[balancer.NAME.tls]` with the member's own `tls` keys over it.

@@ -378,6 +378,9 @@ failonstatus = "500, 503"
         ] {
             assert!(keys.contains(&format!("balancer.mycluster.{k}").as_str()), "{k}: {e}");
         }
+        let ping = GOOD.replace("maxattempts = 2", "maxattempts = 2\nping = 0.5");
+        let c = parse(&ping).unwrap();
+        assert_eq!(c.balancers[0].members[1].ping, Some(Duration::from_millis(500)));
         let orphan = GOOD.replace("retry = 5", "retry = 5\n  hcinterval = 10");
         assert!(parse(&orphan).unwrap_err().to_string().contains("no effect without an hcmethod"));
     }

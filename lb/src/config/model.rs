@@ -343,6 +343,9 @@ pub struct MemberConfig {
     pub tls: Option<Arc<UpstreamTls>>,
     /// Active health checks (`hcmethod` and friends), when configured.
     pub hcheck: Option<Arc<HealthCheck>>,
+    /// Apache's `ping`: a request with a body asks the member for `100 Continue` first and
+    /// waits this long for it (None: off).
+    pub ping: Option<Duration>,
 }
 
 /// Apache's `hcmethod`: a TCP connect (a TLS handshake for `https://` members), or an HTTP
@@ -416,6 +419,7 @@ impl MemberConfig {
             keepalive: false,
             send_proxy: None,
             hcheck: None,
+            ping: None,
             tls: None,
         }
     }

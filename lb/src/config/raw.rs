@@ -125,6 +125,7 @@ pub struct RawBalancer {
     pub hcstatus: Option<RawStatusList>,
     pub hcbody: Option<String>,
     pub hcbody_regex: Option<String>,
+    pub ping: Option<RawDuration>,
     pub ejection: Option<RawEjection>,
     pub tls: Option<RawUpstreamTls>,
     #[serde(default)]
@@ -189,6 +190,7 @@ pub struct RawMember {
     pub hcstatus: Option<RawStatusList>,
     pub hcbody: Option<String>,
     pub hcbody_regex: Option<String>,
+    pub ping: Option<RawDuration>,
     pub tls: Option<RawUpstreamTls>,
 }
 

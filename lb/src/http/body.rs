@@ -19,34 +19,58 @@ use std::task::{Context, Poll, ready};
 pub struct RequestBody {
     inner: Option<Incoming>,
     member: Option<Arc<Member>>,
+    /// `ping`: the body waits here until the member answers `100 Continue`.
+    gate: Option<Arc<Gate>>,
 }
 
 impl RequestBody {
     pub fn new(inner: Incoming) -> RequestBody {
-        RequestBody { inner: Some(inner), member: None }
+        RequestBody { inner: Some(inner), member: None, gate: None }
     }
     pub fn empty() -> RequestBody {
-        RequestBody { inner: None, member: None }
+        RequestBody { inner: None, member: None, gate: None }
     }
+    /// Hold the body back behind a gate that opens on `100 Continue`.
+    pub fn gated(&mut self) -> Option<Arc<Gate>> {
+        let inner = self.inner.take()?;
+        let gate = Arc::new(Gate::new(inner));
+        self.gate = Some(Arc::clone(&gate));
+        Some(gate)
+    }
+
     /// The member whose `transferred` counter the body's bytes are added to.
     pub fn count_for(&mut self, member: &Arc<Member>) {
         self.member = Some(Arc::clone(member));
     }
 }
 
+/// The body was taken back from a gate that never opened: the connection must not go on.
+#[derive(Debug, thiserror::Error)]
+#[error("request body withdrawn: the member sent no 100 Continue in time")]
+pub struct Withdrawn;
+
 impl Body for RequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
+        if let Some(gate) = &this.gate {
+            match ready!(gate.poll_open(cx)) {
+                Some(inner) => {
+                    this.inner = Some(inner);
+                    this.gate = None;
+                }
+                None => return Poll::Ready(Some(Err(Box::new(Withdrawn)))),
+            }
+        }
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
-        let frame = ready!(Pin::new(inner).poll_frame(cx));
+        let frame = ready!(Pin::new(inner).poll_frame(cx)).map(|r| r.map_err(Into::into));
         if let (Some(Ok(f)), Some(m)) = (&frame, &this.member)
             && let Some(d) = f.data_ref()
         {
@@ -56,11 +80,82 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(Body::is_end_stream)
+        self.gate.is_none() && self.inner.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.as_ref().map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+        match (&self.gate, &self.inner) {
+            (Some(g), _) => g.size,
+            (None, Some(i)) => i.size_hint(),
+            (None, None) => SizeHint::with_exact(0),
+        }
+    }
+}
+
+/// Where a request body waits for the member's `100 Continue` (Apache's `ping`). The proxy
+/// either opens it (the body is sent) or takes the body back (it was not: another member may
+/// have it). The lock is taken once by each side, only for requests to members with `ping`.
+#[derive(Debug)]
+pub struct Gate {
+    body: std::sync::Mutex<Option<Incoming>>,
+    open: std::sync::atomic::AtomicBool,
+    withdrawn: std::sync::atomic::AtomicBool,
+    waker: futures_util::task::AtomicWaker,
+    /// The body's size, as it was when the gate closed.
+    size: SizeHint,
+    /// Wakes the proxy when the member's `100 Continue` arrives.
+    pub continued: tokio::sync::Notify,
+}
+
+impl Gate {
+    fn new(inner: Incoming) -> Gate {
+        Gate {
+            size: inner.size_hint(),
+            body: std::sync::Mutex::new(Some(inner)),
+            open: std::sync::atomic::AtomicBool::new(false),
+            withdrawn: std::sync::atomic::AtomicBool::new(false),
+            waker: futures_util::task::AtomicWaker::new(),
+            continued: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// The member said `100 Continue`: let the body go.
+    pub fn open(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::Release);
+        self.waker.wake();
+        self.continued.notify_one();
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.open.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn take(&self) -> Option<Incoming> {
+        self.body.lock().ok()?.take()
+    }
+
+    /// Take the body back for another member, unless it has already gone out; the request on
+    /// this connection then fails (the connection is not to be used again).
+    pub fn withdraw(&self) -> Option<Incoming> {
+        let body = self.take()?;
+        self.withdrawn.store(true, std::sync::atomic::Ordering::Release);
+        self.waker.wake();
+        Some(body)
+    }
+
+    /// Ready with the body once open; ready with None once withdrawn.
+    fn poll_open(&self, cx: &mut Context<'_>) -> Poll<Option<Incoming>> {
+        self.waker.register(cx.waker());
+        if self.withdrawn.load(std::sync::atomic::Ordering::Acquire) {
+            return Poll::Ready(None);
+        }
+        if self.is_open() {
+            return match self.take() {
+                Some(b) => Poll::Ready(Some(b)),
+                None => Poll::Ready(None),
+            };
+        }
+        Poll::Pending
     }
 }
 

@@ -4,11 +4,13 @@
 //! for a member, points the request at it (`outgoing`), sends it over a pooled connection and
 //! streams the answer back ([`body`]), rewriting headers on the way ([`headers`]) and logging it
 //! ([`access`]). A sticky session's route ([`sticky`]) is read from the request before the pick
-//! and may set a cookie on the answer.
+//! and may set a cookie on the answer. A member with `ping` gets a request's body only after its
+//! `100 Continue` (`ping`).
 pub mod access;
 pub mod body;
 pub mod headers;
 mod outgoing;
+mod ping;
 pub mod proxy;
 pub mod route;
 pub mod server;

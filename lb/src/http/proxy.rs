@@ -312,6 +312,11 @@ impl HttpProxy {
         let ejected = member.vitals.ejected();
         tokio::pin!(ejected);
         let gone = |addr: String| UpstreamError::Ejected { addr };
+        // Apache's `ping`: the body waits for the member's `100 Continue`.
+        let ping = match member.config().ping {
+            Some(after) if !req.body().is_end_stream() => super::ping::prepare(&mut req, after),
+            _ => None,
+        };
         loop {
             let checkout = tokio::select! {
                 r = pool.checkout(fresh) => r,
@@ -329,7 +334,27 @@ impl HttpProxy {
             let wait = lease.response_timeout();
             let addr = member.url.authority();
             let send = tokio::time::timeout(wait, lease.sender.try_send_request(req));
-            let sent = if out.replay.is_some() {
+            let sent = if let Some(p) = ping.as_ref().filter(|p| !p.gate.is_open()) {
+                tokio::pin!(send);
+                let sent = tokio::select! {
+                    r = &mut send => r,
+                    _ = p.gate.continued.notified() => send.await,
+                    _ = tokio::time::sleep(p.after) => match p.take_back() {
+                        Some(back) => {
+                            let error = UpstreamError::NoContinue { addr, after: p.after };
+                            return Err(Failed { error, back: Some(back) });
+                        }
+                        None => send.await,
+                    },
+                };
+                // A final answer without `100 Continue`: the body follows, and the connection
+                // is not reused.
+                if !p.gate.is_open() {
+                    p.gate.open();
+                    lease.spend();
+                }
+                sent
+            } else if out.replay.is_some() {
                 tokio::select! {
                     r = send => r,
                     _ = &mut ejected => return Err(Failed { error: gone(addr), back: None }),

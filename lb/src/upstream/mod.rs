@@ -45,6 +45,9 @@ pub enum UpstreamError {
     /// had not been sent, or can be replayed).
     #[error("{addr} was ejected while the request waited on it")]
     Ejected { addr: String },
+    /// `ping`: no `100 Continue` (nor an answer) within the ping time; the body was not sent.
+    #[error("{addr} sent no 100 Continue within {after:?} (ping)")]
+    NoContinue { addr: String, after: Duration },
     #[error("exchange with {addr} failed: {source}")]
     Exchange {
         addr: String,

@@ -41,6 +41,8 @@ pub struct Lease<B> {
     pub reused: bool,
     pool: Arc<Pool<B>>,
     _permit: Option<OwnedSemaphorePermit>,
+    /// The connection must not be reused (its request body was never sent in full).
+    spent: bool,
 }
 
 impl<B> Pool<B>
@@ -83,11 +85,17 @@ where
                 if !sender.is_ready() && sender.ready().await.is_err() {
                     continue;
                 }
-                return Ok(Lease { sender, reused: true, pool: Arc::clone(self), _permit: permit });
+                return Ok(Lease {
+                    sender,
+                    reused: true,
+                    pool: Arc::clone(self),
+                    _permit: permit,
+                    spent: false,
+                });
             }
         }
         let sender = self.open().await?;
-        Ok(Lease { sender, reused: false, pool: Arc::clone(self), _permit: permit })
+        Ok(Lease { sender, reused: false, pool: Arc::clone(self), _permit: permit, spent: false })
     }
 
     async fn open(&self) -> Result<SendRequest<B>, UpstreamError> {
@@ -150,11 +158,16 @@ impl<B> Pool<B> {
 impl<B> Lease<B> {
     /// Return the connection to the pool for reuse (its response must have been read to the end).
     pub fn release(self) {
-        if self.pool.member.config().disablereuse || self.sender.is_closed() {
+        if self.spent || self.pool.member.config().disablereuse || self.sender.is_closed() {
             return;
         }
         // A full queue drops the connection, which closes it.
         let _ = self.pool.idle.push(Idle { sender: self.sender, since: Instant::now() });
+    }
+
+    /// Close the connection instead of returning it to the pool.
+    pub fn spend(&mut self) {
+        self.spent = true;
     }
 
     /// How long the caller should wait for the response head.
