@@ -5,10 +5,11 @@
 //! ```text
 //! client ─▶ conn          PROXY header (accept_proxy), ClientHello SNI (passthrough)
 //!        ─▶ tls           TLS termination, certificate by SNI (listener [[tls]])
-//!        ─▶ http::server  HTTP/1.1 + h2 ─▶ http::proxy  ProxyPass route, headers, failover
+//!        ─▶ http::server  HTTP/1.1 + h2 ─▶ http::proxy  ProxyPass route, sticky session,
+//!                         headers, failover; ping (body held until 100 Continue)
 //!        ─▶ tcp           layer 4: pick, connect with failover, send_proxy, tcp::relay
-//!        ─▶ balancer      protocol-neutral: candidate loop + byrequests | bytraffic | bybusyness
-//!                         | heartbeat; pick → InFlight guard; report(Outcome)
+//!        ─▶ balancer      protocol-neutral: session route, or candidate loop + byrequests |
+//!                         bytraffic | bybusyness | heartbeat; pick → InFlight guard; report(Outcome)
 //!        ─▶ upstream      connect (connectiontimeout, telemetry registration); HTTP pool (+ TLS)
 //! ```
 //! Nothing on this path takes a lock: member state is atomics, pools are lock-free queues, and
@@ -18,7 +19,8 @@
 //! ```text
 //! telemetry (eBPF / TCP_INFO) ┐
 //! request outcomes, stalls     ├▶ health: evidence per signal (SPRT) ─▶ ejection state machine
-//! probes (connect, OPTIONS *) ◀┘    per MemberId ─▶ member flags; wakes requests waiting on it
+//! probes (connect, OPTIONS *) ◀┤    per MemberId ─▶ member flags; wakes requests waiting on it
+//! health checks (hcmethod)    ◀┘    (the same machine: hcfails set C, hcpasses clear C and E)
 //! runtime: config ─▶ Routing (members kept by balancer + URL) ─▶ swap slots  (start, reload)
 //! admin (/status, /health, /heartbeat, /reload) ─▶ state::Shared ─▶ status (reports)
 //! ```
