@@ -244,7 +244,7 @@ pub fn bench(args: &[String]) -> Result<()> {
 
     let started = std::time::SystemTime::now();
     let mut report = format!(
-        "# lb vs HAProxy vs nginx\n\n{} reps × {} s, {} connections; proxies pinned to CPU {proxy_cpu}, members and load on CPU {load_cpu}. Ratio: the proxy's rps ÷ direct-to-member rps of the same rep (median, and range over reps). CPU: the proxy's user / system time per request. RSS: idle before the variant / peak during it / 2 s after it.\n",
+        "# lb vs HAProxy vs nginx\n\n{} reps × {} s, {} connections; proxies pinned to CPU {proxy_cpu}, members and load on CPU {load_cpu}. Ratio: the proxy's rps ÷ direct-to-member rps of the same rep (median, and range over reps). CPU: the proxy's user / system time per request. RSS: before the variant's first load (idle) / peak during it / 2 s after it.\n",
         o.reps,
         o.time.as_secs(),
         o.conns
@@ -289,11 +289,11 @@ fn measure(
     let mut series: Vec<Series> = paths.iter().map(|_| Series::default()).collect();
     eprintln!("== {}: {} (warm-up)", v.name, v.what);
     for (i, p) in paths.iter().enumerate() {
-        let (tool, u) = target(p);
-        load::run(tool, &u, load_cpu, Duration::from_secs(2), o.conns)?;
         let ps = pids(p);
         series[i].rss_idle = procstat::rss_mib(&ps);
         procstat::reset_peak(&ps);
+        let (tool, u) = target(p);
+        load::run(tool, &u, load_cpu, Duration::from_secs(2), o.conns)?;
     }
     for rep in 0..o.reps {
         for k in 0..paths.len() {

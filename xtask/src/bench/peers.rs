@@ -151,7 +151,7 @@ pub fn haproxy(dir: &Path, cpu: &str, members: &[u16], pem: &Path) -> Result<Pro
     }
     let pem = pem.display();
     let cfg = format!(
-        "global\n  nbthread 1\n  maxconn 40000\n\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 75s\n  timeout server 75s\n  option http-keep-alive\n  http-reuse always\n\nfrontend web\n  bind 127.0.0.1:{}\n  bind 127.0.0.1:{} proto h2\n  bind 127.0.0.1:{} ssl crt {pem} alpn h2,http/1.1 ssl-min-ver TLSv1.3\n  default_backend members\n\nbackend members\n  balance roundrobin\n{servers}\nlisten l4\n  mode tcp\n  bind 127.0.0.1:{}\n  balance roundrobin\n{servers}",
+        "global\n  nbthread 1\n  maxconn 8000\n\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 75s\n  timeout server 75s\n  option http-keep-alive\n  http-reuse always\n\nfrontend web\n  bind 127.0.0.1:{}\n  bind 127.0.0.1:{} proto h2\n  bind 127.0.0.1:{} ssl crt {pem} alpn h2,http/1.1 ssl-min-ver TLSv1.3\n  default_backend members\n\nbackend members\n  balance roundrobin\n{servers}\nlisten l4\n  mode tcp\n  bind 127.0.0.1:{}\n  balance roundrobin\n{servers}",
         ports.http, ports.h2c, ports.tls, ports.l4
     );
     let file = dir.join("haproxy.cfg");
