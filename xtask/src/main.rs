@@ -215,12 +215,19 @@ fn demo(extra: &[String]) -> Result<()> {
     run(c)
 }
 
-/// A process killed when dropped.
+/// A process killed when dropped, with its children (nginx's workers would outlive a killed
+/// master).
 struct Guard(Child);
 impl Drop for Guard {
     fn drop(&mut self) {
+        let pid = self.0.id();
+        let children =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
         let _ = self.0.kill();
         let _ = self.0.wait();
+        for child in children.split_whitespace() {
+            let _ = Command::new("kill").args(["-9", child]).status();
+        }
     }
 }
 
