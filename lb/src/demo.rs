@@ -34,12 +34,8 @@ fn answer(reply: &MemberReply, req: &Request<Incoming>) -> Response<Full<Bytes>>
     r
 }
 
-/// Serve demo replies on `listener` forever (over TLS when `tls` is set).
-pub async fn serve_member(
-    listener: TcpListener,
-    reply: MemberReply,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-) {
+/// Serve demo replies on `listener` forever.
+pub async fn serve_member(listener: TcpListener, reply: MemberReply) {
     let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -48,22 +44,12 @@ pub async fn serve_member(
         let _ = stream.set_nodelay(true);
         let reply = reply.clone();
         let builder = Arc::clone(&builder);
-        let tls = tls.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let r = answer(&reply, &req);
                 async move { Ok::<_, Infallible>(r) }
             });
-            match tls {
-                None => {
-                    let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
-                }
-                Some(acceptor) => {
-                    if let Ok(s) = acceptor.accept(stream).await {
-                        let _ = builder.serve_connection(TokioIo::new(s), svc).await;
-                    }
-                }
-            }
+            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
         });
     }
 }

@@ -64,7 +64,7 @@ enum Cmd {
         #[arg(long, default_value = DEFAULT_ADMIN_BIND)]
         admin: String,
     },
-    /// Run one demo member (used by the benchmark).
+    /// Run one demo member (used by the tests, as a process of its own).
     #[command(hide = true)]
     Member {
         #[arg(long)]
@@ -74,11 +74,6 @@ enum Cmd {
         /// Answer every request with this many bytes.
         #[arg(long)]
         body_size: Option<usize>,
-        /// Serve TLS with this certificate chain (PEM; with --key).
-        #[arg(long, requires = "key")]
-        cert: Option<PathBuf>,
-        #[arg(long, requires = "cert")]
-        key: Option<PathBuf>,
     },
 }
 
@@ -194,16 +189,7 @@ async fn dispatch(cmd: Cmd) -> Result<ExitCode> {
             demo(&bind, &admin).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Member { bind, name, body_size, cert, key } => {
-            let tls = match (cert, key) {
-                (Some(cert), Some(key)) => {
-                    let k = lb::config::tls::certified_key(&cert, &key)
-                        .map_err(|e| anyhow::anyhow!("{}", e.message()))?;
-                    let c = Arc::new(lb::config::tls::ServerCert { cert_path: cert, key: k });
-                    Some(lb::tls::acceptor(&[c], &[b"http/1.1"])?)
-                }
-                _ => None,
-            };
+        Cmd::Member { bind, name, body_size } => {
             let listener = tokio::net::TcpListener::bind(&bind)
                 .await
                 .with_context(|| format!("bind {bind}"))?;
@@ -212,7 +198,6 @@ async fn dispatch(cmd: Cmd) -> Result<ExitCode> {
             lb::demo::serve_member(
                 listener,
                 lb::demo::MemberReply { name: Arc::from(name.as_str()), body },
-                tls,
             )
             .await;
             Ok(ExitCode::SUCCESS)
@@ -269,7 +254,7 @@ async fn demo(bind: &str, admin: &str) -> Result<()> {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         ports.push(l.local_addr()?.port());
         let reply = lb::demo::MemberReply { name: Arc::from(format!("m{i}").as_str()), body: None };
-        tokio::spawn(lb::demo::serve_member(l, reply, None));
+        tokio::spawn(lb::demo::serve_member(l, reply));
     }
     let text = lb::demo::config_text(bind, admin, &ports);
     let cfg = Config::parse(&text, Path::new("<demo>")).map_err(|e| anyhow::anyhow!("{e}"))?;

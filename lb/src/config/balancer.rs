@@ -281,11 +281,8 @@ impl Validator<'_> {
         b: &RawBalancer,
         scheme: Scheme,
     ) -> Option<Duration> {
-        let (at, raw) = match (&m.ping, &b.ping) {
-            (Some(_), _) => (path.key("ping"), &m.ping),
-            (None, Some(_)) => (bpath.key("ping"), &b.ping),
-            (None, None) => return None,
-        };
+        let inherit = super::Inherit { member: path, balancer: bpath };
+        let (at, raw) = inherit.get("ping", &m.ping, &b.ping);
         let d = self.duration(&at, raw, Duration::ZERO);
         if d.is_zero() {
             return None;

@@ -4,7 +4,7 @@
 //! member.
 use super::model::{BodyMatch, HcMethod, HealthCheck, Scheme};
 use super::raw::{RawBalancer, RawDuration, RawMember, RawStatusList};
-use super::{KeyPath, Validator};
+use super::{Inherit, KeyPath, Validator};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,8 +12,8 @@ use std::time::Duration;
 struct Keys<'a> {
     method: &'a Option<String>,
     interval: &'a Option<RawDuration>,
-    passes: Option<u32>,
-    fails: Option<u32>,
+    passes: &'a Option<u32>,
+    fails: &'a Option<u32>,
     uri: &'a Option<String>,
     timeout: &'a Option<RawDuration>,
     status: &'a Option<RawStatusList>,
@@ -45,8 +45,8 @@ macro_rules! keys {
         Keys {
             method: &$r.hcmethod,
             interval: &$r.hcinterval,
-            passes: $r.hcpasses,
-            fails: $r.hcfails,
+            passes: &$r.hcpasses,
+            fails: &$r.hcfails,
             uri: &$r.hcuri,
             timeout: &$r.hctimeout,
             status: &$r.hcstatus,
@@ -120,13 +120,9 @@ impl Validator<'_> {
     ) -> Option<Arc<HealthCheck>> {
         let (mine, theirs) = (keys!(m), keys!(b));
         // Each key from the member if set there, else from the balancer; errors name where.
-        let pick = |k: &'static str, here: bool| if here { path.key(k) } else { bpath.key(k) };
-        let (mpath, raw_method) = match (mine.method, theirs.method) {
-            (Some(x), _) => (path.key("hcmethod"), Some(x)),
-            (None, Some(x)) => (bpath.key("hcmethod"), Some(x)),
-            (None, None) => (path.key("hcmethod"), None),
-        };
-        let method = match raw_method.map(|s| (s, method(s))) {
+        let at = Inherit { member: path, balancer: bpath };
+        let (mpath, raw_method) = at.get("hcmethod", mine.method, theirs.method);
+        let method = match raw_method.as_deref().map(|s| (s, method(s))) {
             None => None,
             Some((_, Some(m))) => m,
             Some((s, None)) => {
@@ -154,76 +150,60 @@ impl Validator<'_> {
         if scheme == Scheme::Tcp && method != HcMethod::Tcp {
             self.err(&mpath, "tcp:// members are checked with hcmethod = \"TCP\"");
         }
-        let interval_raw = if mine.interval.is_some() { mine.interval } else { theirs.interval };
-        let interval = self.duration(
-            &pick("hcinterval", mine.interval.is_some()),
-            interval_raw,
-            Duration::from_secs(30),
-        );
+        let (ipath, raw) = at.get("hcinterval", mine.interval, theirs.interval);
+        let interval = self.duration(&ipath, raw, Duration::from_secs(30));
         if interval < Duration::from_millis(100) {
-            self.err(
-                &pick("hcinterval", mine.interval.is_some()),
-                "hcinterval must be at least 100ms",
-            );
+            self.err(&ipath, "hcinterval must be at least 100ms");
         }
-        let timeout_raw = if mine.timeout.is_some() { mine.timeout } else { theirs.timeout };
-        let timeout = self.duration(
-            &pick("hctimeout", mine.timeout.is_some()),
-            timeout_raw,
-            Duration::from_secs(5),
-        );
+        let (tpath, raw) = at.get("hctimeout", mine.timeout, theirs.timeout);
+        let timeout = self.duration(&tpath, raw, Duration::from_secs(5));
         if timeout.is_zero() {
-            self.err(&pick("hctimeout", mine.timeout.is_some()), "hctimeout must be above 0");
+            self.err(&tpath, "hctimeout must be above 0");
         }
-        let mut count = |k: &'static str, here: Option<u32>, there: Option<u32>| {
-            let v = here.or(there).unwrap_or(1);
+        let mut count = |k: &'static str, here: &Option<u32>, there: &Option<u32>| {
+            let (p, v) = at.get(k, here, there);
+            let v = v.unwrap_or(1);
             if v == 0 {
-                self.err(&pick(k, here.is_some()), format!("{k} must be at least 1"));
+                self.err(&p, format!("{k} must be at least 1"));
             }
             v.max(1)
         };
         let passes = count("hcpasses", mine.passes, theirs.passes);
         let fails = count("hcfails", mine.fails, theirs.fails);
-        let uri = mine.uri.as_ref().or(theirs.uri.as_ref()).cloned().unwrap_or_default();
+        let (upath, uri) = at.get("hcuri", mine.uri, theirs.uri);
+        let uri = uri.clone().unwrap_or_default();
         if !uri.is_empty() && (!uri.starts_with('/') || !uri.bytes().all(|c| c.is_ascii_graphic()))
         {
-            self.err(
-                &pick("hcuri", mine.uri.is_some()),
-                format!("hcuri {uri:?} must start with / and hold no spaces"),
-            );
+            self.err(&upath, format!("hcuri {uri:?} must start with / and hold no spaces"));
         }
-        let status = match mine.status.as_ref().or(theirs.status.as_ref()) {
+        let (spath, raw) = at.get("hcstatus", mine.status, theirs.status);
+        let status = match raw {
             None => vec![(200, 399)],
             Some(raw) => statuses(raw).unwrap_or_else(|e| {
-                self.err(&pick("hcstatus", mine.status.is_some()), e);
+                self.err(&spath, e);
                 vec![(200, 399)]
             }),
         };
-        let (body, regex) = (
-            mine.body.as_ref().or(theirs.body.as_ref()),
-            mine.body_regex.as_ref().or(theirs.body_regex.as_ref()),
-        );
-        let body_at = |k| {
-            pick(k, if k == "hcbody" { mine.body.is_some() } else { mine.body_regex.is_some() })
-        };
+        let (body_path, body) = at.get("hcbody", mine.body, theirs.body);
+        let (regex_path, regex) = at.get("hcbody_regex", mine.body_regex, theirs.body_regex);
         let body = match (body, regex) {
             (Some(_), Some(_)) => {
-                self.err(&body_at("hcbody_regex"), "set hcbody or hcbody_regex, not both");
+                self.err(&regex_path, "set hcbody or hcbody_regex, not both");
                 None
             }
             (Some(s), None) => Some(BodyMatch::Contains(s.clone())),
             (None, Some(r)) => match regex::Regex::new(r) {
                 Ok(re) => Some(BodyMatch::Regex(re)),
                 Err(e) => {
-                    self.err(&body_at("hcbody_regex"), format!("invalid regex: {e}"));
+                    self.err(&regex_path, format!("invalid regex: {e}"));
                     None
                 }
             },
             (None, None) => None,
         };
         if body.is_some() && !matches!(method, HcMethod::Get | HcMethod::Get11) {
-            let k = if regex.is_some() { "hcbody_regex" } else { "hcbody" };
-            self.err(&body_at(k), "a body can only be checked with hcmethod GET or GET11");
+            let p = if regex.is_some() { &regex_path } else { &body_path };
+            self.err(p, "a body can only be checked with hcmethod GET or GET11");
         }
         Some(Arc::new(HealthCheck { method, uri, interval, passes, fails, timeout, status, body }))
     }

@@ -105,6 +105,30 @@ pub(crate) struct Validator<'a> {
     errors: Vec<Diagnostic>,
 }
 
+/// Where a member's key comes from: its own table, else its balancer's (the default for every
+/// member, as Apache's `ProxySet`).
+pub(crate) struct Inherit<'p> {
+    pub member: &'p KeyPath,
+    pub balancer: &'p KeyPath,
+}
+
+impl Inherit<'_> {
+    /// The member's value of `key` when it set one, else the balancer's; and the key path an
+    /// error about it names.
+    pub fn get<'a, T>(
+        &self,
+        key: &str,
+        mine: &'a Option<T>,
+        theirs: &'a Option<T>,
+    ) -> (KeyPath, &'a Option<T>) {
+        if mine.is_some() || theirs.is_none() {
+            (self.member.key(key), mine)
+        } else {
+            (self.balancer.key(key), theirs)
+        }
+    }
+}
+
 impl Validator<'_> {
     pub(crate) fn err(&mut self, path: &KeyPath, msg: impl Into<String>) {
         let d = self.loc.diagnostic(self.file, path, msg.into());

@@ -93,11 +93,7 @@ pub(super) fn due(m: &Member, w: &mut Watch, addr: SocketAddr, now: Instant) -> 
 impl Monitor {
     /// A health check of member `id` came back.
     pub fn checked(&mut self, balancers: &[Arc<Balancer>], id: MemberId, r: CheckResult) {
-        let Some((b, m)) =
-            balancers.iter().find_map(|b| b.members.iter().find(|m| m.id == id).map(|m| (b, m)))
-        else {
-            return;
-        };
+        let Some((b, m)) = super::member(balancers, id) else { return };
         let Some(w) = self.watches.get_mut(&id) else { return };
         w.check_running = false;
         let config = m.config();

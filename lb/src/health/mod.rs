@@ -20,7 +20,7 @@ pub mod watch;
 
 pub use run::run;
 
-use crate::balancer::{Balancer, MemberId, flags, now_ms};
+use crate::balancer::{Balancer, Member, MemberId, flags, now_ms};
 use crate::config::Scheme;
 use crate::telemetry::Snapshot;
 use ejection::{Input, Reason, State};
@@ -78,6 +78,11 @@ pub enum What {
 #[derive(Default)]
 pub struct Monitor {
     watches: HashMap<MemberId, Watch>,
+}
+
+/// Member `id` and its balancer (a probe or check may come back after a reload removed it).
+fn member(balancers: &[Arc<Balancer>], id: MemberId) -> Option<(&Arc<Balancer>, &Arc<Member>)> {
+    balancers.iter().find_map(|b| b.members.iter().find(|m| m.id == id).map(|m| (b, m)))
 }
 
 /// Lower median (robust with two members: one sick member cannot drag it up).
@@ -263,12 +268,8 @@ impl Monitor {
         started: u64,
         mut r: ProbeResult,
     ) {
-        let Some((policy, m)) = balancers
-            .iter()
-            .find_map(|b| b.members.iter().find(|m| m.id == id).map(|m| (&b.settings.ejection, m)))
-        else {
-            return;
-        };
+        let Some((b, m)) = member(balancers, id) else { return };
+        let policy = &b.settings.ejection;
         let busy = m.vitals.last_answer_ms() >= started;
         if r.timed_out && r.connect.is_some() && busy {
             r.ok = true;

@@ -94,12 +94,12 @@ impl Body for RequestBody {
 
 /// Where a request body waits for the member's `100 Continue` (Apache's `ping`). The proxy
 /// either opens it (the body is sent) or takes the body back (it was not: another member may
-/// have it). The lock is taken once by each side, only for requests to members with `ping`.
+/// have it). Only requests to members with `ping` have a gate; its lock is taken when hyper
+/// polls the body (once it is woken) and when the proxy withdraws it, never contended for long.
 #[derive(Debug)]
 pub struct Gate {
     body: std::sync::Mutex<Option<Incoming>>,
     open: std::sync::atomic::AtomicBool,
-    withdrawn: std::sync::atomic::AtomicBool,
     waker: futures_util::task::AtomicWaker,
     /// The body's size, as it was when the gate closed.
     size: SizeHint,
@@ -113,7 +113,6 @@ impl Gate {
             size: inner.size_hint(),
             body: std::sync::Mutex::new(Some(inner)),
             open: std::sync::atomic::AtomicBool::new(false),
-            withdrawn: std::sync::atomic::AtomicBool::new(false),
             waker: futures_util::task::AtomicWaker::new(),
             continued: tokio::sync::Notify::new(),
         }
@@ -130,32 +129,26 @@ impl Gate {
         self.open.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    fn take(&self) -> Option<Incoming> {
-        self.body.lock().ok()?.take()
-    }
-
     /// Take the body back for another member, unless it has already gone out; the request on
     /// this connection then fails (the connection is not to be used again).
     pub fn withdraw(&self) -> Option<Incoming> {
-        let body = self.take()?;
-        self.withdrawn.store(true, std::sync::atomic::Ordering::Release);
+        let body = self.body.lock().ok()?.take()?;
         self.waker.wake();
         Some(body)
     }
 
-    /// Ready with the body once open; ready with None once withdrawn.
+    /// Ready with the body once open; ready with None once withdrawn (the body is gone while
+    /// the gate is shut).
     fn poll_open(&self, cx: &mut Context<'_>) -> Poll<Option<Incoming>> {
         self.waker.register(cx.waker());
-        if self.withdrawn.load(std::sync::atomic::Ordering::Acquire) {
-            return Poll::Ready(None);
+        let Ok(mut body) = self.body.lock() else { return Poll::Ready(None) };
+        if body.is_none() {
+            Poll::Ready(None)
+        } else if self.is_open() {
+            Poll::Ready(body.take())
+        } else {
+            Poll::Pending
         }
-        if self.is_open() {
-            return match self.take() {
-                Some(b) => Poll::Ready(Some(b)),
-                None => Poll::Ready(None),
-            };
-        }
-        Poll::Pending
     }
 }
 

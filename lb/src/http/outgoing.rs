@@ -53,16 +53,14 @@ impl Outgoing<'_> {
     /// The BALANCER_* values as `X-Balancer-*` request headers (replacing any the client sent).
     fn balancer_headers(&self, h: &mut HeaderMap, member: &Member) {
         let upstream = &self.route.upstream;
-        let route = member.config().route.clone();
-        let changed = sticky::route_changed(self.session.as_ref(), route.as_deref());
-        let session = self.session.as_ref().zip(upstream.policy.sticky.as_ref());
+        let v = sticky::Values::new(upstream.policy.sticky.as_ref(), self.session.as_ref(), member);
         let values = [
             ("x-balancer-name", Some(format!("balancer://{}", upstream.name))),
             ("x-balancer-worker-name", Some(member.name())),
-            ("x-balancer-worker-route", route),
-            ("x-balancer-session-sticky", session.map(|(s, st)| s.sticky(st).to_owned())),
-            ("x-balancer-session-route", session.map(|(s, _)| lossy(&s.route))),
-            ("x-balancer-route-changed", changed.then(|| "1".to_owned())),
+            ("x-balancer-worker-route", v.worker_route),
+            ("x-balancer-session-sticky", v.session_sticky),
+            ("x-balancer-session-route", v.session_route),
+            ("x-balancer-route-changed", v.route_changed.then(|| "1".to_owned())),
         ];
         for (name, value) in values {
             h.remove(name);

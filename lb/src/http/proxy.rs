@@ -93,10 +93,7 @@ impl HttpProxy {
                 balancer: None,
                 member: None,
                 attempts: 0,
-                session_sticky: None,
-                session_route: None,
-                worker_route: None,
-                route_changed: false,
+                balancer_values: Default::default(),
                 start,
                 head_us: 0,
             })
@@ -238,7 +235,8 @@ impl HttpProxy {
             if let Some(r) = rec.as_mut() {
                 r.member = Some(member.name());
                 r.attempts = attempts;
-                r.sticky(upstream.policy.sticky.as_ref(), out.session.as_ref(), &member);
+                let sticky = upstream.policy.sticky.as_ref();
+                r.balancer_values = sticky::Values::new(sticky, out.session.as_ref(), &member);
             }
             match self.exchange(&out, &member, conn, req).await {
                 Ok((resp, lease)) => {
