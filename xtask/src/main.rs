@@ -220,15 +220,22 @@ fn demo(extra: &[String]) -> Result<()> {
 struct Guard(Child);
 impl Drop for Guard {
     fn drop(&mut self) {
-        let pid = self.0.id();
-        let children =
-            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        let children = children(self.0.id());
         let _ = self.0.kill();
         let _ = self.0.wait();
-        for child in children.split_whitespace() {
-            let _ = Command::new("kill").args(["-9", child]).status();
+        for child in children {
+            let _ = Command::new("kill").args(["-9", &child.to_string()]).status();
         }
     }
+}
+
+/// The child processes of `pid` (from /proc).
+fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|k| k.parse().ok())
+        .collect()
 }
 
 fn ensure_tool(tool: &str, package: &str) -> Result<()> {

@@ -9,9 +9,7 @@ const TICKS: f64 = 100.0;
 /// The process and its children (nginx: the master and its worker).
 pub fn family(pid: u32) -> Vec<u32> {
     let mut out = vec![pid];
-    let kids =
-        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-    out.extend(kids.split_whitespace().filter_map(|k| k.parse::<u32>().ok()));
+    out.extend(crate::children(pid));
     out
 }
 
