@@ -27,6 +27,44 @@
 //! Module layering, leaves first: `config`, `errors`, `shutdown` → `telemetry`, `conn`, `tls` →
 //! `balancer` → `health`, `upstream`, `status`, `state` → `http`, `tcp`, `admin` → `routing` →
 //! `runtime`.
+/// `AsyncWrite` for a stream wrapper that writes straight through to its `inner` field (it only
+/// watches or alters what is read): `write_through!(impl[S: AsyncWrite + Unpin] Wrapper<S>);`.
+macro_rules! write_through {
+    (impl[$($g:tt)*] $t:ty) => {
+        impl<$($g)*> tokio::io::AsyncWrite for $t {
+            fn poll_write(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                buf: &[u8],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+            }
+            fn poll_write_vectored(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                bufs: &[std::io::IoSlice<'_>],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+            }
+            fn is_write_vectored(&self) -> bool {
+                self.inner.is_write_vectored()
+            }
+            fn poll_flush(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+            }
+            fn poll_shutdown(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+            }
+        }
+    };
+}
+
 pub mod admin;
 pub mod balancer;
 pub mod config;

@@ -102,19 +102,7 @@ impl Validator<'_> {
             &l.keepalive_timeout,
             Duration::from_secs(5),
         );
-        let max_header_bytes = match l.limit_request_fields_size {
-            None => 64 * 1024,
-            Some(n) if (8192..=1024 * 1024).contains(&n) => n as usize,
-            Some(n) => {
-                self.err(
-                    &path.key("limit_request_fields_size"),
-                    format!(
-                        "{n} is out of range: the request head limit must be 8192..=1048576 bytes"
-                    ),
-                );
-                64 * 1024
-            }
-        };
+        let (limits, read_timeouts) = self.request_limits(path, l);
         let mut tls = Vec::new();
         for (i, t) in l.tls.iter().enumerate() {
             let tp = path.key("tls").index(i);
@@ -209,7 +197,8 @@ impl Validator<'_> {
             keepalive: l.keepalive.unwrap_or(true),
             keepalive_timeout,
             max_keepalive_requests: l.max_keepalive_requests.unwrap_or(1000),
-            max_header_bytes,
+            limits,
+            read_timeouts,
             access_log: l.access_log.unwrap_or(true),
             accept_proxy: l.accept_proxy.unwrap_or(false),
             splice: l.splice.unwrap_or(true),

@@ -25,6 +25,7 @@ pub mod balancer;
 pub mod error;
 pub mod flags;
 mod hcheck;
+pub mod limits;
 pub mod listener;
 pub mod model;
 pub mod raw;
@@ -33,6 +34,7 @@ pub mod tls;
 pub mod units;
 
 pub use error::{ConfigError, Diagnostic, KeyPath};
+pub use limits::{Limits, ReadTimeout, ReadTimeouts};
 pub use model::*;
 pub use units::{parse_duration, parse_member_url};
 

@@ -81,8 +81,10 @@ pub struct ListenerConfig {
     pub keepalive_timeout: Duration,
     /// Apache `MaxKeepAliveRequests`; 0 = unlimited.
     pub max_keepalive_requests: u64,
-    /// Largest request head (request line + headers) in bytes; larger gets 431.
-    pub max_header_bytes: usize,
+    /// What a request may hold (line, header lines, head, body).
+    pub limits: super::Limits,
+    /// How long a client may take over a request head or body, and a TLS handshake.
+    pub read_timeouts: super::ReadTimeouts,
     pub access_log: bool,
     /// Read a PROXY protocol (v1 or v2) header before anything else on each connection.
     pub accept_proxy: bool,

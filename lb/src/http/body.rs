@@ -6,6 +6,7 @@
 //! the pooled connection lease, so `busy` drops and the connection returns to its pool exactly
 //! when the response has been read to its end.
 use super::access::AccessRecord;
+use super::strict::Rejection;
 use crate::balancer::{InFlight, Member};
 use crate::upstream::pool::Lease;
 use bytes::Bytes;
@@ -13,6 +14,41 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
+
+/// The client's request body failed (malformed, over a limit, too slow, or cut short); the
+/// client gets the rejection's status, and the member is not blamed.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ClientBodyError(pub Rejection);
+
+impl ClientBodyError {
+    fn new(e: hyper::Error) -> ClientBodyError {
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        while let Some(c) = cur {
+            if let Some(r) = c
+                .downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|i| i.downcast_ref::<Rejection>())
+            {
+                return ClientBodyError(r.clone());
+            }
+            cur = c.source();
+        }
+        ClientBodyError(Rejection::bad(format!("the request body could not be read: {e}")))
+    }
+
+    /// The client's fault behind `e`, if that is what `e` is.
+    pub fn find<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a Rejection> {
+        let mut cur = Some(e);
+        while let Some(c) = cur {
+            if let Some(ClientBodyError(r)) = c.downcast_ref::<ClientBodyError>() {
+                return Some(r);
+            }
+            cur = c.source();
+        }
+        None
+    }
+}
 
 /// A client request body on its way to a member.
 #[derive(Debug)]
@@ -70,7 +106,8 @@ impl Body for RequestBody {
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
-        let frame = ready!(Pin::new(inner).poll_frame(cx)).map(|r| r.map_err(Into::into));
+        let frame = ready!(Pin::new(inner).poll_frame(cx))
+            .map(|r| r.map_err(|e| Box::new(ClientBodyError::new(e)) as Self::Error));
         if let (Some(Ok(f)), Some(m)) = (&frame, &this.member)
             && let Some(d) = f.data_ref()
         {

@@ -25,6 +25,25 @@ fn connection_has(h: &HeaderMap, token: &str) -> bool {
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
+/// Why a member's response head is ambiguous about where its body ends, if it is: both
+/// Content-Length and Transfer-Encoding, more than one of either, or a transfer coding other
+/// than `chunked`. Such an answer is never forwarded (RFC 9112 §6.3).
+pub fn ambiguous_framing(h: &HeaderMap) -> Option<String> {
+    let te: Vec<&HeaderValue> = h.get_all(header::TRANSFER_ENCODING).iter().collect();
+    let cl = h.get_all(header::CONTENT_LENGTH).iter().count();
+    if !te.is_empty() && cl > 0 {
+        return Some("both Content-Length and Transfer-Encoding".into());
+    }
+    if cl > 1 {
+        return Some("more than one Content-Length".into());
+    }
+    match te.as_slice() {
+        [] => None,
+        [v] if v.as_bytes().trim_ascii() == b"chunked" => None,
+        _ => Some(format!("Transfer-Encoding {te:?} is not one \"chunked\"")),
+    }
+}
+
 /// Remove hop-by-hop headers: the fixed set plus every header named in `Connection`. With
 /// `upgrade` (a WebSocket or other upgrade being passed through), `Connection: upgrade` and the
 /// `Upgrade` header are kept.

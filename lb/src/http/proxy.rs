@@ -8,11 +8,13 @@
 //! to the same member without blaming it. Statuses: no usable member 503, member timeout 504,
 //! a broken or garbled exchange 502; each body says what happened.
 use super::access::AccessRecord;
-use super::body::{RequestBody, ResponseBody, UpstreamBody};
+use super::body::{ClientBodyError, RequestBody, ResponseBody, UpstreamBody};
+use super::guard::Shared;
 use super::headers;
 use super::outgoing::{Outgoing, is_idempotent, lossy};
 use super::route::{MemberConn, Route, RouteTable};
 use super::sticky;
+use super::strict::Rejection;
 use crate::balancer::{Member, Outcome, Pick, PickContext};
 use crate::upstream::UpstreamError;
 use crate::upstream::pool::Lease;
@@ -43,18 +45,25 @@ pub struct ConnState {
     /// "https" when the connection came over TLS, else "http".
     scheme: &'static str,
     requests: AtomicU64,
+    /// What the connection's guard refused.
+    pub shared: Arc<Shared>,
 }
 
 impl ConnState {
-    pub fn new(peer: SocketAddr, tls: bool) -> ConnState {
+    pub fn new(peer: SocketAddr, tls: bool, shared: Arc<Shared>) -> ConnState {
         ConnState {
             peer,
             client_ip: headers::client_value(peer.ip()),
             scheme: if tls { "https" } else { "http" },
             requests: AtomicU64::new(0),
+            shared,
         }
     }
 }
+
+/// Marks a response after which the client connection closes: lb refused the request.
+#[derive(Clone, Copy)]
+struct CloseAfter;
 
 struct Failed {
     error: UpstreamError,
@@ -67,9 +76,17 @@ impl HttpProxy {
     pub async fn handle(&self, req: Request<Incoming>, conn: &ConnState) -> Response<ResponseBody> {
         let n = conn.requests.fetch_add(1, Relaxed) + 1;
         let h1 = req.version() <= Version::HTTP_11;
-        let mut resp = self.forward(req, conn).await;
+        let mut resp = match conn.shared.rejection(n) {
+            Some(r) => {
+                let m = Method::from_bytes(b"-").unwrap_or_default();
+                let rec = self.record(conn.peer, &m, "-", Instant::now());
+                self.refuse(rec, r)
+            }
+            None => self.forward(req, conn).await,
+        };
         let last = !self.keepalive
-            || (self.max_keepalive_requests > 0 && n >= self.max_keepalive_requests);
+            || (self.max_keepalive_requests > 0 && n >= self.max_keepalive_requests)
+            || resp.extensions().get::<CloseAfter>().is_some();
         if h1 && last && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
@@ -121,6 +138,15 @@ impl HttpProxy {
         let h = resp.headers_mut();
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        resp
+    }
+
+    /// The answer to a request lb refused; the connection closes after it.
+    fn refuse(&self, rec: Option<Box<AccessRecord>>, r: &Rejection) -> Response<ResponseBody> {
+        tracing::info!(client = %rec.as_ref().map_or(String::new(), |r| r.client.to_string()),
+            status = %r.status, reason = %r.reason, "request refused");
+        let mut resp = self.local(rec, r.status, &r.reason);
+        resp.extensions_mut().insert(CloseAfter);
         resp
     }
 
@@ -240,10 +266,22 @@ impl HttpProxy {
             }
             match self.exchange(&out, &member, conn, req).await {
                 Ok((resp, lease)) => {
+                    if let Some(why) = headers::ambiguous_framing(resp.headers()) {
+                        // Dropping the lease closes the connection.
+                        drop(lease);
+                        let msg = format!("member {} answered with {why}", member.url);
+                        member.report(Outcome::Failed(msg.clone()));
+                        tracing::warn!(balancer = %balancer.name(), error = %msg, "member answer refused");
+                        return self.local(rec, StatusCode::BAD_GATEWAY, &msg);
+                    }
                     member.report(Outcome::Success);
                     return self.respond(route, &out, resp, lease, pick, client_upgrade, rec);
                 }
                 Err(Failed { error, back }) => {
+                    // The client's body failed: the client's fault, not the member's.
+                    if let Some(r) = ClientBodyError::find(&error) {
+                        return self.refuse(rec, r);
+                    }
                     let msg = format!("member {}: {error}", member.url);
                     match &error {
                         UpstreamError::ResponseTimeout { .. } => {

@@ -6,6 +6,7 @@
 //! so a reload that swaps the slot changes routing and certificates without closing a connection.
 //! One tracing span per connection; connections finish their in-flight requests on shutdown.
 use super::body::ResponseBody;
+use super::guard::{Guarded, Rules, Shared};
 use super::proxy::{ConnState, HttpProxy};
 use crate::config::ListenerConfig;
 use crate::conn::Incoming as ClientConn;
@@ -32,6 +33,8 @@ pub struct HttpService {
     pub accept_proxy: bool,
     /// The longest wait for a TLS handshake.
     pub handshake_timeout: Duration,
+    /// Limits and read timeouts for HTTP/1 clients.
+    pub rules: Rules,
 }
 
 pub type Slot = Arc<ArcSwap<HttpService>>;
@@ -48,24 +51,35 @@ impl HttpService {
             builder: builder(cfg),
             tls,
             accept_proxy: cfg.accept_proxy,
-            handshake_timeout: cfg.timeout.min(crate::conn::PRELUDE_TIMEOUT),
+            handshake_timeout: cfg
+                .read_timeouts
+                .handshake
+                .unwrap_or(cfg.timeout.min(crate::conn::PRELUDE_TIMEOUT)),
+            rules: Rules {
+                limits: cfg.limits,
+                timeouts: cfg.read_timeouts,
+                keepalive: cfg.keepalive_timeout,
+            },
         }
     }
 }
 
 fn builder(cfg: &ListenerConfig) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
-    // hyper runs one timer for the idle wait before a request and the reading of its head:
-    // it is the keep-alive timeout, never longer than the listener timeout.
-    let head_timeout = cfg.keepalive_timeout.min(cfg.timeout).max(Duration::from_millis(100));
+    // The guard times the keep-alive wait and the head (RequestReadTimeout); hyper's one timer
+    // for both stays as a backstop for connections the guard no longer follows (an upgrade
+    // request the member refused), at the longest the two could take.
+    let t = cfg.read_timeouts.header.map_or(Duration::ZERO, |h| h.max.unwrap_or(h.initial));
+    let backstop = cfg.timeout.max(cfg.keepalive_timeout + t);
     b.http1()
         .timer(TokioTimer::new())
         .keep_alive(cfg.keepalive)
-        .header_read_timeout(head_timeout)
-        .max_buf_size(cfg.max_header_bytes);
+        .header_read_timeout(backstop)
+        .max_headers(cfg.limits.fields)
+        .max_buf_size(cfg.limits.head.max(8192));
     b.http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(cfg.max_header_bytes as u32)
+        .max_header_list_size(cfg.limits.head as u32)
         .keep_alive_interval(None);
     b
 }
@@ -110,37 +124,72 @@ async fn connection(mut conn: ClientConn, slot: Slot, watcher: Watcher) {
     let client = conn.client;
     let stream = conn.into_stream();
     match &svc.tls {
-        None => serve_http(stream, client, false, slot, &svc, watcher).await,
+        None => serve_http(stream, client, None, slot, &svc, watcher).await,
         Some(acceptor) => {
             let wait = svc.handshake_timeout;
             if let Some(tls) = crate::tls::accept(acceptor, stream, client, wait).await {
-                serve_http(tls, client, true, slot, &svc, watcher).await;
+                let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                serve_http(tls, client, Some(h2), slot, &svc, watcher).await;
             }
         }
     }
 }
 
+/// `alpn_h2`: None for cleartext, else whether TLS negotiated h2.
 async fn serve_http<S>(
     stream: S,
     client: std::net::SocketAddr,
-    tls: bool,
+    alpn_h2: Option<bool>,
     slot: Slot,
     svc: &HttpService,
     watcher: Watcher,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let state = Arc::new(ConnState::new(client, tls));
+    let shared = Arc::new(Shared::default());
+    let stream = Guarded::new(stream, svc.rules, Arc::clone(&shared), alpn_h2 == Some(true));
+    let state = Arc::new(ConnState::new(client, alpn_h2.is_some(), shared));
     let service = service_fn(move |req: hyper::Request<Incoming>| {
         // Each request reads the listener's current routes.
         let svc = slot.load_full();
         let state = Arc::clone(&state);
         async move {
-            Ok::<hyper::Response<ResponseBody>, Infallible>(svc.proxy.handle(req, &state).await)
+            let resp = svc.proxy.handle(req, &state).await;
+            Ok::<_, Infallible>(resp.map(|body| Answer { body, shared: Arc::clone(&state.shared) }))
         }
     });
     let conn = svc.builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     if let Err(e) = watcher.watch(conn.into_owned()).await {
         tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+/// A response body that tells the connection's guard when it is done (the keep-alive wait
+/// starts then).
+struct Answer {
+    body: ResponseBody,
+    shared: Arc<Shared>,
+}
+
+impl hyper::body::Body for Answer {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, hyper::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for Answer {
+    fn drop(&mut self) {
+        self.shared.answered();
     }
 }

@@ -1,0 +1,391 @@
+//! A client's HTTP/1 connection as hyper reads it: each request head is read whole and checked
+//! ([`strict`](super::strict)) before hyper sees a byte of it, each body is followed to its end,
+//! and the client's pace is held to Apache's `RequestReadTimeout`.
+//!
+//! Why here, below hyper: hyper answers its own parse errors with an empty body, accepts some
+//! ambiguous framing, and has one timer for both the keep-alive wait and a slow head. A refused
+//! head never reaches hyper: the guard hands it a stand-in request instead, which the proxy
+//! answers with the refusal (status and reason), so pipelined answers stay in order. A body
+//! refused midway (a bad chunk, over `limit_request_body`, too slow) reaches hyper as a read
+//! error carrying the [`Rejection`], which the proxy turns into that status.
+//!
+//! Timers: the keep-alive wait runs only while no response is in flight ([`Shared`] counts
+//! answers), a head's time runs from its first byte, a body's time counts only while lb waits
+//! for the client (not while a slow member holds the body back). One `Sleep` per connection is
+//! re-armed lazily: a wake-up before the deadline re-checks, so a busy connection does not
+//! touch the timer wheel per request.
+use super::strict::chunked::Chunked;
+use super::strict::head::{Framing, HeadParser};
+use super::strict::{Limits, Rejection};
+use crate::config::ReadTimeouts;
+use bytes::{Buf, BytesMut};
+use http::StatusCode;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+/// What a guarded connection shares with the requests it carries.
+#[derive(Debug, Default)]
+pub struct Shared {
+    /// The refused head: which request it was (1-based) and why.
+    rejected: OnceLock<(u64, Rejection)>,
+    /// Responses whose bodies have ended or been dropped.
+    answered: AtomicU64,
+}
+
+impl Shared {
+    /// The refusal that request number `n` on this connection stands in for.
+    pub fn rejection(&self, n: u64) -> Option<&Rejection> {
+        self.rejected.get().filter(|(i, _)| *i == n).map(|(_, r)| r)
+    }
+    /// A response on this connection has ended.
+    pub fn answered(&self) {
+        self.answered.fetch_add(1, Relaxed);
+    }
+}
+
+/// What hyper reads in place of a refused head; the proxy answers it with the refusal.
+const STAND_IN: &[u8] = b"GET / HTTP/1.1\r\nhost: lb\r\nconnection: close\r\n\r\n";
+/// The HTTP/2 connection preface: an h2c client by prior knowledge, passed through untouched.
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// A listener's rules for its clients.
+#[derive(Debug, Clone, Copy)]
+pub struct Rules {
+    pub limits: Limits,
+    pub timeouts: ReadTimeouts,
+    /// Apache `KeepAliveTimeout`: the wait for the next request.
+    pub keepalive: Duration,
+}
+
+enum Phase {
+    /// The first bytes of a cleartext connection: HTTP/1 or the h2 preface.
+    Sniff,
+    Head(HeadParser),
+    Length(u64),
+    Chunked(Chunked),
+    /// h2, or an upgraded connection: bytes pass untouched.
+    Stream,
+    /// A body was refused: the next read fails with this (bytes before it go first).
+    Failing(Rejection),
+    /// After a refusal or a timeout: nothing more is read.
+    Closed {
+        eof: bool,
+    },
+}
+
+/// A client stream that hyper reads through.
+pub struct Guarded<S> {
+    inner: S,
+    rules: Rules,
+    phase: Phase,
+    /// The part of a head that has arrived, while it is incomplete.
+    held: BytesMut,
+    /// Accepted bytes hyper has not taken yet.
+    ready: BytesMut,
+    shared: std::sync::Arc<Shared>,
+    /// Heads handed to hyper.
+    heads: u64,
+    clock: Clock,
+    idle_since: Option<Instant>,
+    head_since: Option<Instant>,
+    /// Body: bytes received, time spent waiting for the client, and the current wait's start.
+    body_bytes: u64,
+    body_waited: Duration,
+    body_wait: Option<Instant>,
+}
+
+enum Scan {
+    /// The first `n` bytes go to hyper; the rest, if any, is the start of a head to hold.
+    Passed(usize),
+    /// The first `n` bytes go to hyper; then the refusal.
+    Rejected(usize, Rejection),
+}
+
+impl<S> Guarded<S> {
+    /// `h1_only`: the connection is HTTP/1 (TLS without ALPN h2); else h2's preface is looked
+    /// for first. `h2`: the connection is HTTP/2 (ALPN), passed through.
+    pub fn new(inner: S, rules: Rules, shared: std::sync::Arc<Shared>, h2: bool) -> Guarded<S> {
+        Guarded {
+            inner,
+            rules,
+            phase: if h2 { Phase::Stream } else { Phase::Sniff },
+            held: BytesMut::new(),
+            ready: BytesMut::new(),
+            shared,
+            heads: 0,
+            clock: Clock::default(),
+            idle_since: None,
+            head_since: None,
+            body_bytes: 0,
+            body_waited: Duration::ZERO,
+            body_wait: None,
+        }
+    }
+
+    /// Follow the framing through `data`, which starts where the last scan stopped (a held
+    /// head is passed whole, from its first byte).
+    fn scan(&mut self, data: &[u8]) -> Scan {
+        let mut pos = 0;
+        while pos < data.len() {
+            let rest = &data[pos..];
+            match &mut self.phase {
+                Phase::Sniff => {
+                    if rest.starts_with(PREFACE) {
+                        self.phase = Phase::Stream;
+                    } else if PREFACE.starts_with(rest) {
+                        return Scan::Passed(pos);
+                    } else {
+                        self.phase = Phase::Head(HeadParser::default());
+                    }
+                }
+                Phase::Head(p) => match p.feed(rest, &self.rules.limits) {
+                    Ok(None) => return Scan::Passed(pos),
+                    Ok(Some(head)) => {
+                        pos += head.len;
+                        self.heads += 1;
+                        self.head_since = None;
+                        (self.body_bytes, self.body_waited, self.body_wait) =
+                            (0, Duration::ZERO, None);
+                        self.phase = match head.framing {
+                            _ if head.upgrade => Phase::Stream,
+                            Framing::Empty => Phase::Head(HeadParser::default()),
+                            Framing::Length(n) => Phase::Length(n),
+                            Framing::Chunked => Phase::Chunked(Chunked::default()),
+                        };
+                    }
+                    Err(r) => return Scan::Rejected(pos, r),
+                },
+                Phase::Length(left) => {
+                    let n = usize::try_from(*left).unwrap_or(usize::MAX).min(rest.len());
+                    *left -= n as u64;
+                    pos += n;
+                    if *left == 0 {
+                        self.phase = Phase::Head(HeadParser::default());
+                    }
+                }
+                Phase::Chunked(c) => match c.feed(rest, &self.rules.limits) {
+                    Ok(Some(n)) => {
+                        pos += n;
+                        self.phase = Phase::Head(HeadParser::default());
+                    }
+                    Ok(None) => pos = data.len(),
+                    Err(r) => return Scan::Rejected(pos, r),
+                },
+                Phase::Stream => pos = data.len(),
+                Phase::Failing(_) | Phase::Closed { .. } => return Scan::Passed(pos),
+            }
+        }
+        Scan::Passed(pos)
+    }
+
+    fn in_body(&self) -> bool {
+        matches!(self.phase, Phase::Length(_) | Phase::Chunked(_))
+    }
+
+    /// Refuse: a head gets the stand-in request (answered with `r`); a body, a read error
+    /// once hyper has taken the bytes before it.
+    fn refuse(&mut self, r: Rejection) {
+        self.held.clear();
+        if self.in_body() {
+            self.phase = Phase::Failing(r);
+            return;
+        }
+        self.phase = Phase::Closed { eof: false };
+        tracing::debug!(status = %r.status, reason = %r.reason, "request head refused");
+        let _ = self.shared.rejected.set((self.heads + 1, r));
+        self.ready.extend_from_slice(STAND_IN);
+    }
+
+    /// Bytes arrived: stop the idle clock, account a body's wait.
+    fn arrived(&mut self, n: usize) {
+        self.idle_since = None;
+        if self.in_body() {
+            self.body_bytes += n as u64;
+            if let Some(since) = self.body_wait.take() {
+                self.body_waited += since.elapsed();
+            }
+        }
+    }
+
+    /// The client has nothing for us now: is a deadline past?
+    fn on_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let now = Instant::now();
+        let t = self.rules.timeouts;
+        let (deadline, what) = match &self.phase {
+            Phase::Stream | Phase::Failing(_) => return Poll::Pending,
+            Phase::Closed { .. } => {
+                let since = *self.idle_since.get_or_insert(now);
+                (since + self.rules.keepalive, Expiry::Close)
+            }
+            Phase::Sniff | Phase::Head(_) if self.held.is_empty() => {
+                // A response still in flight: hyper only watches for the client hanging up.
+                if self.shared.answered.load(Relaxed) < self.heads {
+                    return Poll::Pending;
+                }
+                let since = *self.idle_since.get_or_insert(now);
+                let wait = match (self.heads, t.header) {
+                    (0, Some(h)) => h.initial,
+                    _ => self.rules.keepalive,
+                };
+                (since + wait, Expiry::Close)
+            }
+            Phase::Sniff | Phase::Head(_) => {
+                let Some(rule) = t.header else { return Poll::Pending };
+                let since = *self.head_since.get_or_insert(now);
+                (since + rule.allowed(self.held.len() as u64), Expiry::Head)
+            }
+            Phase::Length(_) | Phase::Chunked(_) => {
+                let Some(rule) = t.body else { return Poll::Pending };
+                let since = *self.body_wait.get_or_insert(now);
+                let left = rule.allowed(self.body_bytes).saturating_sub(self.body_waited);
+                (since + left, Expiry::Body)
+            }
+        };
+        if !self.clock.passed(deadline, cx) {
+            return Poll::Pending;
+        }
+        match what {
+            Expiry::Close => {
+                self.phase = Phase::Closed { eof: true };
+                Poll::Ready(Ok(()))
+            }
+            Expiry::Head | Expiry::Body => {
+                let part = if matches!(what, Expiry::Head) { "head" } else { "body" };
+                let r = Rejection::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!("the request {part} did not arrive in time (request_read_timeout)"),
+                );
+                // The caller hands on the stand-in, or the failure.
+                self.refuse(r);
+                Poll::Ready(Ok(()))
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Expiry {
+    Close,
+    Head,
+    Body,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if !this.ready.is_empty() {
+                let n = this.ready.len().min(buf.remaining());
+                buf.put_slice(&this.ready[..n]);
+                this.ready.advance(n);
+                return Poll::Ready(Ok(()));
+            }
+            match this.phase {
+                Phase::Stream if this.held.is_empty() => {
+                    return Pin::new(&mut this.inner).poll_read(cx, buf);
+                }
+                Phase::Failing(_) => {
+                    let Phase::Failing(r) =
+                        std::mem::replace(&mut this.phase, Phase::Closed { eof: false })
+                    else {
+                        continue;
+                    };
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, r)));
+                }
+                Phase::Closed { eof: true } => return Poll::Ready(Ok(())),
+                Phase::Closed { eof: false } => {
+                    return match this.on_pending(cx) {
+                        Poll::Ready(Ok(())) if this.ready.is_empty() => Poll::Ready(Ok(())),
+                        _ => Poll::Pending,
+                    };
+                }
+                _ => {}
+            }
+            let before = buf.filled().len();
+            match Pin::new(&mut this.inner).poll_read(cx, buf) {
+                Poll::Pending => match this.on_pending(cx) {
+                    Poll::Ready(Ok(())) if !this.ready.is_empty() => continue,
+                    Poll::Ready(Ok(())) if matches!(this.phase, Phase::Failing(_)) => continue,
+                    other => return other,
+                },
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(())) => {}
+            }
+            let after = buf.filled().len();
+            if after == before {
+                // The client closed; a partial head it leaves is dropped.
+                return Poll::Ready(Ok(()));
+            }
+            this.arrived(after - before);
+            let scan = if this.held.is_empty() {
+                let scan = this.scan(&buf.filled()[before..after]);
+                let passed = match &scan {
+                    Scan::Passed(n) | Scan::Rejected(n, _) => *n,
+                };
+                if let Scan::Passed(n) = scan {
+                    this.held.extend_from_slice(&buf.filled()[before + n..after]);
+                }
+                buf.set_filled(before + passed);
+                scan
+            } else {
+                this.held.extend_from_slice(&buf.filled()[before..after]);
+                buf.set_filled(before);
+                let held = std::mem::take(&mut this.held);
+                let scan = this.scan(&held);
+                let passed = match &scan {
+                    Scan::Passed(n) | Scan::Rejected(n, _) => *n,
+                };
+                let mut held = held;
+                this.ready.extend_from_slice(&held.split_to(passed));
+                if matches!(scan, Scan::Passed(_)) {
+                    this.held = held;
+                }
+                scan
+            };
+            if let Scan::Rejected(_, r) = scan {
+                this.refuse(r);
+            }
+            if buf.filled().len() > before {
+                return Poll::Ready(Ok(()));
+            }
+        }
+    }
+}
+
+write_through!(impl[S: AsyncWrite + Unpin] Guarded<S>);
+
+/// One timer per connection, armed lazily.
+#[derive(Default)]
+struct Clock {
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl Clock {
+    /// Whether `deadline` has passed; if not, the task is woken by then (or earlier, to check
+    /// again).
+    fn passed(&mut self, deadline: Instant, cx: &mut Context<'_>) -> bool {
+        if Instant::now() >= deadline {
+            return true;
+        }
+        let sleep = self.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if sleep.deadline() > deadline || sleep.is_elapsed() {
+            sleep.as_mut().reset(deadline);
+        }
+        if sleep.as_mut().poll(cx).is_ready() {
+            sleep.as_mut().reset(deadline);
+            let _ = sleep.as_mut().poll(cx);
+        }
+        false
+    }
+}
