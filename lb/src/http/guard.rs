@@ -14,6 +14,7 @@
 //! for the client (not while a slow member holds the body back). One `Sleep` per connection is
 //! re-armed lazily: a wake-up before the deadline re-checks, so a busy connection does not
 //! touch the timer wheel per request.
+use super::h2watch::{Frames, Watch};
 use super::strict::chunked::Chunked;
 use super::strict::head::{Framing, HeadParser};
 use super::strict::{Limits, Rejection};
@@ -52,6 +53,10 @@ impl Shared {
 
 /// What hyper reads in place of a refused head; the proxy answers it with the refusal.
 const STAND_IN: &[u8] = b"GET / HTTP/1.1\r\nhost: lb\r\nconnection: close\r\n\r\n";
+/// GOAWAY's frame type.
+const GOAWAY: u8 = 0x7;
+/// How long a flooding HTTP/2 client's bytes are drained after its GOAWAY.
+const DRAIN: Duration = Duration::from_secs(1);
 /// The HTTP/2 connection preface: an h2c client by prior knowledge, passed through untouched.
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -70,13 +75,22 @@ enum Phase {
     Head(HeadParser),
     Length(u64),
     Chunked(Chunked),
-    /// h2, or an upgraded connection: bytes pass untouched.
+    /// An upgraded connection: bytes pass untouched.
     Stream,
+    /// HTTP/2: bytes pass untouched, control frames are rationed.
+    H2(Box<Watch>),
     /// A body was refused: the next read fails with this (bytes before it go first).
     Failing(Rejection),
     /// After a refusal or a timeout: nothing more is read.
     Closed {
         eof: bool,
+    },
+    /// HTTP/2 flood: GOAWAY sent and the write side shut; the client's bytes are read and
+    /// dropped (closing on unread bytes would reset the connection and could destroy the
+    /// GOAWAY before the client reads it) until it closes or `until`, then hyper is told.
+    Draining {
+        until: Instant,
+        shut: bool,
     },
 }
 
@@ -90,6 +104,10 @@ pub struct Guarded<S> {
     /// Accepted bytes hyper has not taken yet.
     ready: BytesMut,
     shared: std::sync::Arc<Shared>,
+    /// HTTP/2: where hyper's writes stand between frames (a GOAWAY goes in between).
+    out: Frames,
+    /// HTTP/2: hyper has sent a GOAWAY; its shutdown then drains the client first.
+    goaway_out: bool,
     /// Heads handed to hyper.
     heads: u64,
     clock: Clock,
@@ -115,10 +133,12 @@ impl<S> Guarded<S> {
         Guarded {
             inner,
             rules,
-            phase: if h2 { Phase::Stream } else { Phase::Sniff },
+            phase: if h2 { Phase::H2(Box::default()) } else { Phase::Sniff },
             held: BytesMut::new(),
             ready: BytesMut::new(),
             shared,
+            out: Frames::default(),
+            goaway_out: false,
             heads: 0,
             clock: Clock::default(),
             idle_since: None,
@@ -138,7 +158,7 @@ impl<S> Guarded<S> {
             match &mut self.phase {
                 Phase::Sniff => {
                     if rest.starts_with(PREFACE) {
-                        self.phase = Phase::Stream;
+                        self.phase = Phase::H2(Box::default());
                     } else if PREFACE.starts_with(rest) {
                         return Scan::Passed(pos);
                     } else {
@@ -179,7 +199,13 @@ impl<S> Guarded<S> {
                     Err(r) => return Scan::Rejected(pos, r),
                 },
                 Phase::Stream => pos = data.len(),
-                Phase::Failing(_) | Phase::Closed { .. } => return Scan::Passed(pos),
+                Phase::H2(w) => {
+                    w.read(rest);
+                    pos = data.len();
+                }
+                Phase::Failing(_) | Phase::Closed { .. } | Phase::Draining { .. } => {
+                    return Scan::Passed(pos);
+                }
             }
         }
         Scan::Passed(pos)
@@ -219,7 +245,9 @@ impl<S> Guarded<S> {
         let now = Instant::now();
         let t = self.rules.timeouts;
         let (deadline, what) = match &self.phase {
-            Phase::Stream | Phase::Failing(_) => return Poll::Pending,
+            Phase::Stream | Phase::H2(_) | Phase::Failing(_) | Phase::Draining { .. } => {
+                return Poll::Pending;
+            }
             Phase::Closed { .. } => {
                 let since = *self.idle_since.get_or_insert(now);
                 (since + self.rules.keepalive, Expiry::Close)
@@ -277,7 +305,7 @@ enum Expiry {
     Body,
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -294,6 +322,18 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
             match this.phase {
                 Phase::Stream if this.held.is_empty() => {
                     return Pin::new(&mut this.inner).poll_read(cx, buf);
+                }
+                Phase::H2(ref w) if w.flooded.is_some() => return this.end_flood(cx),
+                Phase::Draining { .. } => return this.drain(cx),
+                Phase::H2(ref mut w) if this.held.is_empty() => {
+                    let before = buf.filled().len();
+                    let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+                    w.read(&buf.filled()[before..]);
+                    if w.flooded.is_some() {
+                        buf.set_filled(before);
+                        return this.end_flood(cx);
+                    }
+                    return r;
                 }
                 Phase::Failing(_) => {
                     let Phase::Failing(r) =
@@ -363,7 +403,109 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
     }
 }
 
-write_through!(impl[S: AsyncWrite + Unpin] Guarded<S>);
+impl<S: AsyncRead + AsyncWrite + Unpin> Guarded<S> {
+    /// A client flooded control frames: GOAWAY (ENHANCE_YOUR_CALM) if hyper's writes stand
+    /// between frames, then drain and close.
+    fn end_flood(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let Phase::H2(w) = &self.phase else { return Poll::Ready(Ok(())) };
+        let what = w.flooded.unwrap_or("control frames");
+        tracing::warn!(frames = what, "HTTP/2 client flooded control frames; closing");
+        if self.out.at_boundary() {
+            let goaway = w.goaway();
+            let inner = Pin::new(&mut self.inner);
+            if let Poll::Ready(Ok(n)) = inner.poll_write(cx, &goaway) {
+                self.out.feed(&goaway[..n], |_| {});
+                let _ = Pin::new(&mut self.inner).poll_flush(cx);
+            }
+        }
+        self.phase = Phase::Draining { until: Instant::now() + DRAIN, shut: false };
+        self.drain(cx)
+    }
+
+    /// Read and drop until the client closes or the drain time is up; then fail hyper's read.
+    fn drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let Phase::Draining { until, shut } = &mut self.phase else { return Poll::Ready(Ok(())) };
+        let until = *until;
+        if !*shut && Pin::new(&mut self.inner).poll_shutdown(cx).is_ready() {
+            *shut = true;
+        }
+        let mut scratch = [0u8; 4096];
+        loop {
+            let mut b = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut self.inner).poll_read(cx, &mut b) {
+                Poll::Ready(Ok(())) if !b.filled().is_empty() => continue,
+                Poll::Pending if !self.clock.passed(until, cx) => return Poll::Pending,
+                _ => break,
+            }
+        }
+        self.phase = Phase::Closed { eof: true };
+        Poll::Ready(Err(io::Error::new(io::ErrorKind::ConnectionAborted, "HTTP/2 flood")))
+    }
+
+    fn wrote(&mut self, bufs: &[io::IoSlice<'_>], mut n: usize) {
+        if !matches!(self.phase, Phase::H2(_)) {
+            return;
+        }
+        for b in bufs {
+            let k = b.len().min(n);
+            let goaway = &mut self.goaway_out;
+            self.out.feed(&b[..k], |f| *goaway |= f.kind == GOAWAY);
+            n -= k;
+            if n == 0 {
+                break;
+            }
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if matches!(self.phase, Phase::Draining { .. }) {
+            return Poll::Ready(Ok(buf.len()));
+        }
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = r {
+            self.wrote(&[io::IoSlice::new(buf)], n);
+        }
+        r
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        if matches!(self.phase, Phase::Draining { .. }) {
+            return Poll::Ready(Ok(bufs.iter().map(|b| b.len()).sum()));
+        }
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = r {
+            self.wrote(bufs, n);
+        }
+        r
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    /// After an HTTP/2 GOAWAY, a lingering close: the client's last bytes are drained so that
+    /// the close does not reset the connection before it has read the GOAWAY.
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.goaway_out && matches!(this.phase, Phase::H2(_)) {
+            this.phase = Phase::Draining { until: Instant::now() + DRAIN, shut: false };
+        }
+        if matches!(this.phase, Phase::Draining { .. }) {
+            return this.drain(cx).map(|_| Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_shutdown(cx)
+    }
+}
 
 /// One timer per connection, armed lazily.
 #[derive(Default)]

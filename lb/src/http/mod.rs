@@ -10,6 +10,7 @@
 pub mod access;
 pub mod body;
 pub mod guard;
+pub mod h2watch;
 pub mod headers;
 mod outgoing;
 mod ping;

@@ -79,6 +79,7 @@ fn builder(cfg: &ListenerConfig) -> auto::Builder<TokioExecutor> {
         .max_buf_size(cfg.limits.head.max(8192));
     b.http2()
         .timer(TokioTimer::new())
+        .max_concurrent_streams(100)
         .max_header_list_size(cfg.limits.head as u32)
         .keep_alive_interval(None);
     b

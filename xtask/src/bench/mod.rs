@@ -149,7 +149,16 @@ fn options(args: &[String]) -> Result<Options> {
                     })
                     .collect::<Result<_>>()?;
             }
-            other => bail!("unknown bench option {other}"),
+            "--help" | "-h" => {
+                let all: Vec<&str> = VARIANTS.iter().map(|v| v.name).collect();
+                println!(
+                    "cargo xtask bench [--duration SECS] [--connections N] [--reps N] \
+                     [--variants {}] [--no-extras]",
+                    all.join(",")
+                );
+                std::process::exit(0);
+            }
+            other => bail!("unknown bench option {other} (see --help)"),
         }
     }
     if o.reps < 1 {
