@@ -78,6 +78,7 @@ pub mod runtime;
 pub mod shutdown;
 pub mod state;
 pub mod status;
+pub mod sys;
 pub mod tcp;
 pub mod telemetry;
 pub mod tls;

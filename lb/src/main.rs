@@ -217,6 +217,7 @@ fn load_or_report(path: &Path) -> Result<Config> {
 }
 
 async fn run(cfg: &Config, path: &Path) -> Result<()> {
+    lb::sys::prepare(cfg);
     let bound = Lb::build(cfg)?.with_config_path(path.to_owned()).bind().await?;
     // SIGHUP re-reads the config file, like `lb reload`.
     let handle = bound.handle();
@@ -258,6 +259,7 @@ async fn demo(bind: &str, admin: &str) -> Result<()> {
     }
     let text = lb::demo::config_text(bind, admin, &ports);
     let cfg = Config::parse(&text, Path::new("<demo>")).map_err(|e| anyhow::anyhow!("{e}"))?;
+    lb::sys::prepare(&cfg);
     let bound = match Lb::build(&cfg)?.bind().await {
         Ok(b) => b,
         Err(e) => {

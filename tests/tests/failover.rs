@@ -153,6 +153,27 @@ async fn member_timeout_is_504_and_failontimeout_marks_error() {
 }
 
 #[tokio::test]
+async fn a_get_that_times_out_is_tried_on_another_member_and_a_post_is_not() {
+    let slow = Member::start_slow("slow", Duration::from_secs(3)).await;
+    let fast = Member::start("fast").await;
+    let body = format!(
+        "lbmethod = \"byrequests\"\n{APACHE_RETRY_ONLY}{}",
+        members(&[(&slow.url(), "timeout = \"200ms\""), (&fast.url(), "")])
+    );
+    let lb = Lb::start(&config(&body)).await;
+    // byrequests picks the first member first: the slow one.
+    let r = get(&lb.url("/")).await;
+    assert_eq!((r.status, r.member()), (200, "fast".to_owned()), "{}", r.text());
+    assert_eq!(slow.hits.load(Relaxed), 1, "the slow one had it first");
+    let lb2 = Lb::start(&config(&body)).await;
+    let req = http::Request::post(lb2.url("/")).body(full("x")).expect("request");
+    let r = send(&client(), req).await.expect("answer");
+    assert_eq!(r.status, 504, "a POST is not replayed: {}", r.text());
+    lb.stop().await;
+    lb2.stop().await;
+}
+
+#[tokio::test]
 async fn garbage_from_a_member_is_502() {
     let (addr, _t) = raw_member(b"this is not HTTP\r\n\r\n").await;
     let lb = Lb::start(&config(&members(&[(&format!("http://{addr}"), "")]))).await;

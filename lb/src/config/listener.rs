@@ -7,6 +7,9 @@ use super::raw::{RawListener, RawProxyPass};
 use super::{KeyPath, Validator, parse_member_url};
 use std::time::Duration;
 
+/// `max_connections` when not set: well under the NOFILE limit lb raises itself to.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+
 /// What member schemes a listener of `protocol` can forward to.
 fn scheme_fits(protocol: Protocol, scheme: Scheme) -> bool {
     match protocol {
@@ -103,6 +106,14 @@ impl Validator<'_> {
             Duration::from_secs(5),
         );
         let (limits, read_timeouts) = self.request_limits(path, l);
+        let max_connections = match l.max_connections {
+            None => DEFAULT_MAX_CONNECTIONS,
+            Some(n @ 1..=1_000_000) => n as usize,
+            Some(n) => {
+                self.err(&path.key("max_connections"), format!("{n} is out of range 1..=1000000"));
+                DEFAULT_MAX_CONNECTIONS
+            }
+        };
         let mut tls = Vec::new();
         for (i, t) in l.tls.iter().enumerate() {
             let tp = path.key("tls").index(i);
@@ -199,6 +210,7 @@ impl Validator<'_> {
             max_keepalive_requests: l.max_keepalive_requests.unwrap_or(1000),
             limits,
             read_timeouts,
+            max_connections,
             access_log: l.access_log.unwrap_or(true),
             accept_proxy: l.accept_proxy.unwrap_or(false),
             splice: l.splice.unwrap_or(true),

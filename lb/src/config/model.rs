@@ -85,6 +85,8 @@ pub struct ListenerConfig {
     pub limits: super::Limits,
     /// How long a client may take over a request head or body, and a TLS handshake.
     pub read_timeouts: super::ReadTimeouts,
+    /// Client connections open at once; at the limit, accepting pauses.
+    pub max_connections: usize,
     pub access_log: bool,
     /// Read a PROXY protocol (v1 or v2) header before anything else on each connection.
     pub accept_proxy: bool,

@@ -9,9 +9,12 @@ pub mod sni;
 use bytes::BytesMut;
 use prefixed::Prefixed;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
 
 /// Accept the next connection on `listener` (called `name` in the log), with TCP_NODELAY. An
 /// accept error (out of descriptors, …) is logged and retried after a short back-off, never spun
@@ -28,6 +31,59 @@ pub async fn accept(listener: &TcpListener, name: &str) -> (TcpStream, SocketAdd
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
+    }
+}
+
+/// A listener's `max_connections`: connections open at once. At the limit the listener stops
+/// accepting (new connections wait in the kernel's backlog, as HAProxy's `maxconn` does)
+/// until one closes; nobody is refused and nothing already open is slowed down.
+#[derive(Debug, Default)]
+pub struct Admission {
+    open: AtomicUsize,
+    freed: Notify,
+}
+
+/// One open connection; dropping it makes room.
+pub struct Ticket(Arc<Admission>);
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Relaxed);
+        self.0.freed.notify_one();
+    }
+}
+
+impl Admission {
+    pub fn open(&self) -> usize {
+        self.open.load(Relaxed)
+    }
+
+    /// Wait until fewer than `max` connections are open.
+    pub async fn room(&self, max: usize, listener: &str) {
+        let mut warned = false;
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if self.open() < max {
+                return;
+            }
+            if !warned {
+                tracing::warn!(
+                    listener,
+                    max,
+                    "max_connections reached; accepting again when one closes"
+                );
+                warned = true;
+            }
+            freed.await;
+        }
+    }
+
+    /// Count a connection in.
+    pub fn enter(self: &Arc<Self>) -> Ticket {
+        self.open.fetch_add(1, Relaxed);
+        Ticket(Arc::clone(self))
     }
 }
 

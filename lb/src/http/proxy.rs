@@ -217,6 +217,7 @@ impl HttpProxy {
         };
         let mut attempts = 0u32;
         let mut last: Option<(String, bool)> = None; // (error, whether the request had been sent)
+        let mut timed_out = false;
         loop {
             let Some(pick) = balancer.pick_wait(&ctx).await else {
                 let mut msg = balancer.unavailable_reason();
@@ -266,14 +267,6 @@ impl HttpProxy {
             }
             match self.exchange(&out, &member, conn, req).await {
                 Ok((resp, lease)) => {
-                    if let Some(why) = headers::ambiguous_framing(resp.headers()) {
-                        // Dropping the lease closes the connection.
-                        drop(lease);
-                        let msg = format!("member {} answered with {why}", member.url);
-                        member.report(Outcome::Failed(msg.clone()));
-                        tracing::warn!(balancer = %balancer.name(), error = %msg, "member answer refused");
-                        return self.local(rec, StatusCode::BAD_GATEWAY, &msg);
-                    }
                     member.report(Outcome::Success);
                     return self.respond(route, &out, resp, lease, pick, client_upgrade, rec);
                 }
@@ -291,7 +284,12 @@ impl HttpProxy {
                                 Outcome::SoftFailed(msg.clone())
                             });
                             tracing::warn!(balancer = %balancer.name(), error = %msg, "member timed out");
-                            return self.local(rec, StatusCode::GATEWAY_TIMEOUT, &msg);
+                            // An idempotent request without a body is tried on another member,
+                            // as nginx's `proxy_next_upstream timeout` does; others get 504.
+                            if out.replay.is_none() || attempts > balancer.settings.maxattempts {
+                                return self.local(rec, StatusCode::GATEWAY_TIMEOUT, &msg);
+                            }
+                            timed_out = true;
                         }
                         // A full connection pool means busy, not broken: fail over without E.
                         UpstreamError::PoolExhausted { .. } => {
@@ -318,7 +316,9 @@ impl HttpProxy {
                     pending = back;
                     if attempts > balancer.settings.maxattempts {
                         let (msg, sent) = last.unwrap_or_default();
-                        let status = if sent {
+                        let status = if timed_out {
+                            StatusCode::GATEWAY_TIMEOUT
+                        } else if sent {
                             StatusCode::BAD_GATEWAY
                         } else {
                             StatusCode::SERVICE_UNAVAILABLE
@@ -405,7 +405,14 @@ impl HttpProxy {
                         back: None,
                     });
                 }
-                Ok(Ok(resp)) => return Ok((resp, lease)),
+                Ok(Ok(resp)) => {
+                    // Never forwarded; dropping the lease closes the connection.
+                    if let Some(why) = headers::ambiguous_framing(resp.headers()) {
+                        let error = UpstreamError::Framing { addr, why };
+                        return Err(Failed { error, back: None });
+                    }
+                    return Ok((resp, lease));
+                }
                 Ok(Err(mut e)) => {
                     let back = e.take_message();
                     let source = e.into_error();

@@ -9,7 +9,7 @@ use super::body::ResponseBody;
 use super::guard::{Guarded, Rules, Shared};
 use super::proxy::{ConnState, HttpProxy};
 use crate::config::ListenerConfig;
-use crate::conn::Incoming as ClientConn;
+use crate::conn::{Admission, Incoming as ClientConn};
 use crate::shutdown::stopped;
 use arc_swap::ArcSwap;
 use hyper::body::Incoming;
@@ -35,6 +35,7 @@ pub struct HttpService {
     pub handshake_timeout: Duration,
     /// Limits and read timeouts for HTTP/1 clients.
     pub rules: Rules,
+    pub max_connections: usize,
 }
 
 pub type Slot = Arc<ArcSwap<HttpService>>;
@@ -55,6 +56,7 @@ impl HttpService {
                 .read_timeouts
                 .handshake
                 .unwrap_or(cfg.timeout.min(crate::conn::PRELUDE_TIMEOUT)),
+            max_connections: cfg.max_connections,
             rules: Rules {
                 limits: cfg.limits,
                 timeouts: cfg.read_timeouts,
@@ -95,14 +97,24 @@ pub async fn serve(
     grace: Duration,
 ) {
     let graceful = GracefulShutdown::new();
+    let admission = Arc::new(Admission::default());
     let stop = stopped(shutdown);
     tokio::pin!(stop);
     loop {
+        let max = slot.load().max_connections;
+        tokio::select! {
+            _ = admission.room(max, &name) => {}
+            _ = &mut stop => break,
+        }
         tokio::select! {
             (stream, peer) = crate::conn::accept(&listener, &name) => {
                 let span = tracing::info_span!("conn", listener = %name, peer = %peer);
+                let ticket = admission.enter();
                 let task = connection(ClientConn::new(stream, peer), Arc::clone(&slot), graceful.watcher());
-                tokio::spawn(task.instrument(span));
+                tokio::spawn(async move {
+                    task.await;
+                    drop(ticket);
+                }.instrument(span));
             }
             _ = &mut stop => break,
         }

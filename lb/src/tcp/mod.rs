@@ -12,7 +12,7 @@ pub mod splice;
 use crate::balancer::{Balancer, Outcome, Pick, PickContext};
 use crate::config::{ListenerConfig, ProxyVersion};
 use crate::conn::prefixed::Prefixed;
-use crate::conn::{Incoming as ClientConn, proxy_protocol, sni};
+use crate::conn::{Admission, Incoming as ClientConn, proxy_protocol, sni};
 use crate::shutdown::stopped;
 use crate::telemetry::Telemetry;
 use arc_swap::ArcSwap;
@@ -39,6 +39,7 @@ pub struct TcpService {
     pub idle: Duration,
     pub access_log: bool,
     pub telemetry: Arc<Telemetry>,
+    pub max_connections: usize,
 }
 
 pub type Slot = Arc<ArcSwap<TcpService>>;
@@ -65,6 +66,7 @@ impl TcpService {
             idle: cfg.timeout,
             access_log: cfg.access_log,
             telemetry,
+            max_connections: cfg.max_connections,
         }
     }
 }
@@ -81,11 +83,23 @@ pub async fn serve(
     let mut conns = JoinSet::new();
     let stop = stopped(shutdown);
     tokio::pin!(stop);
+    let admission = Arc::new(Admission::default());
     loop {
+        let max = slot.load().max_connections;
+        tokio::select! {
+            _ = admission.room(max, &name) => {}
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
+            _ = &mut stop => break,
+        }
         tokio::select! {
             (stream, peer) = crate::conn::accept(&listener, &name) => {
                 let span = tracing::info_span!("conn", listener = %name, peer = %peer);
-                conns.spawn(connection(ClientConn::new(stream, peer), slot.load_full()).instrument(span));
+                let ticket = admission.enter();
+                let task = connection(ClientConn::new(stream, peer), slot.load_full());
+                conns.spawn(async move {
+                    task.await;
+                    drop(ticket);
+                }.instrument(span));
             }
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
             _ = &mut stop => break,

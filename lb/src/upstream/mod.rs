@@ -48,6 +48,9 @@ pub enum UpstreamError {
     /// `ping`: no `100 Continue` (nor an answer) within the ping time; the body was not sent.
     #[error("{addr} sent no 100 Continue within {after:?} (ping)")]
     NoContinue { addr: String, after: Duration },
+    /// The member's answer was ambiguous about where its body ends (never forwarded).
+    #[error("{addr} answered with {why}")]
+    Framing { addr: String, why: String },
     #[error("exchange with {addr} failed: {source}")]
     Exchange {
         addr: String,

@@ -1,0 +1,119 @@
+//! Connection limits and the cost of idle clients: `max_connections` pauses accepting instead
+//! of refusing, and 10,000 idle keep-alive clients cost lb a bounded, measured amount of memory.
+use lb_tests::*;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Send a keep-alive GET on `s` and read its answer (the member answers with its name).
+async fn get_on(s: &mut TcpStream) -> String {
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
+    let mut buf = vec![0u8; 4096];
+    let mut got = Vec::new();
+    while !String::from_utf8_lossy(&got).ends_with("\r\n\r\nm") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("answer in time")
+            .expect("read");
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[tokio::test]
+async fn at_max_connections_accepting_pauses_until_one_closes() {
+    let m = Member::start("m").await;
+    let cfg = config(&members(&[(&m.url(), "")]))
+        .replace("access_log = false\n", "access_log = false\nmax_connections = 3\n");
+    let lb = Lb::start(&cfg).await;
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        let mut s = TcpStream::connect(lb.addr).await.expect("connect");
+        assert!(get_on(&mut s).await.starts_with("HTTP/1.1 200"));
+        open.push(s);
+    }
+    // The fourth connects (the kernel's backlog holds it) but is not served while three are open.
+    let mut fourth = TcpStream::connect(lb.addr).await.expect("connect");
+    fourth.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
+    let mut buf = [0u8; 64];
+    let early = tokio::time::timeout(Duration::from_millis(500), fourth.read(&mut buf)).await;
+    assert!(early.is_err(), "served beyond max_connections");
+    drop(open.pop());
+    let n = tokio::time::timeout(Duration::from_secs(5), fourth.read(&mut buf))
+        .await
+        .expect("served once a connection closed")
+        .expect("read");
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    lb.stop().await;
+}
+
+fn rss_kib(pid: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS")
+}
+
+/// What 10,000 idle keep-alive clients may cost lb, per connection (README: tested bound).
+const IDLE_CONN_KIB_BOUND: u64 = 48;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_idle_keepalive_clients_cost_a_bounded_amount() {
+    const CLIENTS: u64 = 10_000;
+    lb::sys::raise_nofile().expect("raise NOFILE for the clients");
+    let m = Member::start("m").await;
+    let dir = std::env::temp_dir().join(format!("lb-conns-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("lb.toml");
+    let text = config(&members(&[(&m.url(), "")]))
+        .replace("access_log = false\n", "access_log = false\nkeepalive_timeout = \"120s\"\n");
+    std::fs::write(&file, text).expect("config");
+    let lb = lb_tests::process::LbProcess::start(&file);
+    let addr = lb.addr("listening (http)");
+    // Warm up: the member pool, the allocator's arenas.
+    let mut warm = Vec::new();
+    for _ in 0..100 {
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        get_on(&mut s).await;
+        warm.push(s);
+    }
+    drop(warm);
+    let before = rss_kib(&lb.pid);
+    let mut clients = Vec::new();
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..CLIENTS {
+        set.spawn(async move {
+            let mut s = TcpStream::connect(addr).await.expect("connect");
+            get_on(&mut s).await;
+            s
+        });
+        if i % 200 == 199 {
+            while let Some(s) = set.join_next().await {
+                clients.push(s.expect("client"));
+            }
+        }
+    }
+    while let Some(s) = set.join_next().await {
+        clients.push(s.expect("client"));
+    }
+    assert_eq!(clients.len() as u64, CLIENTS);
+    let after = rss_kib(&lb.pid);
+    let per_conn = after.saturating_sub(before) * 1024 / CLIENTS;
+    println!(
+        "{CLIENTS} idle keep-alive clients: lb RSS {before} KiB -> {after} KiB, {per_conn} B each"
+    );
+    assert!(
+        per_conn <= IDLE_CONN_KIB_BOUND * 1024,
+        "{per_conn} B per idle connection (bound {IDLE_CONN_KIB_BOUND} KiB)"
+    );
+    // Every one of them is still served.
+    let mut last = clients.pop().expect("a client");
+    assert!(get_on(&mut last).await.starts_with("HTTP/1.1 200"));
+    drop(clients);
+    drop(lb);
+    let _ = std::fs::remove_dir_all(&dir);
+}
