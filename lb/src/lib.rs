@@ -5,6 +5,7 @@
 //! ```text
 //! client ─▶ conn          PROXY header (accept_proxy), ClientHello SNI (passthrough)
 //!        ─▶ tls           TLS termination, certificate by SNI (listener [[tls]])
+//!        ─▶ http::guard   HTTP/1: strict framing, limits, read timeouts; h2: flood rations
 //!        ─▶ http::server  HTTP/1.1 + h2 ─▶ http::proxy  ProxyPass route, sticky session,
 //!                         headers, failover; ping (body held until 100 Continue)
 //!        ─▶ tcp           layer 4: pick, connect with failover, send_proxy, tcp::relay
@@ -24,9 +25,9 @@
 //! runtime: config ─▶ Routing (members kept by balancer + URL) ─▶ swap slots  (start, reload)
 //! admin (/status, /health, /heartbeat, /reload) ─▶ state::Shared ─▶ status (reports)
 //! ```
-//! Module layering, leaves first: `config`, `errors`, `shutdown` → `telemetry`, `conn`, `tls` →
-//! `balancer` → `health`, `upstream`, `status`, `state` → `http`, `tcp`, `admin` → `routing` →
-//! `runtime`.
+//! Module layering, leaves first: `config`, `errors`, `shutdown` → `sys`, `telemetry`, `conn`,
+//! `tls` → `balancer` → `health`, `upstream`, `status`, `state` → `http`, `tcp`, `admin` →
+//! `routing` → `runtime`.
 /// `AsyncWrite` for a stream wrapper that writes straight through to its `inner` field (it only
 /// watches or alters what is read): `write_through!(impl[S: AsyncWrite + Unpin] Wrapper<S>);`.
 macro_rules! write_through {

@@ -1,9 +1,11 @@
-//! Project tasks: `cargo xtask test | demo | bench`.
+//! Project tasks: `cargo xtask test | demo | bench | fuzz`.
 //!
 //! `test` is what CI runs (the README's test command): formatting, lints, build, every test.
 //! `demo` builds lb and starts its built-in demo. `bench` measures lb side by side with HAProxy
-//! and nginx against direct-to-member traffic (see `bench`).
+//! and nginx against direct-to-member traffic (see `bench`). `fuzz` runs the cargo-fuzz targets
+//! (see `fuzz`); `test` runs each of them briefly too.
 mod bench;
+mod fuzz;
 
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
@@ -21,9 +23,10 @@ fn main() -> Result<()> {
         "test" => test(rest),
         "demo" => demo(rest),
         "bench" => bench::bench(rest),
+        "fuzz" => fuzz::fuzz(rest),
         _ => {
             eprintln!(
-                "usage: cargo xtask <task>\n\n  setup  install the eBPF toolchain (nightly rust-src, bpf-linker); quick when done\n  build-ebpf  setup, then build the eBPF object (lb's build script does the same and embeds it)\n  test   setup, fmt check, clippy, build, run every test (what CI runs)\n  demo   build lb and start `lb demo` (args are passed on)\n  bench  lb, HAProxy and nginx side by side [--duration SECS] [--connections N] [--reps N] [--variants http-100,http-64k,http-1m,h2c,tls,h2,l4-100,l4-1m] [--no-extras]"
+                "usage: cargo xtask <task>\n\n  setup  install the eBPF toolchain (nightly rust-src, bpf-linker); quick when done\n  build-ebpf  setup, then build the eBPF object (lb's build script does the same and embeds it)\n  test   setup, fmt check, clippy, build, run every test (what CI runs)\n  demo   build lb and start `lb demo` (args are passed on)\n  bench  lb, HAProxy and nginx side by side [--duration SECS] [--connections N] [--reps N] [--variants http-100,http-64k,http-1m,h2c,tls,h2,l4-100,l4-1m] [--no-extras]\n  fuzz   every fuzz target for N seconds [--seconds N] [TARGET...]"
             );
             if cmd == "help" { Ok(()) } else { bail!("unknown task {cmd:?}") }
         }
@@ -159,8 +162,16 @@ fn test(extra: &[String]) -> Result<()> {
     run(build)?;
     let mut t = cargo();
     t.arg("test").args(extra).env("LB_BIN", root().join("target/debug/lb"));
-    run_tests(t)
+    run_tests(t)?;
+    // Each fuzz target, briefly: a regression on a seed or a shallow crash fails the run.
+    if extra.is_empty() {
+        fuzz::fuzz(&["--seconds".to_owned(), FUZZ_SECONDS_IN_TEST.to_string()])?;
+    }
+    Ok(())
 }
+
+/// How long `cargo xtask test` runs each fuzz target.
+const FUZZ_SECONDS_IN_TEST: u64 = 15;
 
 /// Run a `cargo test` command, echoing its output, and close with one summary line
 /// (`N passed, M failed`) over every test binary it ran.
