@@ -174,6 +174,39 @@ async fn a_get_that_times_out_is_tried_on_another_member_and_a_post_is_not() {
 }
 
 #[tokio::test]
+async fn a_member_that_stalls_midway_is_cut_off_at_its_timeout() {
+    // A member that sends the head and 10 of 100 bytes, then nothing.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let _member = tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let head = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789";
+                let _ = s.write_all(head).await;
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            });
+        }
+    });
+    let body = format!(
+        "{APACHE_RETRY_ONLY}{}",
+        members(&[(&format!("http://{addr}"), "timeout = \"300ms\"")])
+    );
+    let lb = Lb::start(&config(&body)).await;
+    let req = http::Request::get(lb.url("/")).body(full("")).expect("request");
+    let got = tokio::time::timeout(Duration::from_secs(10), send(&client(), req))
+        .await
+        .expect("not left hanging for the member's 30 s");
+    let Err(e) = got else { panic!("the client must see an incomplete answer, not a short one") };
+    assert!(e.contains("Incomplete") || e.contains("Body"), "{e}");
+    let m = lb.member("b", 0).await;
+    assert!(m.to_string().contains("response body"), "the member's error says why: {m}");
+    lb.stop().await;
+}
+
+#[tokio::test]
 async fn garbage_from_a_member_is_502() {
     let (addr, _t) = raw_member(b"this is not HTTP\r\n\r\n").await;
     let lb = Lb::start(&config(&members(&[(&format!("http://{addr}"), "")]))).await;

@@ -337,3 +337,34 @@ fn lb_check_names_a_missing_or_mismatched_certificate_file() {
     );
     assert_eq!(lines[2], "2 error(s)");
 }
+
+#[tokio::test]
+async fn half_sent_handshakes_delay_no_one_and_are_closed_at_the_handshake_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = Pki::new("slow");
+    let a = pki.leaf("a", &["a.test"]);
+    let m = Member::start("m1").await;
+    let cfg = tls_config(&[&a], &lb_tests::members(&[(&m.url(), "")])).replace(
+        "access_log = false\n",
+        "access_log = false\nrequest_read_timeout = \"handshake=1\"\n",
+    );
+    let lb = Lb::start(&cfg).await;
+    // Two hundred clients that send the first bytes of a ClientHello and stop.
+    let mut slow = Vec::new();
+    for _ in 0..200 {
+        let mut s = TcpStream::connect(lb.addr).await.expect("connect");
+        s.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]).await.expect("write");
+        slow.push(s);
+    }
+    let c = pki.client(&[b"http/1.1"], TLS13, None);
+    let r = get_tls(lb.addr, &c, "a.test", "/").await.expect("a normal client is served");
+    assert_eq!((r.status, r.body.as_str()), (200, "m1"));
+    for mut s in slow {
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("closed at the handshake timeout");
+        assert!(matches!(n, Ok(0) | Err(_)), "closed without an answer: {n:?}");
+    }
+    lb.stop().await;
+}

@@ -6,6 +6,7 @@
 //! the pooled connection lease, so `busy` drops and the connection returns to its pool exactly
 //! when the response has been read to its end.
 use super::access::AccessRecord;
+use super::clock::Clock;
 use super::strict::Rejection;
 use crate::balancer::{InFlight, Member};
 use crate::upstream::pool::Lease;
@@ -14,6 +15,8 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// The client's request body failed (malformed, over a limit, too slow, or cut short); the
 /// client gets the rejection's status, and the member is not blamed.
@@ -214,7 +217,16 @@ pub struct UpstreamBody {
     access: Option<Box<AccessRecord>>,
     bytes: u64,
     done: bool,
+    /// The member's `timeout`, as the longest wait between two pieces of the body.
+    idle: Duration,
+    last: Instant,
+    clock: Clock,
 }
+
+/// A member stopped sending a response body midway.
+#[derive(Debug, thiserror::Error)]
+#[error("the member sent nothing of the response body for {0:?} (timeout)")]
+pub struct BodyStalled(Duration);
 
 impl UpstreamBody {
     pub fn new(
@@ -223,7 +235,18 @@ impl UpstreamBody {
         guard: InFlight,
         access: Option<Box<AccessRecord>>,
     ) -> UpstreamBody {
-        UpstreamBody { inner, lease: Some(lease), guard, access, bytes: 0, done: false }
+        let idle = lease.response_timeout();
+        UpstreamBody {
+            inner,
+            lease: Some(lease),
+            guard,
+            access,
+            bytes: 0,
+            done: false,
+            idle,
+            last: Instant::now(),
+            clock: Clock::default(),
+        }
     }
 
     fn finish(&mut self) {
@@ -238,16 +261,28 @@ impl UpstreamBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match &mut *self {
             ResponseBody::Local(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
             ResponseBody::Upstream(u) => {
-                let frame = ready!(Pin::new(&mut u.inner).poll_frame(cx));
+                let Poll::Ready(frame) = Pin::new(&mut u.inner).poll_frame(cx) else {
+                    // A member that stalls midway: the client's answer is cut off (it sees an
+                    // incomplete message, never a silently short one) and the connection to
+                    // the member is closed.
+                    if !u.clock.passed(u.last + u.idle, cx) {
+                        return Poll::Pending;
+                    }
+                    let e = BodyStalled(u.idle);
+                    u.guard.member().note_error(crate::balancer::now_ms(), e.to_string());
+                    u.lease = None;
+                    return Poll::Ready(Some(Err(Box::new(e))));
+                };
+                u.last = Instant::now();
                 match &frame {
                     Some(Ok(f)) => {
                         if let Some(d) = f.data_ref() {
@@ -269,7 +304,7 @@ impl Body for ResponseBody {
                         u.lease = None;
                     }
                 }
-                Poll::Ready(frame)
+                Poll::Ready(frame.map(|r| r.map_err(Into::into)))
             }
         }
     }

@@ -14,6 +14,7 @@
 //! for the client (not while a slow member holds the body back). One `Sleep` per connection is
 //! re-armed lazily: a wake-up before the deadline re-checks, so a busy connection does not
 //! touch the timer wheel per request.
+use super::clock::Clock;
 use super::h2watch::{Frames, Watch};
 use super::strict::chunked::Chunked;
 use super::strict::head::{Framing, HeadParser};
@@ -21,7 +22,6 @@ use super::strict::{Limits, Rejection};
 use crate::config::ReadTimeouts;
 use bytes::{Buf, BytesMut};
 use http::StatusCode;
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::OnceLock;
@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 /// What a guarded connection shares with the requests it carries.
 #[derive(Debug, Default)]
@@ -504,30 +504,5 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
             return this.drain(cx).map(|_| Ok(()));
         }
         Pin::new(&mut this.inner).poll_shutdown(cx)
-    }
-}
-
-/// One timer per connection, armed lazily.
-#[derive(Default)]
-struct Clock {
-    sleep: Option<Pin<Box<Sleep>>>,
-}
-
-impl Clock {
-    /// Whether `deadline` has passed; if not, the task is woken by then (or earlier, to check
-    /// again).
-    fn passed(&mut self, deadline: Instant, cx: &mut Context<'_>) -> bool {
-        if Instant::now() >= deadline {
-            return true;
-        }
-        let sleep = self.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        if sleep.deadline() > deadline || sleep.is_elapsed() {
-            sleep.as_mut().reset(deadline);
-        }
-        if sleep.as_mut().poll(cx).is_ready() {
-            sleep.as_mut().reset(deadline);
-            let _ = sleep.as_mut().poll(cx);
-        }
-        false
     }
 }

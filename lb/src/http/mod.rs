@@ -9,6 +9,7 @@
 //! `100 Continue` (`ping`).
 pub mod access;
 pub mod body;
+mod clock;
 pub mod guard;
 pub mod h2watch;
 pub mod headers;

@@ -186,11 +186,11 @@ struct Answer {
 
 impl hyper::body::Body for Answer {
     type Data = bytes::Bytes;
-    type Error = hyper::Error;
+    type Error = <ResponseBody as hyper::body::Body>::Error;
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, hyper::Error>>> {
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
         std::pin::Pin::new(&mut self.body).poll_frame(cx)
     }
     fn is_end_stream(&self) -> bool {
