@@ -26,7 +26,7 @@
 //! admin (/status, /health, /heartbeat, /reload) ─▶ state::Shared ─▶ status (reports)
 //! ```
 //! Module layering, leaves first: `config`, `errors`, `shutdown` → `sys`, `telemetry`, `conn`,
-//! `tls` → `balancer` → `health`, `upstream`, `status`, `state` → `http`, `tcp`, `admin` →
+//! `tls`, `accesslog` → `balancer` → `health`, `upstream`, `status`, `state` → `http`, `tcp`, `admin` →
 //! `routing` → `runtime`.
 /// `AsyncWrite` for a stream wrapper that writes straight through to its `inner` field (it only
 /// watches or alters what is read): `write_through!(impl[S: AsyncWrite + Unpin] Wrapper<S>);`.
@@ -66,6 +66,7 @@ macro_rules! write_through {
     };
 }
 
+pub mod accesslog;
 pub mod admin;
 pub mod balancer;
 pub mod config;

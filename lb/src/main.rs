@@ -15,6 +15,9 @@ use std::sync::Arc;
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    /// lb's own log lines (stderr): `text`, or `json` (one object per line).
+    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
 }
 
 #[derive(Subcommand)]
@@ -84,11 +87,12 @@ fn main() -> ExitCode {
         // handshake; lb logs failed handshakes itself, so those stay quiet unless asked for.
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rustls=error"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr)
-        .init();
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if cli.log_format == "json" {
+        logs.json().init();
+    } else {
+        logs.with_ansi(ansi).init();
+    }
     // One CPU (e.g. pinned with taskset): a current-thread runtime avoids work-stealing overhead
     // and cross-thread wakeups between a request and its pooled member connection.
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -218,6 +222,10 @@ fn load_or_report(path: &Path) -> Result<Config> {
 
 async fn run(cfg: &Config, path: &Path) -> Result<()> {
     lb::sys::prepare(cfg);
+    lb::accesslog::init(&cfg.access_log).with_context(|| {
+        let to = cfg.access_log.path.as_ref().map_or("stdout".into(), |p| p.display().to_string());
+        format!("cannot open the access log {to}")
+    })?;
     let bound = Lb::build(cfg)?.with_config_path(path.to_owned()).bind().await?;
     // SIGHUP re-reads the config file, like `lb reload`.
     let handle = bound.handle();
@@ -260,6 +268,7 @@ async fn demo(bind: &str, admin: &str) -> Result<()> {
     let text = lb::demo::config_text(bind, admin, &ports);
     let cfg = Config::parse(&text, Path::new("<demo>")).map_err(|e| anyhow::anyhow!("{e}"))?;
     lb::sys::prepare(&cfg);
+    lb::accesslog::init(&cfg.access_log)?;
     let bound = match Lb::build(&cfg)?.bind().await {
         Ok(b) => b,
         Err(e) => {

@@ -17,13 +17,25 @@ pub struct LbProcess {
 impl LbProcess {
     /// Start `lb run --config file` with info logging.
     pub fn start(file: &Path) -> LbProcess {
-        let mut child = Command::new(lb_bin())
+        let mut cmd = Command::new(lb_bin());
+        cmd.args(["run", "--config"]).arg(file);
+        Self::spawn(cmd)
+    }
+
+    /// The same with at most `nofile` open files, soft and hard (lb cannot raise it).
+    pub fn start_with_nofile(file: &Path, nofile: u64) -> LbProcess {
+        let mut cmd = Command::new("prlimit");
+        cmd.arg(format!("--nofile={nofile}:{nofile}"))
+            .arg(lb_bin())
             .args(["run", "--config"])
-            .arg(file)
-            .env("RUST_LOG", "info")
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start lb");
+            .arg(file);
+        Self::spawn(cmd)
+    }
+
+    /// Start lb as `cmd` says (its stderr is collected; stdout is left as the command set it).
+    pub fn spawn(mut cmd: Command) -> LbProcess {
+        let mut child =
+            cmd.env("RUST_LOG", "info").stderr(Stdio::piped()).spawn().expect("start lb");
         let pid = child.id().to_string();
         let stderr = child.stderr.take().expect("stderr");
         let lines = Arc::new(Mutex::new(Vec::<String>::new()));

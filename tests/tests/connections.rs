@@ -117,3 +117,45 @@ async fn ten_thousand_idle_keepalive_clients_cost_a_bounded_amount() {
     drop(lb);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// User plus system CPU time of a process, in clock ticks.
+fn cpu_ticks(pid: &str) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("proc stat");
+    // Fields after the command name (which may hold spaces): utime and stime are 14th and 15th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_descriptors_lb_backs_off_without_spinning_and_recovers() {
+    let m = Member::start("m").await;
+    let dir = std::env::temp_dir().join(format!("lb-emfile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("lb.toml");
+    std::fs::write(&file, config(&members(&[(&m.url(), "")]))).expect("config");
+    let lb = lb_tests::process::LbProcess::start_with_nofile(&file, 64);
+    let addr = lb.addr("listening (http)");
+    // More idle connections than lb has descriptors left: the kernel completes them, lb's
+    // accept runs out of descriptors.
+    let mut idle = Vec::new();
+    for _ in 0..100 {
+        idle.push(TcpStream::connect(addr).await.expect("connect"));
+    }
+    let said = lb.line(&["accept failed"], Duration::from_secs(10));
+    assert!(said.is_some_and(|l| l.contains("Too many open files")), "lb says why");
+    // Backing off, not spinning: well under half a core over a second (a spin takes all of it).
+    let before = cpu_ticks(&lb.pid);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let spent = cpu_ticks(&lb.pid) - before;
+    assert!(spent < 50, "{spent} ticks of CPU in 1 s while out of descriptors");
+    drop(idle);
+    let served = eventually(Duration::from_secs(15), || async {
+        let mut s = TcpStream::connect(addr).await.ok()?;
+        tokio::time::timeout(Duration::from_secs(2), get_on(&mut s)).await.ok()
+    })
+    .await;
+    assert!(served.is_some_and(|a| a.starts_with("HTTP/1.1 200")), "served again");
+    drop(lb);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -207,6 +207,33 @@ async fn a_member_that_stalls_midway_is_cut_off_at_its_timeout() {
 }
 
 #[tokio::test]
+async fn a_member_that_resets_midway_cuts_the_answer_off_visibly() {
+    // A member that sends the head and 10 of 100 bytes, then resets the connection.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let _member = tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let head = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789";
+            let _ = s.write_all(head).await;
+            let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+            drop(s);
+        }
+    });
+    let body = format!("{APACHE_RETRY_ONLY}{}", members(&[(&format!("http://{addr}"), "")]));
+    let lb = Lb::start(&config(&body)).await;
+    let req = http::Request::get(lb.url("/")).body(full("")).expect("request");
+    let got = tokio::time::timeout(Duration::from_secs(10), send(&client(), req))
+        .await
+        .expect("an answer in time");
+    let Err(e) = got else { panic!("the client must see an incomplete answer, not a short one") };
+    assert!(e.contains("Incomplete") || e.contains("Body"), "{e}");
+    lb.stop().await;
+}
+
+#[tokio::test]
 async fn garbage_from_a_member_is_502() {
     let (addr, _t) = raw_member(b"this is not HTTP\r\n\r\n").await;
     let lb = Lb::start(&config(&members(&[(&format!("http://{addr}"), "")]))).await;

@@ -189,14 +189,43 @@ impl Validator<'_> {
             &raw.server.as_ref().and_then(|s| s.graceful_shutdown_timeout.clone()),
             Duration::from_secs(10),
         );
+        let access_log = self.access_log(&root.key("access_log"), raw.access_log.as_ref());
         Config {
             admin,
             telemetry,
             heartbeat_listen,
             graceful_shutdown_timeout,
+            access_log,
             listeners,
             balancers,
         }
+    }
+
+    fn access_log(&mut self, path: &KeyPath, raw: Option<&raw::RawAccessLog>) -> AccessLogConfig {
+        let mut cfg = AccessLogConfig::default();
+        let Some(a) = raw else { return cfg };
+        cfg.path = match a.path.as_deref() {
+            None | Some("stdout") | Some("-") => None,
+            Some("") => {
+                self.err(&path.key("path"), "path is empty: name a file, or \"stdout\"");
+                None
+            }
+            Some(p) => Some(self.file_path(p)),
+        };
+        match a.buffer {
+            None => {}
+            Some(n @ 1..=1_000_000) => cfg.buffer = n as usize,
+            Some(n) => self.err(&path.key("buffer"), format!("{n} is out of range 1..=1000000")),
+        }
+        match a.format.as_deref() {
+            None | Some("combined") => {}
+            Some("json") => cfg.format = AccessLogFormat::Json,
+            Some(other) => self.err(
+                &path.key("format"),
+                format!("unknown access log format {other:?}: expected \"combined\" or \"json\""),
+            ),
+        }
+        cfg
     }
 
     fn telemetry(&mut self, tp: &KeyPath, raw: Option<&raw::RawTelemetry>) -> TelemetryConfig {

@@ -20,8 +20,34 @@ pub struct Config {
     pub heartbeat_listen: Option<SocketAddr>,
     /// Apache `GracefulShutdownTimeout`: how long open work may finish after SIGTERM/SIGINT.
     pub graceful_shutdown_timeout: Duration,
+    pub access_log: AccessLogConfig,
     pub listeners: Vec<ListenerConfig>,
     pub balancers: Vec<BalancerConfig>,
+}
+
+/// `[access_log]`: one log per process (each listener's `access_log` turns its lines on).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessLogConfig {
+    /// A file to append to; None: stdout.
+    pub path: Option<std::path::PathBuf>,
+    pub format: AccessLogFormat,
+    /// Lines waiting for the writer at most; beyond, lines are dropped and counted.
+    pub buffer: usize,
+}
+
+impl Default for AccessLogConfig {
+    fn default() -> AccessLogConfig {
+        AccessLogConfig { path: None, format: AccessLogFormat::Combined, buffer: 16 * 1024 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AccessLogFormat {
+    /// Apache's combined format, extended with lb's fields.
+    #[default]
+    Combined,
+    /// One JSON object per line.
+    Json,
 }
 
 #[derive(Debug, Clone)]

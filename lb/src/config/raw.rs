@@ -17,6 +17,7 @@ pub struct RawConfig {
     pub telemetry: Option<RawTelemetry>,
     pub heartbeat: Option<RawHeartbeat>,
     pub server: Option<RawServer>,
+    pub access_log: Option<RawAccessLog>,
     #[serde(default)]
     pub listener: Vec<RawListener>,
     #[serde(default)]
@@ -26,6 +27,14 @@ pub struct RawConfig {
 #[derive(Debug, Deserialize)]
 pub struct RawAdmin {
     pub bind: Option<String>,
+}
+
+/// `[access_log]`: where the access log goes and in what format.
+#[derive(Debug, Deserialize)]
+pub struct RawAccessLog {
+    pub path: Option<String>,
+    pub format: Option<String>,
+    pub buffer: Option<u64>,
 }
 
 /// `[server]`: process-wide settings.

@@ -5,9 +5,9 @@
 //! and `read`, which drive `bytraffic`). The response body owns the member's in-flight guard and
 //! the pooled connection lease, so `busy` drops and the connection returns to its pool exactly
 //! when the response has been read to its end.
-use super::access::AccessRecord;
 use super::clock::Clock;
 use super::strict::Rejection;
+use crate::accesslog::HttpRecord as AccessRecord;
 use crate::balancer::{InFlight, Member};
 use crate::upstream::pool::Lease;
 use bytes::Bytes;

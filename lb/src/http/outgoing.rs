@@ -53,7 +53,7 @@ impl Outgoing<'_> {
     /// The BALANCER_* values as `X-Balancer-*` request headers (replacing any the client sent).
     fn balancer_headers(&self, h: &mut HeaderMap, member: &Member) {
         let upstream = &self.route.upstream;
-        let v = sticky::Values::new(upstream.policy.sticky.as_ref(), self.session.as_ref(), member);
+        let v = sticky::values(upstream.policy.sticky.as_ref(), self.session.as_ref(), member);
         let values = [
             ("x-balancer-name", Some(format!("balancer://{}", upstream.name))),
             ("x-balancer-worker-name", Some(member.name())),

@@ -7,7 +7,6 @@
 //! method with no body). A stale pooled keep-alive connection is retried once on a fresh connection
 //! to the same member without blaming it. Statuses: no usable member 503, member timeout 504,
 //! a broken or garbled exchange 502; each body says what happened.
-use super::access::AccessRecord;
 use super::body::{ClientBodyError, RequestBody, ResponseBody, UpstreamBody};
 use super::guard::Shared;
 use super::headers;
@@ -15,6 +14,7 @@ use super::outgoing::{Outgoing, is_idempotent, lossy};
 use super::route::{MemberConn, Route, RouteTable};
 use super::sticky;
 use super::strict::Rejection;
+use crate::accesslog::HttpRecord as AccessRecord;
 use crate::balancer::{Member, Outcome, Pick, PickContext};
 use crate::upstream::UpstreamError;
 use crate::upstream::pool::Lease;
@@ -78,8 +78,7 @@ impl HttpProxy {
         let h1 = req.version() <= Version::HTTP_11;
         let mut resp = match conn.shared.rejection(n) {
             Some(r) => {
-                let m = Method::from_bytes(b"-").unwrap_or_default();
-                let rec = self.record(conn.peer, &m, "-", Instant::now());
+                let rec = self.record(conn.peer, None, Instant::now());
                 self.refuse(rec, r)
             }
             None => self.forward(req, conn).await,
@@ -96,23 +95,35 @@ impl HttpProxy {
     fn record(
         &self,
         peer: SocketAddr,
-        method: &Method,
-        path: &str,
+        req: Option<&Request<Incoming>>,
         start: Instant,
     ) -> Option<Box<AccessRecord>> {
         self.access_log.then(|| {
+            let header = |h| req.and_then(|r| r.headers().get(h)).cloned();
             Box::new(AccessRecord {
                 listener: Arc::clone(&self.name),
                 client: peer,
-                method: method.clone(),
-                path: path.to_owned(),
+                method: req.map_or_else(
+                    || Method::from_bytes(b"-").unwrap_or_default(),
+                    |r| r.method().clone(),
+                ),
+                target: req
+                    .map_or("-", |r| r.uri().path_and_query().map_or("/", |p| p.as_str()))
+                    .to_owned(),
+                version: req.map_or(Version::HTTP_11, |r| r.version()),
+                referer: header(header::REFERER),
+                user_agent: header(header::USER_AGENT),
                 status: StatusCode::OK,
                 balancer: None,
                 member: None,
                 attempts: 0,
                 balancer_values: Default::default(),
+                at: std::time::SystemTime::now(),
                 start,
                 head_us: 0,
+                total_us: 0,
+                bytes: 0,
+                complete: false,
             })
         })
     }
@@ -157,7 +168,7 @@ impl HttpProxy {
     ) -> Response<ResponseBody> {
         let peer = conn.peer;
         let start = Instant::now();
-        let mut rec = self.record(peer, req.method(), req.uri().path(), start);
+        let mut rec = self.record(peer, Some(&req), start);
         let Some((route, rest)) = self.routes.find(req.uri().path()) else {
             let msg = format!("no proxy_pass path matches {}", req.uri().path());
             return self.local(rec, StatusCode::NOT_FOUND, &msg);
@@ -263,7 +274,7 @@ impl HttpProxy {
                 r.member = Some(member.name());
                 r.attempts = attempts;
                 let sticky = upstream.policy.sticky.as_ref();
-                r.balancer_values = sticky::Values::new(sticky, out.session.as_ref(), &member);
+                r.balancer_values = sticky::values(sticky, out.session.as_ref(), &member);
             }
             match self.exchange(&out, &member, conn, req).await {
                 Ok((resp, lease)) => {

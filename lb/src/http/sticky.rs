@@ -116,28 +116,17 @@ pub fn session(s: &Sticky, target: &[u8], headers: &HeaderMap) -> Option<Session
     (!route.is_empty()).then(|| Session { from_url, route: Box::from(route) })
 }
 
-/// The BALANCER_* values of one attempt, beside the balancer's and the member's names.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Values {
-    /// BALANCER_SESSION_STICKY and BALANCER_SESSION_ROUTE, when the request carried a session.
-    pub session_sticky: Option<String>,
-    pub session_route: Option<String>,
-    /// BALANCER_WORKER_ROUTE and BALANCER_ROUTE_CHANGED.
-    pub worker_route: Option<String>,
-    pub route_changed: bool,
-}
+pub use crate::accesslog::Values;
 
-impl Values {
-    /// The values for `member`, picked for a request carrying `session` (under `sticky`).
-    pub fn new(sticky: Option<&Sticky>, session: Option<&Session>, member: &Member) -> Values {
-        let worker_route = member.config().route.clone();
-        let carried = session.zip(sticky);
-        Values {
-            session_sticky: carried.map(|(s, st)| s.sticky(st).to_owned()),
-            session_route: carried.map(|(s, _)| String::from_utf8_lossy(&s.route).into_owned()),
-            route_changed: route_changed(session, worker_route.as_deref()),
-            worker_route,
-        }
+/// The values for `member`, picked for a request carrying `session` (under `sticky`).
+pub fn values(sticky: Option<&Sticky>, session: Option<&Session>, member: &Member) -> Values {
+    let worker_route = member.config().route.clone();
+    let carried = session.zip(sticky);
+    Values {
+        session_sticky: carried.map(|(s, st)| s.sticky(st).to_owned()),
+        session_route: carried.map(|(s, _)| String::from_utf8_lossy(&s.route).into_owned()),
+        route_changed: route_changed(session, worker_route.as_deref()),
+        worker_route,
     }
 }
 

@@ -14,6 +14,15 @@ use std::sync::Arc;
 pub struct StatusReport {
     pub version: String,
     pub balancers: Vec<BalancerStatus>,
+    /// Access log lines written, and dropped because the log could not keep up.
+    #[serde(default)]
+    pub access_log: AccessLogStatus,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct AccessLogStatus {
+    pub written: u64,
+    pub dropped: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -64,8 +73,10 @@ pub struct ErrorStatus {
 
 pub fn report(balancers: &[Arc<Balancer>]) -> StatusReport {
     let now = now_ms();
+    let (written, dropped) = crate::accesslog::counts();
     StatusReport {
         version: env!("CARGO_PKG_VERSION").to_owned(),
+        access_log: AccessLogStatus { written, dropped },
         balancers: balancers
             .iter()
             .map(|b| BalancerStatus {

@@ -218,14 +218,20 @@ async fn forward(
         );
     }
     if svc.access_log {
-        tracing::info!(
-            target: "lb::access",
-            listener = %svc.name, client = %client, balancer = %balancer.name(),
-            member = %member.url,
-            to_member = moved.to_member.load(std::sync::atomic::Ordering::Relaxed),
-            to_client = moved.to_client.load(std::sync::atomic::Ordering::Relaxed),
-            total_ms = start.elapsed().as_millis() as u64, outcome = %outcome, "tcp"
-        );
+        let elapsed = start.elapsed();
+        crate::accesslog::emit(crate::accesslog::Entry::Tcp(Box::new(
+            crate::accesslog::TcpRecord {
+                listener: Arc::clone(&svc.name),
+                client,
+                balancer: Arc::from(balancer.name()),
+                member: member.url.to_string(),
+                to_member: moved.to_member.load(std::sync::atomic::Ordering::Relaxed),
+                to_client: moved.to_client.load(std::sync::atomic::Ordering::Relaxed),
+                at: std::time::SystemTime::now() - elapsed,
+                total_ms: elapsed.as_millis() as u64,
+                outcome,
+            },
+        )));
     }
     drop(pick);
 }

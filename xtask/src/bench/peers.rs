@@ -198,8 +198,11 @@ pub fn lb(
     let telemetry =
         if variant == LbVariant::NoTelemetry { "[telemetry]\nsource = \"off\"\n\n" } else { "" };
     let pp = "  [[listener.proxy_pass]]\n  path = \"/\"\n  to = \"balancer://members/\"\n";
+    // The access log goes to a file, as in production.
+    let access = dir.join(format!("{}-access.log", variant.name()));
     let mut cfg = format!(
-        "[admin]\nbind = \"127.0.0.1:0\"\n\n{telemetry}[[listener]]\nname = \"http\"\nbind = \"127.0.0.1:{}\"\n{log}{pp}\n[[listener]]\nname = \"tls\"\nbind = \"127.0.0.1:{}\"\n{log}  [[listener.tls]]\n  cert = \"{}\"\n  key = \"{}\"\n{pp}\n[[listener]]\nname = \"l4\"\nbind = \"127.0.0.1:{}\"\nprotocol = \"tcp\"\nbalancer = \"tmembers\"\n{log}\n[balancer.members]\n",
+        "[admin]\nbind = \"127.0.0.1:0\"\n\n[access_log]\npath = {:?}\n\n{telemetry}[[listener]]\nname = \"http\"\nbind = \"127.0.0.1:{}\"\n{log}{pp}\n[[listener]]\nname = \"tls\"\nbind = \"127.0.0.1:{}\"\n{log}  [[listener.tls]]\n  cert = \"{}\"\n  key = \"{}\"\n{pp}\n[[listener]]\nname = \"l4\"\nbind = \"127.0.0.1:{}\"\nprotocol = \"tcp\"\nbalancer = \"tmembers\"\n{log}\n[balancer.members]\n",
+        access.display().to_string(),
         ports.http,
         ports.tls,
         cert.display(),

@@ -1,0 +1,187 @@
+//! Access log lines. `combined`: Apache's combined format (`%h %l %u %t "%r" %>s %b
+//! "%{Referer}i" "%{User-Agent}i"`, time in UTC) followed by lb's fields as `key=value`:
+//! listener, balancer, member, attempts, the BALANCER_* values, time to the response head and in
+//! all (µs), and whether the answer was sent whole. `json`: one object per line with the same
+//! fields under their names. TCP connections get their own shape in both.
+use super::{Entry, HttpRecord, TcpRecord};
+use crate::config::AccessLogFormat;
+use std::io::Write;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub fn line(buf: &mut Vec<u8>, e: &Entry, fmt: AccessLogFormat) {
+    match (e, fmt) {
+        (Entry::Http(r), AccessLogFormat::Combined) => http_combined(buf, r),
+        (Entry::Http(r), AccessLogFormat::Json) => http_json(buf, r),
+        (Entry::Tcp(r), AccessLogFormat::Combined) => tcp_combined(buf, r),
+        (Entry::Tcp(r), AccessLogFormat::Json) => tcp_json(buf, r),
+    }
+    buf.push(b'\n');
+}
+
+/// `%t`: `[26/Nov/2026:13:58:55 +0000]`.
+fn clf_time(buf: &mut Vec<u8>, at: SystemTime) {
+    let secs = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil(days as i64);
+    const MONTHS: [&str; 12] =
+        ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    let month = MONTHS[(m as usize).saturating_sub(1).min(11)];
+    let _ = write!(
+        buf,
+        "[{d:02}/{month}/{y}:{:02}:{:02}:{:02} +0000]",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    );
+}
+
+/// Days since 1970-01-01 to (year, month, day), after Howard Hinnant's `civil_from_days`.
+fn civil(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+/// A value inside double quotes, with `"`, `\` and control bytes escaped as Apache does.
+fn quoted(buf: &mut Vec<u8>, v: &[u8]) {
+    buf.push(b'"');
+    for &b in v {
+        match b {
+            b'"' | b'\\' => buf.extend_from_slice(&[b'\\', b]),
+            0x20..=0x7e => buf.push(b),
+            _ => {
+                let _ = write!(buf, "\\x{b:02x}");
+            }
+        }
+    }
+    buf.push(b'"');
+}
+
+fn or_dash(v: Option<&str>) -> &str {
+    v.filter(|s| !s.is_empty()).unwrap_or("-")
+}
+
+fn http_combined(buf: &mut Vec<u8>, r: &HttpRecord) {
+    let _ = write!(buf, "{} - - ", r.client.ip());
+    clf_time(buf, r.at);
+    buf.push(b' ');
+    let line = format!("{} {} {:?}", r.method, r.target, r.version);
+    quoted(buf, line.as_bytes());
+    let _ = write!(buf, " {} ", r.status.as_u16());
+    if r.bytes == 0 {
+        buf.push(b'-');
+    } else {
+        let _ = write!(buf, "{}", r.bytes);
+    }
+    buf.push(b' ');
+    quoted(buf, r.referer.as_ref().map_or(b"-", |v| v.as_bytes()));
+    buf.push(b' ');
+    quoted(buf, r.user_agent.as_ref().map_or(b"-", |v| v.as_bytes()));
+    let v = &r.balancer_values;
+    let _ = write!(
+        buf,
+        " listener={} balancer={} member={} attempts={} route={} session_sticky={} \
+         session_route={} route_changed={} head_us={} total_us={} complete={}",
+        r.listener,
+        or_dash(r.balancer.as_deref()),
+        or_dash(r.member.as_deref()),
+        r.attempts,
+        or_dash(v.worker_route.as_deref()),
+        or_dash(v.session_sticky.as_deref()),
+        or_dash(v.session_route.as_deref()),
+        u8::from(v.route_changed),
+        r.head_us,
+        r.total_us,
+        u8::from(r.complete),
+    );
+}
+
+fn http_json(buf: &mut Vec<u8>, r: &HttpRecord) {
+    let text = |v: &Option<http::HeaderValue>| {
+        v.as_ref().map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    };
+    let v = &r.balancer_values;
+    let secs = r.at.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+    let obj = serde_json::json!({
+        "time": secs,
+        "type": "http",
+        "listener": &*r.listener,
+        "client": r.client.ip().to_string(),
+        "method": r.method.as_str(),
+        "target": r.target,
+        "version": format!("{:?}", r.version),
+        "status": r.status.as_u16(),
+        "bytes": r.bytes,
+        "referer": text(&r.referer),
+        "user_agent": text(&r.user_agent),
+        "balancer": r.balancer.as_deref(),
+        "member": r.member,
+        "attempts": r.attempts,
+        "route": v.worker_route,
+        "session_sticky": v.session_sticky,
+        "session_route": v.session_route,
+        "route_changed": v.route_changed,
+        "head_us": r.head_us,
+        "total_us": r.total_us,
+        "complete": r.complete,
+    });
+    let _ = serde_json::to_writer(&mut *buf, &obj);
+}
+
+fn tcp_combined(buf: &mut Vec<u8>, r: &TcpRecord) {
+    let _ = write!(buf, "{} - - ", r.client.ip());
+    clf_time(buf, r.at);
+    let _ = write!(
+        buf,
+        " \"TCP\" - {} listener={} balancer={} member={} to_member={} total_ms={} outcome=",
+        r.to_client, r.listener, r.balancer, r.member, r.to_member, r.total_ms
+    );
+    quoted(buf, r.outcome.as_bytes());
+}
+
+fn tcp_json(buf: &mut Vec<u8>, r: &TcpRecord) {
+    let secs = r.at.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+    let obj = serde_json::json!({
+        "time": secs,
+        "type": "tcp",
+        "listener": &*r.listener,
+        "client": r.client.ip().to_string(),
+        "balancer": &*r.balancer,
+        "member": r.member,
+        "to_member": r.to_member,
+        "to_client": r.to_client,
+        "total_ms": r.total_ms,
+        "outcome": r.outcome,
+    });
+    let _ = serde_json::to_writer(&mut *buf, &obj);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_are_the_calendar_s() {
+        assert_eq!(civil(0), (1970, 1, 1));
+        assert_eq!(civil(19_723), (2024, 1, 1));
+        assert_eq!(civil(20_418), (2025, 11, 26));
+        assert_eq!(civil(11_016), (2000, 2, 29));
+        let mut b = Vec::new();
+        clf_time(&mut b, UNIX_EPOCH + std::time::Duration::from_secs(1_795_701_535));
+        assert_eq!(String::from_utf8(b).unwrap(), "[26/Nov/2026:13:58:55 +0000]");
+    }
+
+    #[test]
+    fn quoting_escapes_what_would_break_a_line() {
+        let mut b = Vec::new();
+        quoted(&mut b, b"a\"b\\c\nd\xff");
+        assert_eq!(String::from_utf8(b).unwrap(), r#""a\"b\\c\x0ad\xff""#);
+    }
+}

@@ -1,0 +1,189 @@
+//! The access log: one line per HTTP request and per TCP connection, written by a thread of its
+//! own, so that a slow disk, a full disk or a stalled terminal never stalls traffic.
+//!
+//! The data path hands over the record it already holds (a move into a bounded queue: no
+//! formatting, no lock, no system call); the writer thread formats it ([`format`]: Apache's
+//! combined format extended with lb's fields, or JSON lines) and writes in batches. When the
+//! queue is full the line is dropped and counted (`access_log.dropped` in `lb status --json`,
+//! and a warning at most once a second); so are lines a write error loses.
+//!
+//! One log per process: `[access_log]` names where it goes (stdout or a file) and its format,
+//! fixed at start; each listener's `access_log = true|false` decides whether it logs.
+mod format;
+
+use crate::config::{AccessLogConfig, AccessLogFormat};
+use http::{HeaderValue, Method, StatusCode, Version};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, OnceLock};
+use std::time::{Instant, SystemTime};
+
+/// The BALANCER_* values of one attempt, beside the balancer's and the member's names.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Values {
+    /// BALANCER_SESSION_STICKY and BALANCER_SESSION_ROUTE, when the request carried a session.
+    pub session_sticky: Option<String>,
+    pub session_route: Option<String>,
+    /// BALANCER_WORKER_ROUTE and BALANCER_ROUTE_CHANGED.
+    pub worker_route: Option<String>,
+    pub route_changed: bool,
+}
+
+/// One HTTP request, as the access log shows it.
+pub struct HttpRecord {
+    pub listener: Arc<str>,
+    pub client: SocketAddr,
+    pub method: Method,
+    /// The request target as received (path and query).
+    pub target: String,
+    pub version: Version,
+    pub referer: Option<HeaderValue>,
+    pub user_agent: Option<HeaderValue>,
+    pub status: StatusCode,
+    pub balancer: Option<Arc<str>>,
+    pub member: Option<String>,
+    pub attempts: u32,
+    pub balancer_values: Values,
+    /// When the request arrived.
+    pub at: SystemTime,
+    pub start: Instant,
+    /// Time to the response head.
+    pub head_us: u64,
+    /// Filled in when the response ends.
+    pub total_us: u64,
+    pub bytes: u64,
+    /// False when the client went away before the body ended.
+    pub complete: bool,
+}
+
+/// One TCP connection.
+pub struct TcpRecord {
+    pub listener: Arc<str>,
+    pub client: SocketAddr,
+    pub balancer: Arc<str>,
+    pub member: String,
+    pub to_member: u64,
+    pub to_client: u64,
+    pub at: SystemTime,
+    pub total_ms: u64,
+    pub outcome: String,
+}
+
+pub enum Entry {
+    Http(Box<HttpRecord>),
+    Tcp(Box<TcpRecord>),
+}
+
+impl HttpRecord {
+    /// Hand the line over once the response has ended (`complete`) or been abandoned.
+    pub fn emit(mut self: Box<Self>, bytes: u64, complete: bool) {
+        self.total_us = self.start.elapsed().as_micros() as u64;
+        self.bytes = bytes;
+        self.complete = complete;
+        emit(Entry::Http(self));
+    }
+}
+
+/// The process's access log.
+pub struct AccessLog {
+    tx: SyncSender<Entry>,
+    written: AtomicU64,
+    dropped: AtomicU64,
+    warned_at: AtomicU64,
+}
+
+static LOG: OnceLock<Arc<AccessLog>> = OnceLock::new();
+
+/// Start the access log as `cfg` says; the first call wins (the destination is fixed at start).
+pub fn init(cfg: &AccessLogConfig) -> std::io::Result<()> {
+    if LOG.get().is_some() {
+        return Ok(());
+    }
+    let out: Box<dyn Write + Send> = match cfg.path.as_deref() {
+        None => Box::new(std::io::stdout()),
+        Some(p) => Box::new(std::fs::OpenOptions::new().create(true).append(true).open(p)?),
+    };
+    let _ = LOG.set(start(out, cfg.format, cfg.buffer));
+    Ok(())
+}
+
+fn start(out: Box<dyn Write + Send>, fmt: AccessLogFormat, queue: usize) -> Arc<AccessLog> {
+    let (tx, rx) = sync_channel(queue);
+    let log = Arc::new(AccessLog {
+        tx,
+        written: AtomicU64::new(0),
+        dropped: AtomicU64::new(0),
+        warned_at: AtomicU64::new(0),
+    });
+    let w = Arc::clone(&log);
+    let spawned = std::thread::Builder::new()
+        .name("lb-access-log".into())
+        .spawn(move || writer(rx, out, fmt, &w));
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the access log writer; access log lines are dropped");
+    }
+    log
+}
+
+/// The access log (stdout, combined format, when nothing started it).
+fn log() -> &'static Arc<AccessLog> {
+    LOG.get_or_init(|| {
+        let d = AccessLogConfig::default();
+        start(Box::new(std::io::stdout()), d.format, d.buffer)
+    })
+}
+
+/// Hand a line to the writer; never waits.
+pub fn emit(e: Entry) {
+    let log = log();
+    match log.tx.try_send(e) {
+        Ok(()) => {}
+        Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => log.lost(1),
+    }
+}
+
+/// Lines written and dropped since start.
+pub fn counts() -> (u64, u64) {
+    LOG.get().map_or((0, 0), |l| (l.written.load(Relaxed), l.dropped.load(Relaxed)))
+}
+
+impl AccessLog {
+    fn lost(&self, n: u64) {
+        let total = self.dropped.fetch_add(n, Relaxed) + n;
+        let now = crate::balancer::now_ms();
+        let last = self.warned_at.load(Relaxed);
+        if now >= last + 1000
+            && self.warned_at.compare_exchange(last, now, Relaxed, Relaxed).is_ok()
+        {
+            tracing::warn!(dropped = total, "access log lines dropped: the log cannot keep up");
+        }
+    }
+}
+
+fn writer(
+    rx: Receiver<Entry>,
+    mut out: Box<dyn Write + Send>,
+    fmt: AccessLogFormat,
+    log: &AccessLog,
+) {
+    let mut buf = Vec::with_capacity(64 * 1024);
+    while let Ok(first) = rx.recv() {
+        let mut lines = 1u64;
+        format::line(&mut buf, &first, fmt);
+        drop(first);
+        while buf.len() < 60 * 1024 {
+            let Ok(e) = rx.try_recv() else { break };
+            format::line(&mut buf, &e, fmt);
+            lines += 1;
+        }
+        match out.write_all(&buf).and_then(|()| out.flush()) {
+            Ok(()) => {
+                log.written.fetch_add(lines, Relaxed);
+            }
+            Err(_) => log.lost(lines),
+        }
+        buf.clear();
+    }
+}
