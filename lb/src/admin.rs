@@ -2,6 +2,8 @@
 //!
 //! - `GET /status`: every balancer and member ([`crate::status::StatusReport`]; `lb status`).
 //! - `GET /health`: kernel-sourced member health ([`crate::status::HealthReport`]; `lb health`).
+//! - `GET /server-status` (`?auto`): Apache's status page and its machine format.
+//! - `GET /metrics`: Prometheus text format.
 //! - `POST /heartbeat`: a mod_heartbeat body (`v=1&ready=N&busy=M[&port=P]`) from a member, for
 //!   the heartbeat method; the sender's address identifies it, as with the UDP datagrams.
 //! - `POST /reload`: re-read the config file (`lb reload`); 200 with what changed, or 422 with
@@ -44,7 +46,7 @@ fn json<T: serde::Serialize>(v: &T) -> Response<Full<Bytes>> {
     }
 }
 
-const INDEX: &str = "lb admin\n  GET /status      balancers and members (JSON)\n  GET /health      kernel-sourced member health (JSON)\n  POST /heartbeat  v=1&ready=N&busy=M[&port=P] from a member\n  POST /reload     re-read the config file\n";
+const INDEX: &str = "lb admin\n  GET /status      balancers and members (JSON)\n  GET /health      kernel-sourced member health (JSON)\n  GET /server-status  Apache's status page (?auto: its machine format)\n  GET /metrics     Prometheus metrics\n  POST /heartbeat  v=1&ready=N&busy=M[&port=P] from a member\n  POST /reload     re-read the config file\n";
 
 async fn reload(shared: &Shared) -> Response<Full<Bytes>> {
     let (answer, rx) = tokio::sync::oneshot::channel();
@@ -65,6 +67,30 @@ async fn route(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -> Res
             json(&crate::status::health(&shared.balancers.load(), &shared.telemetry))
         }
         (Method::GET, "/") => reply(StatusCode::OK, "text/plain", INDEX),
+        (Method::GET, "/server-status") => {
+            if req.uri().query().is_some_and(|q| q.split('&').any(|p| p == "auto")) {
+                reply(
+                    StatusCode::OK,
+                    "text/plain; charset=utf-8",
+                    crate::status::server_status::auto(),
+                )
+            } else {
+                let b = shared.balancers.load();
+                let page = crate::status::server_status::html(
+                    &crate::status::report(&b),
+                    &crate::status::health(&b, &shared.telemetry),
+                );
+                reply(StatusCode::OK, "text/html; charset=utf-8", page)
+            }
+        }
+        (Method::GET, "/metrics") => {
+            let b = shared.balancers.load();
+            let text = crate::status::metrics::render(
+                &crate::status::report(&b),
+                &crate::status::health(&b, &shared.telemetry),
+            );
+            reply(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", text)
+        }
         (Method::POST, "/heartbeat") => {
             let body = match Limited::new(req.into_body(), MAX_HEARTBEAT).collect().await {
                 Ok(b) => b.to_bytes(),
@@ -83,7 +109,7 @@ async fn route(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -> Res
             }
         }
         (Method::POST, "/reload") => reload(shared).await,
-        (_, "/status" | "/" | "/health") => {
+        (_, "/status" | "/" | "/health" | "/server-status" | "/metrics") => {
             reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use GET\n")
         }
         (_, "/heartbeat" | "/reload") => {

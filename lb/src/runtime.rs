@@ -98,6 +98,7 @@ async fn bind(name: &str, addr: SocketAddr) -> Result<TcpListener, RunError> {
 
 impl Lb {
     pub fn build(cfg: &Config) -> Result<Lb, RunError> {
+        crate::status::counters::started();
         let telemetry = Telemetry::start(&cfg.telemetry).map_err(RunError::Telemetry)?;
         let heartbeats = Arc::new(Heartbeats::default());
         let (routing, services) = Routing::build(cfg, None, &telemetry, &heartbeats)?;

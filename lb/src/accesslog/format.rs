@@ -18,21 +18,26 @@ pub fn line(buf: &mut Vec<u8>, e: &Entry, fmt: AccessLogFormat) {
     buf.push(b'\n');
 }
 
-/// `%t`: `[26/Nov/2026:13:58:55 +0000]`.
-fn clf_time(buf: &mut Vec<u8>, at: SystemTime) {
-    let secs = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, d) = civil(days as i64);
+/// A UTC time as (year, month name, day, hour, minute, second).
+fn parts(secs: u64) -> (i64, &'static str, u32, u64, u64, u64) {
     const MONTHS: [&str; 12] =
         ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil(days as i64);
     let month = MONTHS[(m as usize).saturating_sub(1).min(11)];
-    let _ = write!(
-        buf,
-        "[{d:02}/{month}/{y}:{:02}:{:02}:{:02} +0000]",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    );
+    (y, month, d, rem / 3600, rem / 60 % 60, rem % 60)
+}
+
+/// `%t`: `[26/Nov/2026:13:58:55 +0000]`.
+fn clf_time(buf: &mut Vec<u8>, at: SystemTime) {
+    let (y, mon, d, h, m, s) = parts(at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()));
+    let _ = write!(buf, "[{d:02}/{mon}/{y}:{h:02}:{m:02}:{s:02} +0000]");
+}
+
+/// A time for pages: `26-Nov-2026 13:58:55 UTC`.
+pub fn utc(secs: u64) -> String {
+    let (y, mon, d, h, m, s) = parts(secs);
+    format!("{d:02}-{mon}-{y} {h:02}:{m:02}:{s:02} UTC")
 }
 
 /// Days since 1970-01-01 to (year, month, day), after Howard Hinnant's `civil_from_days`.

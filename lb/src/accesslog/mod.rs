@@ -10,6 +10,7 @@
 //! One log per process: `[access_log]` names where it goes (stdout or a file) and its format,
 //! fixed at start; each listener's `access_log = true|false` decides whether it logs.
 mod format;
+pub use format::utc;
 
 use crate::config::{AccessLogConfig, AccessLogFormat};
 use http::{HeaderValue, Method, StatusCode, Version};

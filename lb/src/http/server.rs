@@ -11,6 +11,7 @@ use super::proxy::{ConnState, HttpProxy};
 use crate::config::ListenerConfig;
 use crate::conn::{Admission, Incoming as ClientConn};
 use crate::shutdown::stopped;
+use crate::status::counters::{self, ListenerStats};
 use arc_swap::ArcSwap;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -98,6 +99,7 @@ pub async fn serve(
 ) {
     let graceful = GracefulShutdown::new();
     let admission = Arc::new(Admission::default());
+    let stats = counters::listener(&name);
     let stop = stopped(shutdown);
     tokio::pin!(stop);
     loop {
@@ -109,11 +111,12 @@ pub async fn serve(
         tokio::select! {
             (stream, peer) = crate::conn::accept(&listener, &name) => {
                 let span = tracing::info_span!("conn", listener = %name, peer = %peer);
-                let ticket = admission.enter();
-                let task = connection(ClientConn::new(stream, peer), Arc::clone(&slot), graceful.watcher());
+                let (ticket, open) = (admission.enter(), stats.opened());
+                let conn = ClientConn::new(stream, peer);
+                let task = connection(conn, Arc::clone(&slot), graceful.watcher(), Arc::clone(&stats));
                 tokio::spawn(async move {
                     task.await;
-                    drop(ticket);
+                    drop((ticket, open));
                 }.instrument(span));
             }
             _ = &mut stop => break,
@@ -126,7 +129,7 @@ pub async fn serve(
 }
 
 /// One client connection: PROXY header, TLS handshake, then HTTP until it closes.
-async fn connection(mut conn: ClientConn, slot: Slot, watcher: Watcher) {
+async fn connection(mut conn: ClientConn, slot: Slot, watcher: Watcher, stats: Arc<ListenerStats>) {
     let svc = slot.load_full();
     if svc.accept_proxy
         && let Err(e) = conn.accept_proxy().await
@@ -137,12 +140,12 @@ async fn connection(mut conn: ClientConn, slot: Slot, watcher: Watcher) {
     let client = conn.client;
     let stream = conn.into_stream();
     match &svc.tls {
-        None => serve_http(stream, client, None, slot, &svc, watcher).await,
+        None => serve_http(stream, client, None, slot, &svc, watcher, stats).await,
         Some(acceptor) => {
             let wait = svc.handshake_timeout;
             if let Some(tls) = crate::tls::accept(acceptor, stream, client, wait).await {
                 let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-                serve_http(tls, client, Some(h2), slot, &svc, watcher).await;
+                serve_http(tls, client, Some(h2), slot, &svc, watcher, stats).await;
             }
         }
     }
@@ -156,6 +159,7 @@ async fn serve_http<S>(
     slot: Slot,
     svc: &HttpService,
     watcher: Watcher,
+    stats: Arc<ListenerStats>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -166,9 +170,11 @@ async fn serve_http<S>(
         // Each request reads the listener's current routes.
         let svc = slot.load_full();
         let state = Arc::clone(&state);
+        let counted = stats.request();
         async move {
             let resp = svc.proxy.handle(req, &state).await;
-            Ok::<_, Infallible>(resp.map(|body| Answer { body, shared: Arc::clone(&state.shared) }))
+            let shared = Arc::clone(&state.shared);
+            Ok::<_, Infallible>(resp.map(|body| Answer { body, shared, counted }))
         }
     });
     let conn = svc.builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
@@ -182,6 +188,8 @@ async fn serve_http<S>(
 struct Answer {
     body: ResponseBody,
     shared: Arc<Shared>,
+    /// The listener's counts: bytes as they pass, time when the answer ends.
+    counted: counters::Request,
 }
 
 impl hyper::body::Body for Answer {
@@ -191,7 +199,13 @@ impl hyper::body::Body for Answer {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
-        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+        let frame = std::pin::Pin::new(&mut self.body).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(f))) = &frame
+            && let Some(d) = f.data_ref()
+        {
+            self.counted.bytes += d.len() as u64;
+        }
+        frame
     }
     fn is_end_stream(&self) -> bool {
         self.body.is_end_stream()

@@ -2,7 +2,10 @@
 //!
 //! One serde type serves both ends: the admin API serializes it, `lb status` deserializes it and
 //! renders the table (`render`).
+pub mod counters;
+pub mod metrics;
 mod render;
+pub mod server_status;
 
 use crate::balancer::note::CheckNote;
 use crate::balancer::{Balancer, now_ms};

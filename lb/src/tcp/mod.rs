@@ -40,6 +40,7 @@ pub struct TcpService {
     pub access_log: bool,
     pub telemetry: Arc<Telemetry>,
     pub max_connections: usize,
+    pub stats: Arc<crate::status::counters::ListenerStats>,
 }
 
 pub type Slot = Arc<ArcSwap<TcpService>>;
@@ -67,6 +68,7 @@ impl TcpService {
             access_log: cfg.access_log,
             telemetry,
             max_connections: cfg.max_connections,
+            stats: crate::status::counters::listener(&cfg.name),
         }
     }
 }
@@ -84,6 +86,7 @@ pub async fn serve(
     let stop = stopped(shutdown);
     tokio::pin!(stop);
     let admission = Arc::new(Admission::default());
+    let stats = crate::status::counters::listener(&name);
     loop {
         let max = slot.load().max_connections;
         tokio::select! {
@@ -94,11 +97,11 @@ pub async fn serve(
         tokio::select! {
             (stream, peer) = crate::conn::accept(&listener, &name) => {
                 let span = tracing::info_span!("conn", listener = %name, peer = %peer);
-                let ticket = admission.enter();
+                let (ticket, open) = (admission.enter(), stats.opened());
                 let task = connection(ClientConn::new(stream, peer), slot.load_full());
                 conns.spawn(async move {
                     task.await;
-                    drop(ticket);
+                    drop((ticket, open));
                 }.instrument(span));
             }
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
@@ -217,8 +220,10 @@ async fn forward(
             format!("member {} mid-stream: {e}", member.url),
         );
     }
+    let elapsed = start.elapsed();
+    let to_client = moved.to_client.load(std::sync::atomic::Ordering::Relaxed);
+    svc.stats.stream_done(to_client, elapsed.as_micros() as u64);
     if svc.access_log {
-        let elapsed = start.elapsed();
         crate::accesslog::emit(crate::accesslog::Entry::Tcp(Box::new(
             crate::accesslog::TcpRecord {
                 listener: Arc::clone(&svc.name),
@@ -226,7 +231,7 @@ async fn forward(
                 balancer: Arc::from(balancer.name()),
                 member: member.url.to_string(),
                 to_member: moved.to_member.load(std::sync::atomic::Ordering::Relaxed),
-                to_client: moved.to_client.load(std::sync::atomic::Ordering::Relaxed),
+                to_client,
                 at: std::time::SystemTime::now() - elapsed,
                 total_ms: elapsed.as_millis() as u64,
                 outcome,
