@@ -14,6 +14,8 @@
 //! for the client (not while a slow member holds the body back). One `Sleep` per connection is
 //! re-armed lazily: a wake-up before the deadline re-checks, so a busy connection does not
 //! touch the timer wheel per request.
+mod h2;
+
 use super::clock::Clock;
 use super::h2watch::{Frames, Watch};
 use super::strict::chunked::Chunked;
@@ -29,6 +31,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
 use tokio::time::Instant;
 
 /// What a guarded connection shares with the requests it carries.
@@ -53,10 +56,6 @@ impl Shared {
 
 /// What hyper reads in place of a refused head; the proxy answers it with the refusal.
 const STAND_IN: &[u8] = b"GET / HTTP/1.1\r\nhost: lb\r\nconnection: close\r\n\r\n";
-/// GOAWAY's frame type.
-const GOAWAY: u8 = 0x7;
-/// How long a flooding HTTP/2 client's bytes are drained after its GOAWAY.
-const DRAIN: Duration = Duration::from_secs(1);
 /// The HTTP/2 connection preface: an h2c client by prior knowledge, passed through untouched.
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -400,109 +399,5 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<S> {
                 return Poll::Ready(Ok(()));
             }
         }
-    }
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> Guarded<S> {
-    /// A client flooded control frames: GOAWAY (ENHANCE_YOUR_CALM) if hyper's writes stand
-    /// between frames, then drain and close.
-    fn end_flood(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let Phase::H2(w) = &self.phase else { return Poll::Ready(Ok(())) };
-        let what = w.flooded.unwrap_or("control frames");
-        tracing::warn!(frames = what, "HTTP/2 client flooded control frames; closing");
-        if self.out.at_boundary() {
-            let goaway = w.goaway();
-            let inner = Pin::new(&mut self.inner);
-            if let Poll::Ready(Ok(n)) = inner.poll_write(cx, &goaway) {
-                self.out.feed(&goaway[..n], |_| {});
-                let _ = Pin::new(&mut self.inner).poll_flush(cx);
-            }
-        }
-        self.phase = Phase::Draining { until: Instant::now() + DRAIN, shut: false };
-        self.drain(cx)
-    }
-
-    /// Read and drop until the client closes or the drain time is up; then fail hyper's read.
-    fn drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let Phase::Draining { until, shut } = &mut self.phase else { return Poll::Ready(Ok(())) };
-        let until = *until;
-        if !*shut && Pin::new(&mut self.inner).poll_shutdown(cx).is_ready() {
-            *shut = true;
-        }
-        let mut scratch = [0u8; 4096];
-        loop {
-            let mut b = ReadBuf::new(&mut scratch);
-            match Pin::new(&mut self.inner).poll_read(cx, &mut b) {
-                Poll::Ready(Ok(())) if !b.filled().is_empty() => continue,
-                Poll::Pending if !self.clock.passed(until, cx) => return Poll::Pending,
-                _ => break,
-            }
-        }
-        self.phase = Phase::Closed { eof: true };
-        Poll::Ready(Err(io::Error::new(io::ErrorKind::ConnectionAborted, "HTTP/2 flood")))
-    }
-
-    fn wrote(&mut self, bufs: &[io::IoSlice<'_>], mut n: usize) {
-        if !matches!(self.phase, Phase::H2(_)) {
-            return;
-        }
-        for b in bufs {
-            let k = b.len().min(n);
-            let goaway = &mut self.goaway_out;
-            self.out.feed(&b[..k], |f| *goaway |= f.kind == GOAWAY);
-            n -= k;
-            if n == 0 {
-                break;
-            }
-        }
-    }
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        if matches!(self.phase, Phase::Draining { .. }) {
-            return Poll::Ready(Ok(buf.len()));
-        }
-        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = r {
-            self.wrote(&[io::IoSlice::new(buf)], n);
-        }
-        r
-    }
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        if matches!(self.phase, Phase::Draining { .. }) {
-            return Poll::Ready(Ok(bufs.iter().map(|b| b.len()).sum()));
-        }
-        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(n)) = r {
-            self.wrote(bufs, n);
-        }
-        r
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    /// After an HTTP/2 GOAWAY, a lingering close: the client's last bytes are drained so that
-    /// the close does not reset the connection before it has read the GOAWAY.
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if this.goaway_out && matches!(this.phase, Phase::H2(_)) {
-            this.phase = Phase::Draining { until: Instant::now() + DRAIN, shut: false };
-        }
-        if matches!(this.phase, Phase::Draining { .. }) {
-            return this.drain(cx).map(|_| Ok(()));
-        }
-        Pin::new(&mut this.inner).poll_shutdown(cx)
     }
 }
