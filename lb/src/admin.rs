@@ -10,7 +10,9 @@
 //!   every error `lb check` would print (the old config keeps serving).
 //!
 //! Admin connections are plain HTTP/1.1 with a head-read timeout, so an idle or slow client
-//! cannot hold one open.
+//! cannot hold one open. Who may use them ([`Access`], from `[admin]`): a client outside
+//! `allow` gets 403; one not on loopback needs `Authorization: Bearer TOKEN`, else 401.
+use crate::config::{AdminConfig, IpNet};
 use crate::shutdown::stopped;
 use crate::state::Shared;
 use bytes::Bytes;
@@ -58,6 +60,61 @@ async fn reload(shared: &Shared) -> Response<Full<Bytes>> {
         Ok(Ok(Err(refused))) => reply(StatusCode::UNPROCESSABLE_ENTITY, "text/plain", refused),
         _ => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "the reload was not answered\n"),
     }
+}
+
+/// Who may use the admin listener.
+#[derive(Debug, Clone)]
+pub struct Access {
+    token: Option<String>,
+    allow: Vec<IpNet>,
+}
+
+impl Default for Access {
+    fn default() -> Access {
+        Access { token: None, allow: crate::config::admin_loopback() }
+    }
+}
+
+impl From<AdminConfig> for Access {
+    fn from(a: AdminConfig) -> Access {
+        Access { token: a.token, allow: a.allow }
+    }
+}
+
+impl Access {
+    /// The refusal for this request, if it is refused.
+    fn refuse<B>(&self, req: &Request<B>, peer: SocketAddr) -> Option<Response<Full<Bytes>>> {
+        let ip = peer.ip();
+        if !self.allow.iter().any(|n| n.contains(ip)) {
+            let msg = format!("{ip} may not use lb's admin API ([admin] allow)\n");
+            return Some(reply(StatusCode::FORBIDDEN, "text/plain", msg));
+        }
+        let loopback = ip.is_loopback() || ip.to_canonical().is_loopback();
+        let token = self.token.as_deref().filter(|_| !loopback)?;
+        let sent = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if sent.is_some_and(|s| same(s.as_bytes(), token.as_bytes())) {
+            return None;
+        }
+        let mut r = reply(
+            StatusCode::UNAUTHORIZED,
+            "text/plain",
+            "lb's admin API needs Authorization: Bearer TOKEN from this address (lb … --token)\n",
+        );
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer realm=\"lb admin\""),
+        );
+        Some(r)
+    }
+}
+
+/// Compare without an early exit, so the time taken does not tell how much of a guess matched.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn route(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
@@ -119,17 +176,28 @@ async fn route(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -> Res
     }
 }
 
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    access: Access,
+    shutdown: watch::Receiver<bool>,
+) {
+    let access = Arc::new(access);
     let stop = stopped(shutdown);
     tokio::pin!(stop);
     loop {
         tokio::select! {
             (stream, peer) = crate::conn::accept(&listener, "admin") => {
-                let shared = Arc::clone(&shared);
+                let (shared, access) = (Arc::clone(&shared), Arc::clone(&access));
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
-                        let shared = Arc::clone(&shared);
-                        async move { Ok::<_, Infallible>(route(&shared, req, peer).await) }
+                        let (shared, access) = (Arc::clone(&shared), Arc::clone(&access));
+                        async move {
+                            if let Some(refused) = access.refuse(&req, peer) {
+                                return Ok::<_, Infallible>(refused);
+                            }
+                            Ok::<_, Infallible>(route(&shared, req, peer).await)
+                        }
                     });
                     let conn = hyper::server::conn::http1::Builder::new()
                         .timer(hyper_util::rt::TokioTimer::new())

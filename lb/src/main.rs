@@ -20,6 +20,17 @@ struct Cli {
     log_format: String,
 }
 
+/// How to reach the running lb's admin API.
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// Admin address of the running lb.
+    #[arg(long, default_value = DEFAULT_ADMIN_BIND)]
+    admin: String,
+    /// The admin token (`[admin] token`), needed when the admin address is not loopback.
+    #[arg(long, env = "LB_ADMIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the balancer with a config file.
@@ -35,24 +46,21 @@ enum Cmd {
     /// Make the running lb re-read its config file (like SIGHUP); prints what changed, or every
     /// error `lb check` would print (the running config then stays).
     Reload {
-        /// Admin address of the running lb.
-        #[arg(long, default_value = DEFAULT_ADMIN_BIND)]
-        admin: String,
+        #[command(flatten)]
+        admin: AdminArgs,
     },
     /// Show every balancer and member, like Apache's balancer-manager.
     Status {
-        /// Admin address of the running lb.
-        #[arg(long, default_value = DEFAULT_ADMIN_BIND)]
-        admin: String,
+        #[command(flatten)]
+        admin: AdminArgs,
         /// Print the raw JSON report.
         #[arg(long)]
         json: bool,
     },
     /// Show kernel-sourced member health: connect latency, RTT, retransmits, failed connects.
     Health {
-        /// Admin address of the running lb.
-        #[arg(long, default_value = DEFAULT_ADMIN_BIND)]
-        admin: String,
+        #[command(flatten)]
+        admin: AdminArgs,
         /// Print the raw JSON report.
         #[arg(long)]
         json: bool,
@@ -239,6 +247,7 @@ async fn run(cfg: &Config, path: &Path) -> Result<()> {
         }
     });
     bound.run(shutdown_signal()).await;
+    lb::accesslog::flush();
     Ok(())
 }
 
@@ -297,27 +306,29 @@ async fn demo(bind: &str, admin: &str) -> Result<()> {
 
 /// One request to the admin listener: its status and body.
 async fn request(
-    admin: &str,
+    to: &AdminArgs,
     method: hyper::Method,
     path: &str,
 ) -> Result<(hyper::StatusCode, String)> {
+    let admin = to.admin.as_str();
     let stream = tokio::net::TcpStream::connect(admin).await.with_context(|| {
         format!("cannot reach lb's admin listener at {admin} (is lb running? see --admin)")
     })?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(conn);
-    let req = hyper::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", admin)
-        .body(Empty::<Bytes>::new())?;
+    let req = hyper::Request::builder().method(method).uri(path).header("host", admin);
+    let req = match &to.token {
+        Some(t) => req.header("authorization", format!("Bearer {t}")),
+        None => req,
+    }
+    .body(Empty::<Bytes>::new())?;
     let resp = sender.send_request(req).await?;
     let status = resp.status();
     let body = resp.into_body().collect().await?.to_bytes();
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
-async fn fetch(admin: &str, path: &str) -> Result<String> {
+async fn fetch(admin: &AdminArgs, path: &str) -> Result<String> {
     let (status, body) = request(admin, hyper::Method::GET, path).await?;
     if !status.is_success() {
         bail!("admin answered {status}: {body}");

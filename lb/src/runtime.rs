@@ -263,7 +263,8 @@ impl Bound {
             if let Ok(a) = admin.local_addr() {
                 tracing::info!(addr = %a, "admin listening");
             }
-            tasks.spawn(crate::admin::serve(admin, Arc::clone(&shared), rx.clone()));
+            let access = config.admin.clone().map(crate::admin::Access::from).unwrap_or_default();
+            tasks.spawn(crate::admin::serve(admin, Arc::clone(&shared), access, rx.clone()));
         }
         if let Some(sock) = heartbeat {
             if let Ok(a) = sock.local_addr() {
@@ -396,7 +397,8 @@ async fn apply(
 /// What a reload does not apply, when it changed: said in the reload's answer.
 fn needs_restart(running: &Config, next: &Config) -> String {
     let mut keys = Vec::new();
-    if running.admin.as_ref().map(|a| a.bind) != next.admin.as_ref().map(|a| a.bind) {
+    let admin = |c: &Config| c.admin.as_ref().map(|a| (a.bind, a.token.clone(), a.allow.clone()));
+    if admin(running) != admin(next) {
         keys.push("[admin]");
     }
     if running.heartbeat_listen != next.heartbeat_listen {

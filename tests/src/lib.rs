@@ -658,6 +658,12 @@ impl Netns {
         ns
     }
 
+    /// The host side of the veth pair (what the namespace reaches this one at).
+    pub fn host_ip(&self) -> std::net::Ipv4Addr {
+        let [a, b, c, _] = self.ns_ip.octets();
+        std::net::Ipv4Addr::new(a, b, c, 1)
+    }
+
     /// Shape traffic leaving the namespace (member → lb) with a token bucket: under load it
     /// queues, which is queueing delay on the member's path.
     pub fn tbf(&self, rate: &str, burst: &str, latency: &str) {

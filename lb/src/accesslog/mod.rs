@@ -1,11 +1,13 @@
 //! The access log: one line per HTTP request and per TCP connection, written by a thread of its
 //! own, so that a slow disk, a full disk or a stalled terminal never stalls traffic.
 //!
-//! The data path hands over the record it already holds (a move into a bounded queue: no
-//! formatting, no lock, no system call); the writer thread formats it ([`format`]: Apache's
-//! combined format extended with lb's fields, or JSON lines) and writes in batches. When the
-//! queue is full the line is dropped and counted (`access_log.dropped` in `lb status --json`,
-//! and a warning at most once a second); so are lines a write error loses.
+//! The data path hands over the record it already holds: a push onto a lock-free bounded queue,
+//! with no formatting, no lock, no system call and no wake-up (a channel that woke the writer
+//! for every line cost a futex call per request). The writer thread wakes every
+//! [`TICK`], formats what is queued ([`format`]: Apache's combined format extended with lb's
+//! fields, or JSON lines) and writes it in one go. When the queue is full the line is dropped
+//! and counted (`access_log.dropped` in `lb status --json`, and a warning at most once a
+//! second); so are lines a write error loses. [`flush`] at shutdown writes what is left.
 //!
 //! One log per process: `[access_log]` names where it goes (stdout or a file) and its format,
 //! fixed at start; each listener's `access_log = true|false` decides whether it logs.
@@ -13,13 +15,18 @@ mod format;
 pub use format::utc;
 
 use crate::config::{AccessLogConfig, AccessLogFormat};
+use crossbeam_queue::ArrayQueue;
 use http::{HeaderValue, Method, StatusCode, Version};
 use std::io::Write;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
-use std::sync::{Arc, OnceLock};
-use std::time::{Instant, SystemTime};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+/// How often the writer looks for lines.
+pub const TICK: Duration = Duration::from_millis(25);
 
 /// The BALANCER_* values of one attempt, beside the balancer's and the member's names.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -89,10 +96,12 @@ impl HttpRecord {
 
 /// The process's access log.
 pub struct AccessLog {
-    tx: SyncSender<Entry>,
+    queue: ArrayQueue<Entry>,
     written: AtomicU64,
     dropped: AtomicU64,
     warned_at: AtomicU64,
+    closing: AtomicBool,
+    writer: Mutex<Option<JoinHandle<()>>>,
 }
 
 static LOG: OnceLock<Arc<AccessLog>> = OnceLock::new();
@@ -111,21 +120,35 @@ pub fn init(cfg: &AccessLogConfig) -> std::io::Result<()> {
 }
 
 fn start(out: Box<dyn Write + Send>, fmt: AccessLogFormat, queue: usize) -> Arc<AccessLog> {
-    let (tx, rx) = sync_channel(queue);
     let log = Arc::new(AccessLog {
-        tx,
+        queue: ArrayQueue::new(queue.max(1)),
         written: AtomicU64::new(0),
         dropped: AtomicU64::new(0),
         warned_at: AtomicU64::new(0),
+        closing: AtomicBool::new(false),
+        writer: Mutex::new(None),
     });
     let w = Arc::clone(&log);
     let spawned = std::thread::Builder::new()
         .name("lb-access-log".into())
-        .spawn(move || writer(rx, out, fmt, &w));
-    if let Err(e) = spawned {
-        tracing::error!(error = %e, "cannot start the access log writer; access log lines are dropped");
+        .spawn(move || writer(&w, out, fmt));
+    match spawned {
+        Ok(h) => *log.writer.lock().unwrap_or_else(|e| e.into_inner()) = Some(h),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the access log writer; access log lines are dropped")
+        }
     }
     log
+}
+
+/// Write what is queued and stop the writer (at shutdown).
+pub fn flush() {
+    let Some(log) = LOG.get() else { return };
+    log.closing.store(true, Relaxed);
+    let handle = log.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(h) = handle {
+        let _ = h.join();
+    }
 }
 
 /// The access log (stdout, combined format, when nothing started it).
@@ -139,9 +162,8 @@ fn log() -> &'static Arc<AccessLog> {
 /// Hand a line to the writer; never waits.
 pub fn emit(e: Entry) {
     let log = log();
-    match log.tx.try_send(e) {
-        Ok(()) => {}
-        Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => log.lost(1),
+    if log.queue.push(e).is_err() {
+        log.lost(1);
     }
 }
 
@@ -163,28 +185,35 @@ impl AccessLog {
     }
 }
 
-fn writer(
-    rx: Receiver<Entry>,
-    mut out: Box<dyn Write + Send>,
-    fmt: AccessLogFormat,
-    log: &AccessLog,
-) {
+fn writer(log: &AccessLog, mut out: Box<dyn Write + Send>, fmt: AccessLogFormat) {
     let mut buf = Vec::with_capacity(64 * 1024);
-    while let Ok(first) = rx.recv() {
-        let mut lines = 1u64;
-        format::line(&mut buf, &first, fmt);
-        drop(first);
-        while buf.len() < 60 * 1024 {
-            let Ok(e) = rx.try_recv() else { break };
+    let mut lines = 0u64;
+    loop {
+        let closing = log.closing.load(Relaxed);
+        while let Some(e) = log.queue.pop() {
             format::line(&mut buf, &e, fmt);
             lines += 1;
-        }
-        match out.write_all(&buf).and_then(|()| out.flush()) {
-            Ok(()) => {
-                log.written.fetch_add(lines, Relaxed);
+            if buf.len() >= 60 * 1024 {
+                write(log, &mut out, &mut buf, &mut lines);
             }
-            Err(_) => log.lost(lines),
         }
-        buf.clear();
+        if lines > 0 {
+            write(log, &mut out, &mut buf, &mut lines);
+        }
+        if closing {
+            return;
+        }
+        std::thread::sleep(TICK);
     }
+}
+
+fn write(log: &AccessLog, out: &mut Box<dyn Write + Send>, buf: &mut Vec<u8>, lines: &mut u64) {
+    match out.write_all(buf).and_then(|()| out.flush()) {
+        Ok(()) => {
+            log.written.fetch_add(*lines, Relaxed);
+        }
+        Err(_) => log.lost(*lines),
+    }
+    buf.clear();
+    *lines = 0;
 }

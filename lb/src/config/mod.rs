@@ -21,6 +21,7 @@
 //!
 //! Defaults follow Apache httpd; where lb deliberately differs the README's config reference says
 //! so. This layer depends on no other part of lb.
+mod admin;
 pub mod balancer;
 pub mod error;
 pub mod flags;
@@ -33,6 +34,7 @@ mod sticky;
 pub mod tls;
 pub mod units;
 
+pub use admin::loopback as admin_loopback;
 pub use error::{ConfigError, Diagnostic, KeyPath};
 pub use limits::{Limits, ReadTimeout, ReadTimeouts};
 pub use model::*;
@@ -165,13 +167,7 @@ impl Validator<'_> {
 
     fn config(&mut self, raw: RawConfig) -> Config {
         let root = KeyPath::default();
-        let admin = match &raw.admin {
-            None => DEFAULT_ADMIN_BIND.parse().ok().map(|bind| AdminConfig { bind }),
-            Some(a) => {
-                let text = a.bind.as_deref().unwrap_or(DEFAULT_ADMIN_BIND);
-                self.addr(&root.key("admin").key("bind"), text).map(|bind| AdminConfig { bind })
-            }
-        };
+        let admin = self.admin(&root.key("admin"), raw.admin.as_ref());
         let balancers: Vec<BalancerConfig> = raw
             .balancer
             .iter()

@@ -53,6 +53,17 @@ pub enum AccessLogFormat {
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
     pub bind: SocketAddr,
+    /// Clients not on loopback must send `Authorization: Bearer TOKEN`.
+    pub token: Option<String>,
+    /// Source networks admitted at all (Apache's `Require ip`).
+    pub allow: Vec<IpNet>,
+}
+
+/// A network: an address and a prefix length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    pub addr: std::net::IpAddr,
+    pub prefix: u8,
 }
 
 /// `[telemetry] source`.

@@ -27,6 +27,9 @@ pub struct RawConfig {
 #[derive(Debug, Deserialize)]
 pub struct RawAdmin {
     pub bind: Option<String>,
+    pub token: Option<String>,
+    pub token_file: Option<String>,
+    pub allow: Option<Vec<String>>,
 }
 
 /// `[access_log]`: where the access log goes and in what format.
