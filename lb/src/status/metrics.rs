@@ -3,7 +3,8 @@
 //! family. Per listener: connections, requests, bytes, time. Per member (labels `balancer`,
 //! `member`): Apache's counters (elected, busy, bytes each way), whether it is usable, its
 //! ejection, and the kernel's view of its connections (srtt, connect latency, retransmits,
-//! failed connects).
+//! failed connects). And the runtime's live tasks, which come back down after a load: nothing
+//! leaks.
 use super::{HealthReport, StatusReport, counters};
 use std::fmt::Write;
 use std::sync::atomic::Ordering::Relaxed;
@@ -35,6 +36,15 @@ pub fn render(status: &StatusReport, health: &HealthReport) -> String {
     let (since, _) = counters::started();
     o.family("lb_uptime_seconds", "gauge", "Time since lb started.");
     o.sample("lb_uptime_seconds", "", since.elapsed().as_secs_f64());
+
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        o.family(
+            "lb_runtime_tasks_alive",
+            "gauge",
+            "Tasks alive in lb's runtime (connections, requests, pools, health).",
+        );
+        o.sample("lb_runtime_tasks_alive", "", rt.metrics().num_alive_tasks() as f64);
+    }
 
     let listeners = counters::all();
     type Get = fn(&counters::ListenerStats) -> u64;
