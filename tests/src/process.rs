@@ -22,10 +22,10 @@ impl LbProcess {
         Self::spawn(cmd)
     }
 
-    /// The same with at most `nofile` open files, soft and hard (lb cannot raise it).
-    pub fn start_with_nofile(file: &Path, nofile: u64) -> LbProcess {
+    /// The same with an open-file limit of `soft` (lb may raise it up to `hard`).
+    pub fn start_with_nofile(file: &Path, soft: u64, hard: u64) -> LbProcess {
         let mut cmd = Command::new("prlimit");
-        cmd.arg(format!("--nofile={nofile}:{nofile}"))
+        cmd.arg(format!("--nofile={soft}:{hard}"))
             .arg(lb_bin())
             .args(["run", "--config"])
             .arg(file);

@@ -134,7 +134,7 @@ async fn out_of_descriptors_lb_backs_off_without_spinning_and_recovers() {
     std::fs::create_dir_all(&dir).expect("dir");
     let file = dir.join("lb.toml");
     std::fs::write(&file, config(&members(&[(&m.url(), "")]))).expect("config");
-    let lb = lb_tests::process::LbProcess::start_with_nofile(&file, 64);
+    let lb = lb_tests::process::LbProcess::start_with_nofile(&file, 64, 64);
     let addr = lb.addr("listening (http)");
     // More idle connections than lb has descriptors left: the kernel completes them, lb's
     // accept runs out of descriptors.
@@ -156,6 +156,24 @@ async fn out_of_descriptors_lb_backs_off_without_spinning_and_recovers() {
     })
     .await;
     assert!(served.is_some_and(|a| a.starts_with("HTTP/1.1 200")), "served again");
+    drop(lb);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lb_raises_its_open_file_limit_to_the_hard_limit() {
+    let m = Member::start("m").await;
+    let dir = std::env::temp_dir().join(format!("lb-nofile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("lb.toml");
+    std::fs::write(&file, config(&members(&[(&m.url(), "")]))).expect("config");
+    let lb = lb_tests::process::LbProcess::start_with_nofile(&file, 256, 4096);
+    let said = lb.line(&["raised the open-file limit"], Duration::from_secs(10));
+    assert!(said.is_some_and(|l| l.contains("from=256") && l.contains("to=4096")), "lb says so");
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", lb.pid)).expect("limits");
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).expect("open files line");
+    let soft: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(soft.get(3), Some(&"4096"), "{line}");
     drop(lb);
     let _ = std::fs::remove_dir_all(&dir);
 }

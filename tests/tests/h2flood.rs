@@ -208,18 +208,27 @@ async fn an_hpack_bomb_is_refused_without_reaching_a_member() {
 }
 
 #[tokio::test]
-async fn streams_beyond_the_concurrency_limit_are_refused() {
+async fn streams_beyond_the_concurrency_limit_are_refused_and_a_client_that_insists_is_sent_away() {
     let (m, lb) = setup().await;
-    let frames: Vec<Vec<u8>> = (0..150u32)
-        .map(|i| frame(HEADERS, END_STREAM | END_HEADERS, 2 * i + 1, &get_block("/sleep/2000")))
-        .collect();
-    let mut s = send(&lb, &frames).await;
+    let opened = |n: u32| -> Vec<Vec<u8>> {
+        (0..n)
+            .map(|i| frame(HEADERS, END_STREAM | END_HEADERS, 2 * i + 1, &get_block("/sleep/2000")))
+            .collect()
+    };
     let refused = |f: &[Frame]| {
         f.iter().filter(|f| f.kind == RST_STREAM && f.code() == Some(REFUSED_STREAM)).count()
     };
-    let (got, _) = read_frames(&mut s, Duration::from_secs(10), |f| refused(f) >= 50).await;
-    assert!(refused(&got) >= 50, "streams past 100 are refused");
+    // 150 at once: the 50 past the limit of 100 are refused, the connection stays.
+    let mut s = send(&lb, &opened(150)).await;
+    let (got, closed) = read_frames(&mut s, Duration::from_secs(10), |f| refused(f) >= 50).await;
+    assert!(refused(&got) >= 50 && !closed, "streams past 100 are refused");
+    assert!(goaway(&got).is_none());
     assert!(m.hits.load(Relaxed) <= 100, "at most 100 at once reach the member");
+    // 400 at once: more refusals than a client provokes by accident; it is sent away.
+    let mut s = send(&lb, &opened(400)).await;
+    let (got, closed) = read_frames(&mut s, Duration::from_secs(10), |_| false).await;
+    assert_eq!(goaway(&got), Some(ENHANCE_YOUR_CALM), "GOAWAY(ENHANCE_YOUR_CALM)");
+    assert!(closed);
     others_are_served(&lb).await;
     lb.stop().await;
 }

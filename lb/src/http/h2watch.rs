@@ -9,6 +9,8 @@
 //! SETTINGS or PRIORITY frames as fast as it can costs a core. Each kind gets a token bucket
 //! (a burst, then a rate per second); a client that empties one is told GOAWAY with
 //! ENHANCE_YOUR_CALM and the connection is closed. Legitimate clients send a handful of these.
+//! So are the streams lb itself resets (past the concurrency limit, or a header list past the
+//! size limit: an HPACK bomb): a client that keeps provoking that goes the same way.
 use tokio::time::Instant;
 
 const PREFACE_LEN: u64 = 24;
@@ -109,6 +111,9 @@ impl Bucket {
 pub struct Watch {
     frames: Frames,
     resets: Bucket,
+    /// Streams lb itself reset: a client that keeps provoking that (streams past the
+    /// concurrency limit, header lists past the size limit) is told to go away too.
+    refusals: Bucket,
     pings: Bucket,
     settings: Bucket,
     priorities: Bucket,
@@ -123,6 +128,7 @@ impl Default for Watch {
         Watch {
             frames: Frames::client(),
             resets: Bucket::new(200.0, 100.0),
+            refusals: Bucket::new(100.0, 10.0),
             pings: Bucket::new(50.0, 10.0),
             settings: Bucket::new(50.0, 10.0),
             priorities: Bucket::new(200.0, 100.0),
@@ -135,7 +141,7 @@ impl Default for Watch {
 impl Watch {
     /// Account the client's bytes `data`.
     pub fn read(&mut self, data: &[u8]) {
-        let Watch { frames, resets, pings, settings, priorities, last_stream, flooded } = self;
+        let Watch { frames, resets, pings, settings, priorities, last_stream, flooded, .. } = self;
         frames.feed(data, |f| {
             let bucket = match f.kind {
                 HEADERS => {
@@ -152,6 +158,13 @@ impl Watch {
                 *flooded = Some(bucket.1);
             }
         });
+    }
+
+    /// lb wrote a frame of `kind` to the client.
+    pub fn wrote(&mut self, kind: u8) {
+        if kind == RST_STREAM && self.flooded.is_none() && !self.refusals.take(Instant::now()) {
+            self.flooded = Some("refused streams");
+        }
     }
 
     /// The GOAWAY frame that ends a flooding client's connection.

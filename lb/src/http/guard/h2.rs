@@ -55,13 +55,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Guarded<S> {
     }
 
     fn wrote(&mut self, bufs: &[io::IoSlice<'_>], mut n: usize) {
-        if !matches!(self.phase, Phase::H2(_)) {
-            return;
-        }
+        let Phase::H2(w) = &mut self.phase else { return };
         for b in bufs {
             let k = b.len().min(n);
             let goaway = &mut self.goaway_out;
-            self.out.feed(&b[..k], |f| *goaway |= f.kind == GOAWAY);
+            self.out.feed(&b[..k], |f| {
+                *goaway |= f.kind == GOAWAY;
+                w.wrote(f.kind);
+            });
             n -= k;
             if n == 0 {
                 break;
