@@ -141,6 +141,28 @@ async fn metrics_are_prometheus_text_with_the_counts() {
     })
     .await
     .expect("srtt of the member");
+    // A Prometheus text-format parser reads it the same way.
+    let text = get(&format!("{admin}/metrics")).await.text();
+    let scrape =
+        prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("parses");
+    let requests = scrape
+        .samples
+        .iter()
+        .find(|s| {
+            s.metric == "lb_listener_requests_total" && s.labels.get("listener") == Some("web")
+        })
+        .expect("lb_listener_requests_total{listener=\"web\"}");
+    assert!(
+        matches!(requests.value, prometheus_parse::Value::Counter(v) if v == 5.0),
+        "{:?}",
+        requests.value
+    );
+    let up = scrape.samples.iter().find(|s| s.metric == "lb_member_up").expect("lb_member_up");
+    assert_eq!(
+        (up.labels.get("balancer"), up.labels.get("member")),
+        (Some("b"), Some(m.url().as_str()))
+    );
+    assert!(scrape.docs.contains_key("lb_member_srtt_seconds"), "HELP text read");
     let at = |n: &str, l: &str| samples.get(&(n.to_owned(), l.to_owned())).copied();
     assert_eq!(at("lb_listener_requests_total", "listener=\"web\""), Some(5.0));
     assert_eq!(at("lb_member_elected_total", &member), Some(5.0));
