@@ -83,5 +83,6 @@ pub mod status;
 pub mod sys;
 pub mod tcp;
 pub mod telemetry;
+pub mod term;
 pub mod tls;
 pub mod upstream;

@@ -68,6 +68,11 @@ enum Cmd {
         #[arg(long)]
         watch: bool,
     },
+    /// Print a shell completion script: `lb completions bash > /etc/bash_completion.d/lb`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Start three demo members on loopback and a balancer in front of them.
     Demo {
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -151,30 +156,30 @@ async fn dispatch(cmd: Cmd) -> Result<ExitCode> {
                 Ok(ExitCode::FAILURE)
             }
         },
-        Cmd::Health { admin, json, watch } => {
-            loop {
-                let body = fetch(&admin, "/health").await?;
-                let text = if json {
-                    body
-                } else {
-                    let report: lb::status::HealthReport = serde_json::from_str(&body)
-                        .context("admin answered something that is not a health report")?;
-                    lb::status::render_health(&report)
-                };
-                if !watch {
-                    print!("{text}");
-                    if json {
-                        println!();
-                    }
-                    return Ok(ExitCode::SUCCESS);
-                }
-                // Clear the screen and redraw.
-                print!("\x1b[2J\x1b[H{text}");
-                tokio::select! {
-                    _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
-                    _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
-                }
+        Cmd::Health { admin, json, watch: true } => watch_health(&admin, json).await,
+        Cmd::Completions { shell } => {
+            use clap::CommandFactory;
+            use std::io::Write;
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "lb", &mut script);
+            // A closed pipe (`lb completions bash | head`) is not an error worth a message.
+            let _ = std::io::stdout().write_all(&script);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Health { admin, json, watch: false } => {
+            let body = fetch(&admin, "/health").await?;
+            let text = if json {
+                body
+            } else {
+                let report: lb::status::HealthReport = serde_json::from_str(&body)
+                    .context("admin answered something that is not a health report")?;
+                lb::status::render_health(&report)
+            };
+            print!("{text}");
+            if json {
+                println!();
             }
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Reload { admin } => match request(&admin, hyper::Method::POST, "/reload").await? {
             (status, body) if status.is_success() => {
@@ -302,6 +307,45 @@ async fn demo(bind: &str, admin: &str) -> Result<()> {
     println!("Ctrl-C stops the demo.\n");
     bound.run(shutdown_signal()).await;
     Ok(())
+}
+
+/// `lb health --watch`: the table redrawn every second on the alternate screen, until `q` or
+/// Ctrl-C; the terminal is put back as it was.
+async fn watch_health(admin: &AdminArgs, json: bool) -> Result<ExitCode> {
+    let keys = lb::term::RawKeys::enable();
+    let (tx, mut quit) = tokio::sync::mpsc::channel::<()>(1);
+    if keys.is_some() {
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut b = [0u8; 1];
+            while let Ok(1) = std::io::stdin().read(&mut b) {
+                if matches!(b[0], b'q' | b'Q') {
+                    let _ = tx.blocking_send(());
+                    return;
+                }
+            }
+        });
+    }
+    let screen = lb::term::Screen::enter();
+    loop {
+        let text = match fetch(admin, "/health").await {
+            Ok(body) if json => body,
+            Ok(body) => match serde_json::from_str::<lb::status::HealthReport>(&body) {
+                Ok(r) => lb::status::render_health(&r),
+                Err(e) => format!("admin answered something that is not a health report: {e}\n"),
+            },
+            Err(e) => format!("{e:#}\n"),
+        };
+        screen.draw(&format!("{text}\n(refreshing every second; q or Ctrl-C quits)\n"));
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            _ = tokio::signal::ctrl_c() => break,
+            _ = quit.recv() => break,
+        }
+    }
+    drop(screen);
+    drop(keys);
+    Ok(ExitCode::SUCCESS)
 }
 
 /// One request to the admin listener: its status and body.

@@ -102,3 +102,90 @@ async fn demo_runs_three_members_behind_a_balancer() {
     let table = String::from_utf8_lossy(&out.stdout);
     assert_eq!(table.lines().filter(|l| l.contains("http://127.0.0.1:")).count(), 3, "{table}");
 }
+
+/// A tmux server of this test's own.
+struct Tmux(String);
+
+impl Tmux {
+    fn new(tag: &str) -> Tmux {
+        Tmux(format!("lbtest-{tag}-{}", std::process::id()))
+    }
+    fn run(&self, args: &[&str]) -> String {
+        let out = Command::new("tmux").arg("-L").arg(&self.0).args(args).output().expect("tmux");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+    /// The visible screen of the window, once it holds `want` (within 15 s).
+    async fn screen_with(&self, want: &str) -> Option<String> {
+        eventually(Duration::from_secs(15), || async {
+            let s = self.run(&["capture-pane", "-p", "-t", "w"]);
+            s.contains(want).then_some(s)
+        })
+        .await
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        self.run(&["kill-server"]);
+    }
+}
+
+#[tokio::test]
+async fn health_watch_is_a_live_table_that_q_and_ctrl_c_leave_cleanly() {
+    let m = Member::start("m").await;
+    let lb = Lb::start(&config(&members(&[(&m.url(), "")]))).await;
+    let cmd = format!(
+        "clear; echo BEFORE; {} health --watch --admin {}; echo EXITED:$?; sleep 60",
+        lb_bin().display(),
+        lb.admin
+    );
+    for (tag, key) in [("q", "q"), ("ctrlc", "C-c")] {
+        let t = Tmux::new(tag);
+        t.run(&["new-session", "-d", "-s", "w", "-x", "200", "-y", "50", &cmd]);
+        let live = t.screen_with(&m.url()).await.expect("the table, with the member");
+        assert!(
+            live.contains("q or Ctrl-C quits") && !live.contains("BEFORE"),
+            "on its own screen:\n{live}"
+        );
+        t.run(&["send-keys", "-t", "w", key]);
+        let after = t.screen_with("EXITED:0").await.expect("exits with status 0");
+        // The shell's screen is back as it was: the line printed before, and no table.
+        assert!(after.contains("BEFORE") && !after.contains("q or Ctrl-C quits"), "{after}");
+    }
+    lb.stop().await;
+}
+
+#[test]
+fn completions_for_bash_zsh_and_fish_know_the_commands() {
+    for (shell, marker) in
+        [("bash", "complete -F _lb"), ("zsh", "#compdef lb"), ("fish", "complete -c lb")]
+    {
+        let out = lb_cmd(&["completions", shell]);
+        assert!(out.status.success());
+        let script = String::from_utf8_lossy(&out.stdout);
+        assert!(script.contains(marker), "{shell}: {marker}");
+        for cmd in ["run", "check", "reload", "status", "health", "demo"] {
+            assert!(script.contains(cmd), "{shell} completes {cmd}");
+        }
+    }
+    // bash loads it and completes `lb st` to `status`.
+    let script = String::from_utf8_lossy(&lb_cmd(&["completions", "bash"]).stdout).into_owned();
+    let probe = format!(
+        "{script}\nCOMP_WORDS=(lb st); COMP_CWORD=1; COMP_LINE='lb st'; COMP_POINT=5; _lb lb st lb; echo \"${{COMPREPLY[@]}}\""
+    );
+    let out = Command::new("bash").args(["-c", &probe]).output().expect("bash");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "status",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // --help everywhere.
+    for cmd in ["run", "check", "reload", "status", "health", "demo", "completions"] {
+        let out = lb_cmd(&[cmd, "--help"]);
+        assert!(
+            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("Usage: lb"),
+            "{cmd} --help"
+        );
+    }
+}

@@ -151,6 +151,8 @@ fn test(extra: &[String]) -> Result<()> {
     ensure_tool("nft", "nftables")?;
     ensure_tool("curl", "curl")?;
     ensure_tool("ip", "iproute2")?;
+    // `lb health --watch` is tested in a real terminal.
+    ensure_tool("tmux", "tmux")?;
     let mut fmt = cargo();
     fmt.args(["fmt", "--all", "--", "--check"]);
     run(fmt)?;
