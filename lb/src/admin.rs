@@ -6,6 +6,8 @@
 //! - `GET /metrics`: Prometheus text format.
 //! - `POST /heartbeat`: a mod_heartbeat body (`v=1&ready=N&busy=M[&port=P]`) from a member, for
 //!   the heartbeat method; the sender's address identifies it, as with the UDP datagrams.
+//! - `POST /balancer-manager`: a live edit with Apache's balancer-manager form parameters
+//!   ([`crate::edit`]); the balancer's nonce and a same-origin Origin/Referer are required.
 //! - `POST /reload`: re-read the config file (`lb reload`); 200 with what changed, or 422 with
 //!   every error `lb check` would print (the old config keeps serving).
 //!
@@ -117,6 +119,60 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Largest balancer-manager form accepted.
+const MAX_FORM: usize = 16 * 1024;
+
+/// Whether a request that a browser may have sent came from lb's own pages: its `Origin`, or
+/// else its `Referer`, must be this admin host (Apache checks the Referer the same way).
+fn same_origin<B>(req: &Request<B>) -> bool {
+    let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+    let origin = format!("http://{host}");
+    if let Some(o) = req.headers().get(header::ORIGIN) {
+        return o.to_str().is_ok_and(|o| o == origin);
+    }
+    if let Some(r) = req.headers().get(header::REFERER) {
+        return r.to_str().is_ok_and(|r| r == origin || r.starts_with(&format!("{origin}/")));
+    }
+    true
+}
+
+/// `POST /balancer-manager`: a live edit with Apache's form parameters (see `crate::edit`).
+async fn edit(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if !same_origin(&req) {
+        let msg = "refused: the request came from another site (Origin/Referer)\n";
+        return reply(StatusCode::FORBIDDEN, "text/plain", msg);
+    }
+    let query = req.uri().query().unwrap_or("").to_owned();
+    let body = match Limited::new(req.into_body(), MAX_FORM).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return reply(StatusCode::PAYLOAD_TOO_LARGE, "text/plain", format!("form: {e}\n"));
+        }
+    };
+    let mut params = crate::edit::form(&query);
+    params.extend(crate::edit::form(&String::from_utf8_lossy(&body)));
+    let running = shared.config.load_full();
+    let (next, summary) = match crate::edit::apply(&running, &params) {
+        Ok(x) => x,
+        Err(e @ crate::edit::EditError::Nonce(_)) => {
+            return reply(StatusCode::FORBIDDEN, "text/plain", format!("{e}\n"));
+        }
+        Err(e) => return reply(StatusCode::BAD_REQUEST, "text/plain", format!("{e}\n")),
+    };
+    let (answer, rx) = tokio::sync::oneshot::channel();
+    if shared.apply.send((Box::new(next), answer)).await.is_err() {
+        return reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "lb is shutting down\n");
+    }
+    match tokio::time::timeout(ADMIN_TIMEOUT, rx).await {
+        Ok(Ok(Ok(_))) => {
+            tracing::info!(edit = %summary, "balancer-manager edit applied");
+            reply(StatusCode::OK, "text/plain", format!("{summary}\n"))
+        }
+        Ok(Ok(Err(refused))) => reply(StatusCode::UNPROCESSABLE_ENTITY, "text/plain", refused),
+        _ => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "the edit was not answered\n"),
+    }
+}
+
 async fn route(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
     match (req.method().clone(), req.uri().path()) {
         (Method::GET, "/status") => json(&crate::status::report(&shared.balancers.load())),
@@ -166,10 +222,11 @@ async fn route(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -> Res
             }
         }
         (Method::POST, "/reload") => reload(shared).await,
+        (Method::POST, "/balancer-manager") => edit(shared, req).await,
         (_, "/status" | "/" | "/health" | "/server-status" | "/metrics") => {
             reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use GET\n")
         }
-        (_, "/heartbeat" | "/reload") => {
+        (_, "/heartbeat" | "/reload" | "/balancer-manager") => {
             reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use POST\n")
         }
         (_, p) => reply(StatusCode::NOT_FOUND, "text/plain", format!("no admin endpoint {p}\n")),

@@ -72,6 +72,7 @@ pub mod balancer;
 pub mod config;
 pub mod conn;
 pub mod demo;
+pub mod edit;
 pub mod errors;
 pub mod health;
 pub mod http;

@@ -20,6 +20,61 @@ struct Cli {
     log_format: String,
 }
 
+#[derive(Subcommand)]
+enum MemberCmd {
+    /// Set a member's load factor, lbset, route, redirect or status flags (next pick on).
+    Set {
+        /// The balancer's name (`[balancer.NAME]`).
+        balancer: String,
+        /// The member's URL.
+        url: String,
+        #[arg(long)]
+        loadfactor: Option<f64>,
+        #[arg(long)]
+        lbset: Option<u32>,
+        /// The route (empty clears it).
+        #[arg(long)]
+        route: Option<String>,
+        /// The redirect route (empty clears it).
+        #[arg(long)]
+        redirect: Option<String>,
+        /// Apache's status syntax over the flags I N D S H R: `+D` disables, `-D` enables.
+        #[arg(long, allow_hyphen_values = true)]
+        status: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Add a member in one of the balancer's `growth` slots; it starts disabled (D).
+    Add {
+        balancer: String,
+        url: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum BalancerCmd {
+    /// Set a balancer's lbmethod, timeout, maxattempts, nofailover or stickysession.
+    Set {
+        balancer: String,
+        #[arg(long)]
+        lbmethod: Option<String>,
+        /// Seconds to wait for a usable member.
+        #[arg(long)]
+        timeout: Option<f64>,
+        #[arg(long)]
+        maxattempts: Option<u32>,
+        #[arg(long)]
+        nofailover: Option<bool>,
+        /// `NAME` or `COOKIE|param`; empty turns sticky sessions off.
+        #[arg(long)]
+        stickysession: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
 /// How to reach the running lb's admin API.
 #[derive(clap::Args)]
 struct AdminArgs {
@@ -80,9 +135,19 @@ enum Cmd {
         #[arg(long, default_value = DEFAULT_ADMIN_BIND)]
         admin: String,
     },
-    /// Run one demo member (used by the tests, as a process of its own).
-    #[command(hide = true)]
+    /// Change a member of the running lb, as Apache's balancer-manager does.
     Member {
+        #[command(subcommand)]
+        action: MemberCmd,
+    },
+    /// Change a balancer of the running lb, as Apache's balancer-manager does.
+    Balancer {
+        #[command(subcommand)]
+        action: BalancerCmd,
+    },
+    /// Run one demo member (used by the tests, as a process of its own).
+    #[command(name = "demo-member", hide = true)]
+    DemoMember {
         #[arg(long)]
         bind: String,
         #[arg(long, default_value = "member")]
@@ -206,7 +271,28 @@ async fn dispatch(cmd: Cmd) -> Result<ExitCode> {
             demo(&bind, &admin).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Member { bind, name, body_size } => {
+        Cmd::Member { action } => edit_member(action).await,
+        Cmd::Balancer {
+            action:
+                BalancerCmd::Set {
+                    balancer,
+                    lbmethod,
+                    timeout,
+                    maxattempts,
+                    nofailover,
+                    stickysession,
+                    admin,
+                },
+        } => {
+            let mut p = vec![];
+            p.extend(lbmethod.map(|v| ("b_lbm", v)));
+            p.extend(timeout.map(|v| ("b_tmo", v.to_string())));
+            p.extend(maxattempts.map(|v| ("b_max", v.to_string())));
+            p.extend(nofailover.map(|v| ("b_sforce", u8::from(v).to_string())));
+            p.extend(stickysession.map(|v| ("b_ss", v)));
+            post_edit(&admin, &balancer, p).await
+        }
+        Cmd::DemoMember { bind, name, body_size } => {
             let listener = tokio::net::TcpListener::bind(&bind)
                 .await
                 .with_context(|| format!("bind {bind}"))?;
@@ -348,11 +434,97 @@ async fn watch_health(admin: &AdminArgs, json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+async fn edit_member(action: MemberCmd) -> Result<ExitCode> {
+    match action {
+        MemberCmd::Set { balancer, url, loadfactor, lbset, route, redirect, status, admin } => {
+            let mut p = vec![("w", url)];
+            p.extend(loadfactor.map(|v| ("w_lf", v.to_string())));
+            p.extend(lbset.map(|v| ("w_ls", v.to_string())));
+            p.extend(route.map(|v| ("w_wr", v)));
+            p.extend(redirect.map(|v| ("w_rr", v)));
+            if let Some(spec) = status {
+                let mut set = true;
+                for c in spec.chars() {
+                    match c.to_ascii_uppercase() {
+                        '+' => set = true,
+                        '-' => set = false,
+                        f @ ('I' | 'N' | 'D' | 'S' | 'H' | 'R') => {
+                            let key = match f {
+                                'I' => "w_status_I",
+                                'N' => "w_status_N",
+                                'D' => "w_status_D",
+                                'S' => "w_status_S",
+                                'H' => "w_status_H",
+                                _ => "w_status_R",
+                            };
+                            p.push((key, if set { "1" } else { "0" }.to_owned()));
+                        }
+                        other => {
+                            bail!("--status {spec:?}: {other:?} is not one of + - I N D S H R")
+                        }
+                    }
+                }
+            }
+            post_edit(&admin, &balancer, p).await
+        }
+        MemberCmd::Add { balancer, url, admin } => {
+            post_edit(&admin, &balancer, vec![("b_wyes", "1".into()), ("b_nwrkr", url)]).await
+        }
+    }
+}
+
+/// Post a balancer-manager edit for `balancer`, with its nonce from the status report.
+async fn post_edit(
+    admin: &AdminArgs,
+    balancer: &str,
+    params: Vec<(&str, String)>,
+) -> Result<ExitCode> {
+    let status: lb::status::StatusReport = serde_json::from_str(&fetch(admin, "/status").await?)
+        .context("admin answered something that is not a status report")?;
+    let Some(b) = status.balancers.iter().find(|b| b.name == balancer) else {
+        let names: Vec<&str> = status.balancers.iter().map(|b| b.name.as_str()).collect();
+        bail!("no balancer {balancer:?} (there are: {})", names.join(", "));
+    };
+    let enc = |s: &str| -> String {
+        s.bytes()
+            .map(|c| match c {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                    (c as char).to_string()
+                }
+                _ => format!("%{c:02X}"),
+            })
+            .collect()
+    };
+    let mut body = format!("b={}&nonce={}", enc(balancer), enc(&b.nonce));
+    for (k, v) in &params {
+        body.push_str(&format!("&{k}={}", enc(v)));
+    }
+    let (code, text) =
+        request_body(admin, hyper::Method::POST, "/balancer-manager", Some(body)).await?;
+    if code.is_success() {
+        println!("{}", text.trim_end());
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("{}", text.trim_end());
+        Ok(ExitCode::from(1))
+    }
+}
+
 /// One request to the admin listener: its status and body.
 async fn request(
     to: &AdminArgs,
     method: hyper::Method,
     path: &str,
+) -> Result<(hyper::StatusCode, String)> {
+    request_body(to, method, path, None).await
+}
+
+/// The same with a form body.
+async fn request_body(
+    to: &AdminArgs,
+    method: hyper::Method,
+    path: &str,
+    form: Option<String>,
 ) -> Result<(hyper::StatusCode, String)> {
     let admin = to.admin.as_str();
     let stream = tokio::net::TcpStream::connect(admin).await.with_context(|| {
@@ -364,8 +536,13 @@ async fn request(
     let req = match &to.token {
         Some(t) => req.header("authorization", format!("Bearer {t}")),
         None => req,
-    }
-    .body(Empty::<Bytes>::new())?;
+    };
+    let req = match form {
+        Some(f) => req
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(http_body_util::Full::new(Bytes::from(f)).boxed())?,
+        None => req.body(Empty::<Bytes>::new().boxed())?,
+    };
     let resp = sender.send_request(req).await?;
     let status = resp.status();
     let body = resp.into_body().collect().await?.to_bytes();

@@ -110,6 +110,8 @@ impl Lb {
             heartbeats,
             reload: reload_tx,
             listeners: ArcSwap::default(),
+            config: ArcSwap::from_pointee(cfg.clone()),
+            apply: apply_tx.clone(),
         });
         Ok(Lb {
             config: cfg.clone(),
@@ -237,7 +239,7 @@ impl Bound {
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) {
         let Bound { lb, sockets, admin, heartbeat } = self;
         let Lb {
-            config,
+            mut config,
             shared,
             mut routing,
             services,
@@ -301,6 +303,8 @@ impl Bound {
                         .map(|summary| summary + &needs_restart(&config, &next));
                     if r.is_ok() {
                         publish(&running);
+                        shared.config.store(Arc::new(next.clone()));
+                        config = next;
                     }
                     r
                 }

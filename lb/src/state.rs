@@ -11,6 +11,9 @@ use tokio::sync::{mpsc, oneshot};
 /// A reload request: the answer is what was applied, or every reason it was refused.
 pub type ReloadRequest = oneshot::Sender<Result<String, String>>;
 
+/// A config to apply (a live edit), with where to send the answer.
+pub type ApplyRequest = (Box<crate::config::Config>, ReloadRequest);
+
 pub struct Shared {
     pub balancers: Arc<ArcSwap<Vec<Arc<Balancer>>>>,
     pub telemetry: Arc<Telemetry>,
@@ -19,4 +22,8 @@ pub struct Shared {
     pub reload: mpsc::Sender<ReloadRequest>,
     /// Each running listener's name and bound address.
     pub listeners: ArcSwap<Vec<(String, std::net::SocketAddr)>>,
+    /// The config running now (after every reload and live edit).
+    pub config: ArcSwap<crate::config::Config>,
+    /// Where a live edit (balancer-manager) sends the config it made.
+    pub apply: mpsc::Sender<ApplyRequest>,
 }

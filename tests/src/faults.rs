@@ -127,7 +127,7 @@ pub struct Process {
 impl Process {
     pub fn start(name: &str) -> Process {
         let mut cmd = std::process::Command::new(lb_bin());
-        cmd.args(["member", "--bind", "127.0.0.1:0", "--name", name]);
+        cmd.args(["demo-member", "--bind", "127.0.0.1:0", "--name", name]);
         let (child, addr) = crate::spawn_member(cmd);
         Process { child: ChildGuard(child), addr }
     }

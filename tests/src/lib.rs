@@ -693,7 +693,7 @@ impl Netns {
         let mut cmd = std::process::Command::new("ip");
         cmd.args(["netns", "exec", &self.name])
             .arg(lb_bin())
-            .args(["member", "--bind", &format!("{}:0", self.ns_ip), "--name", name])
+            .args(["demo-member", "--bind", &format!("{}:0", self.ns_ip), "--name", name])
             .args(["--body-size", &body_size.to_string()]);
         spawn_member(cmd)
     }

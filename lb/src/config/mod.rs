@@ -30,7 +30,7 @@ pub mod limits;
 pub mod listener;
 pub mod model;
 pub mod raw;
-mod sticky;
+pub mod sticky;
 pub mod tls;
 pub mod units;
 

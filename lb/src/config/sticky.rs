@@ -9,7 +9,7 @@ use std::time::Duration;
 const MAX_NAME: usize = 63;
 
 /// A cookie or URL parameter name: visible ASCII, none of the bytes that end or split one.
-fn valid_name(n: &str) -> bool {
+pub fn valid_name(n: &str) -> bool {
     !n.is_empty()
         && n.len() <= MAX_NAME
         && n.bytes().all(|b| b.is_ascii_graphic() && !b"=;,|\"\\".contains(&b))

@@ -31,6 +31,9 @@ pub struct AccessLogStatus {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct BalancerStatus {
     pub name: String,
+    /// What a balancer-manager edit of this balancer must carry (Apache's `nonce`).
+    #[serde(default)]
+    pub nonce: String,
     /// True for the one-member balancer behind a plain `http://` ProxyPass.
     pub implicit: bool,
     pub lbmethod: String,
@@ -84,6 +87,7 @@ pub fn report(balancers: &[Arc<Balancer>]) -> StatusReport {
             .iter()
             .map(|b| BalancerStatus {
                 name: b.name().to_owned(),
+                nonce: crate::edit::nonce(b.name()),
                 implicit: b.implicit,
                 lbmethod: b.method().as_str().to_owned(),
                 maxattempts: b.settings.maxattempts,

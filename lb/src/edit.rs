@@ -1,0 +1,267 @@
+//! Live edits, as Apache's balancer-manager makes them: a member's load factor, lbset, route,
+//! redirect and status flags; a balancer's method, timeout, maxattempts, nofailover and sticky
+//! session; a new member in a `growth` slot (it starts disabled). The parameters are Apache's
+//! own form names (`b`, `w`, `nonce`, `w_lf`, `w_ls`, `w_wr`, `w_rr`, `w_status_X`, `b_lbm`,
+//! `b_tmo`, `b_max`, `b_sforce`, `b_ss`, `b_wyes` + `b_nwrkr`), so scripts written for Apache
+//! keep working.
+//!
+//! An edit makes a new config from the running one and hands it to the runtime like a reload:
+//! kept members stay the same members (counters, health, pool), and the change takes effect on
+//! the next pick. Every edit needs the balancer's nonce (shown in the status report), as in
+//! Apache, so that a page on another site cannot make a browser change anything.
+use crate::config::flags::{self, StatusFlags};
+use crate::config::{Config, LbMethod, MemberConfig, Sticky, parse_member_url};
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EditError {
+    #[error("no balancer {0:?}")]
+    NoBalancer(String),
+    #[error("balancer {balancer:?} has no member {member:?}")]
+    NoMember { balancer: String, member: String },
+    #[error("the nonce is missing or wrong for balancer {0:?} (read it from the status report)")]
+    Nonce(String),
+    #[error("{param}: {why}")]
+    Value { param: &'static str, why: String },
+    #[error("nothing to change: name a parameter")]
+    Nothing,
+}
+
+/// The balancer's nonce: random, made once per balancer name per process.
+pub fn nonce(balancer: &str) -> String {
+    static NONCES: OnceLock<Mutex<HashMap<String, String>>> = OnceLock::new();
+    let mut map = NONCES.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    map.entry(balancer.to_owned()).or_insert_with(random_hex).clone()
+}
+
+fn random_hex() -> String {
+    use std::io::Read;
+    let mut b = [0u8; 16];
+    let ok = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b)).is_ok();
+    if !ok {
+        // No /dev/urandom: std's per-process random hash keys still make it unguessable.
+        use std::hash::{BuildHasher, Hasher};
+        for chunk in b.chunks_mut(8) {
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u64(chunk.as_ptr() as u64);
+            chunk.copy_from_slice(&h.finish().to_le_bytes()[..chunk.len()]);
+        }
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Parse an `application/x-www-form-urlencoded` body or query.
+pub fn form(text: &str) -> HashMap<String, String> {
+    text.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
+fn decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match (b[i], b.get(i + 1).copied().and_then(hex), b.get(i + 2).copied().and_then(hex)) {
+            (b'+', _, _) => out.push(b' '),
+            (b'%', Some(h), Some(l)) => {
+                out.push(h << 4 | l);
+                i += 2;
+            }
+            (c, _, _) => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn value<T: std::str::FromStr>(
+    p: &HashMap<String, String>,
+    key: &'static str,
+) -> Result<Option<T>, EditError> {
+    match p.get(key).map(|v| v.trim()).filter(|v| !v.is_empty()) {
+        None => Ok(None),
+        Some(v) => v
+            .parse()
+            .map(Some)
+            .map_err(|_| EditError::Value { param: key, why: format!("{v:?} is not valid") }),
+    }
+}
+
+/// Apply the edit in `p` to a copy of `running`: the new config and what changed.
+pub fn apply(running: &Config, p: &HashMap<String, String>) -> Result<(Config, String), EditError> {
+    let name = p.get("b").map(String::as_str).unwrap_or_default();
+    let mut next = running.clone();
+    let b = next
+        .balancers
+        .iter_mut()
+        .find(|b| b.name == name)
+        .ok_or_else(|| EditError::NoBalancer(name.to_owned()))?;
+    if p.get("nonce") != Some(&nonce(name)) {
+        return Err(EditError::Nonce(name.to_owned()));
+    }
+    let mut done = Vec::new();
+    if let Some(w) = p.get("w").filter(|w| !w.is_empty()) {
+        let m = b
+            .members
+            .iter_mut()
+            .find(|m| m.url.base() == *w || m.url.to_string() == *w)
+            .ok_or_else(|| EditError::NoMember { balancer: name.to_owned(), member: w.clone() })?;
+        member(m, p, &mut done)?;
+    }
+    if let Some(m) = value::<String>(p, "b_lbm")? {
+        b.lbmethod = match m.as_str() {
+            "byrequests" => LbMethod::ByRequests,
+            "bytraffic" => LbMethod::ByTraffic,
+            "bybusyness" => LbMethod::ByBusyness,
+            "heartbeat" => LbMethod::Heartbeat,
+            other => {
+                let why = format!(
+                    "unknown lbmethod {other:?}: byrequests, bytraffic, bybusyness or heartbeat"
+                );
+                return Err(EditError::Value { param: "b_lbm", why });
+            }
+        };
+        done.push(format!("lbmethod={m}"));
+    }
+    if let Some(t) = value::<f64>(p, "b_tmo")? {
+        if !(0.0..=86_400.0).contains(&t) {
+            return Err(EditError::Value {
+                param: "b_tmo",
+                why: "timeout must be 0..=86400 seconds".into(),
+            });
+        }
+        b.timeout = Duration::from_secs_f64(t);
+        done.push(format!("timeout={t}s"));
+    }
+    if let Some(n) = value::<u32>(p, "b_max")? {
+        b.maxattempts = n;
+        done.push(format!("maxattempts={n}"));
+    }
+    if let Some(v) = value::<u8>(p, "b_sforce")? {
+        b.nofailover = v != 0;
+        done.push(format!("nofailover={}", b.nofailover));
+    }
+    if let Some(ss) = p.get("b_ss") {
+        b.http.sticky = sticky(ss.trim(), b.http.sticky.as_ref())?;
+        done.push(format!("stickysession={:?}", ss.trim()));
+    }
+    if p.get("b_wyes").is_some_and(|v| v == "1") {
+        let url = p.get("b_nwrkr").map(|u| u.trim()).unwrap_or_default();
+        if b.growth == 0 {
+            let why = "no growth slot left (set growth = N on the balancer)".into();
+            return Err(EditError::Value { param: "b_nwrkr", why });
+        }
+        let parsed =
+            parse_member_url(url).map_err(|why| EditError::Value { param: "b_nwrkr", why })?;
+        if b.members.iter().any(|m| m.url == parsed) {
+            return Err(EditError::Value {
+                param: "b_nwrkr",
+                why: format!("{url} is a member already"),
+            });
+        }
+        let mut m = MemberConfig::for_url(parsed);
+        m.status = StatusFlags(flags::DISABLED);
+        b.members.push(m);
+        b.growth -= 1;
+        done.push(format!("added member {url} (disabled; enable it with w_status_D=0)"));
+    }
+    if done.is_empty() {
+        return Err(EditError::Nothing);
+    }
+    Ok((next, format!("balancer {name}: {}", done.join(", "))))
+}
+
+fn member(
+    m: &mut MemberConfig,
+    p: &HashMap<String, String>,
+    done: &mut Vec<String>,
+) -> Result<(), EditError> {
+    let url = m.url.base();
+    if let Some(f) = value::<f64>(p, "w_lf")? {
+        if !(1.0..=100.0).contains(&f) {
+            return Err(EditError::Value {
+                param: "w_lf",
+                why: format!("loadfactor {f} is out of range 1..=100"),
+            });
+        }
+        m.lbfactor = (f * 100.0).round() as u32;
+        done.push(format!("{url} loadfactor={f}"));
+    }
+    if let Some(n) = value::<u32>(p, "w_ls")? {
+        if n > 99 {
+            return Err(EditError::Value { param: "w_ls", why: "lbset must be 0..=99".into() });
+        }
+        m.lbset = n;
+        done.push(format!("{url} lbset={n}"));
+    }
+    for (key, field) in [("w_wr", &mut m.route), ("w_rr", &mut m.redirect)] {
+        if let Some(v) = p.get(key) {
+            let v = v.trim();
+            if v.len() > 64 || !v.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(EditError::Value {
+                    param: if key == "w_wr" { "w_wr" } else { "w_rr" },
+                    why: format!("{v:?} is not a route"),
+                });
+            }
+            *field = (!v.is_empty()).then(|| v.to_owned());
+            done.push(format!("{url} {}={v:?}", if key == "w_wr" { "route" } else { "redirect" }));
+        }
+    }
+    for (letter, bit) in [
+        ('I', flags::IGNORE_ERRORS),
+        ('N', flags::DRAIN),
+        ('D', flags::DISABLED),
+        ('S', flags::STOPPED),
+        ('H', flags::HOT_STANDBY),
+        ('R', flags::HOT_SPARE),
+    ] {
+        let key = format!("w_status_{letter}");
+        match p.get(&key).map(|v| v.trim()) {
+            None | Some("") => {}
+            Some("1") => {
+                m.status = StatusFlags(m.status.0 | bit);
+                done.push(format!("{url} +{letter}"));
+            }
+            Some("0") => {
+                m.status = StatusFlags(m.status.0 & !bit);
+                done.push(format!("{url} -{letter}"));
+            }
+            Some(v) => {
+                return Err(EditError::Value {
+                    param: "w_status_X",
+                    why: format!("{key}={v:?}: use 0 or 1"),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `b_ss`: `NAME` or `COOKIE|param`; empty turns sticky sessions off.
+fn sticky(ss: &str, now: Option<&Sticky>) -> Result<Option<Sticky>, EditError> {
+    if ss.is_empty() {
+        return Ok(None);
+    }
+    let (cookie, param) = ss.split_once('|').unwrap_or((ss, ss));
+    if !crate::config::sticky::valid_name(cookie) || !crate::config::sticky::valid_name(param) {
+        return Err(EditError::Value {
+            param: "b_ss",
+            why: format!("{ss:?} is not NAME or COOKIE|param"),
+        });
+    }
+    Ok(Some(Sticky {
+        cookie: cookie.to_owned(),
+        param: param.to_owned(),
+        separator: now.map_or(Some(b'.'), |s| s.separator),
+        scolon: now.is_some_and(|s| s.scolon),
+        set_cookie: now.and_then(|s| s.set_cookie.clone()),
+    }))
+}

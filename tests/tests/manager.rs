@@ -1,0 +1,123 @@
+//! Live edits, as Apache's balancer-manager makes them, through `lb member set|add` and
+//! `lb balancer set` and the same form parameters Apache's page posts: they take effect on the
+//! next pick without a restart, and an edit without the balancer's nonce, or from another
+//! site's page, changes nothing.
+use lb_tests::*;
+use std::process::Command;
+use std::sync::atomic::Ordering::Relaxed;
+
+async fn lb_cli(args: Vec<String>) -> std::process::Output {
+    tokio::task::spawn_blocking(move || Command::new(lb_bin()).args(&args).output().expect("lb"))
+        .await
+        .expect("join")
+}
+
+fn args(list: &[&str], admin: std::net::SocketAddr) -> Vec<String> {
+    let mut v: Vec<String> = list.iter().map(|s| s.to_string()).collect();
+    v.extend(["--admin".into(), admin.to_string()]);
+    v
+}
+
+/// Send `n` GETs; how many each member answered.
+async fn spread(lb: &Lb, n: usize) -> std::collections::HashMap<String, usize> {
+    let mut seen = std::collections::HashMap::new();
+    for _ in 0..n {
+        *seen.entry(get(&lb.url("/")).await.member()).or_insert(0) += 1;
+    }
+    seen
+}
+
+#[tokio::test]
+async fn disabling_a_member_stops_its_traffic_and_a_weight_change_moves_the_split() {
+    let (a, b) = (Member::start("a").await, Member::start("b").await);
+    let body = format!("lbmethod = \"byrequests\"\n{}", members(&[(&a.url(), ""), (&b.url(), "")]));
+    let lb = Lb::start(&config(&body)).await;
+    let ok = lb_cli(args(&["member", "set", "b", &b.url(), "--status", "+D"], lb.admin)).await;
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert_eq!(lb.member("b", 1).await["status"], "D");
+    let before = b.hits.load(Relaxed);
+    assert_eq!(spread(&lb, 10).await.get("a"), Some(&10), "all to a while b is disabled");
+    assert_eq!(b.hits.load(Relaxed), before, "nothing reaches b");
+    // Back, with three times a's weight: byrequests gives exactly 3 of every 4 to b.
+    let ok = lb_cli(args(
+        &["member", "set", "b", &b.url(), "--status", "-D", "--loadfactor", "3"],
+        lb.admin,
+    ))
+    .await;
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let s = spread(&lb, 40).await;
+    assert_eq!((s.get("a"), s.get("b")), (Some(&10), Some(&30)), "{s:?}");
+    assert_eq!(lb.member("b", 1).await["loadfactor"], 3.0);
+    lb.stop().await;
+}
+
+#[tokio::test]
+async fn balancer_settings_change_live_and_growth_slots_take_new_members() {
+    let (a, c) = (Member::start("a").await, Member::start("c").await);
+    let body = format!("growth = 1\n{}", members(&[(&a.url(), "")]));
+    let lb = Lb::start(&config(&body)).await;
+    let ok = lb_cli(args(
+        &["balancer", "set", "b", "--lbmethod", "bybusyness", "--maxattempts", "0"],
+        lb.admin,
+    ))
+    .await;
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let st = lb.status().await;
+    assert_eq!(st["balancers"][0]["lbmethod"], "bybusyness");
+    assert_eq!(st["balancers"][0]["maxattempts"], 0);
+    // A new member in the growth slot starts disabled, then takes traffic once enabled.
+    let ok = lb_cli(args(&["member", "add", "b", &c.url()], lb.admin)).await;
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert_eq!(lb.member("b", 1).await["status"], "D");
+    let ok = lb_cli(args(&["member", "set", "b", &c.url(), "--status", "-D"], lb.admin)).await;
+    assert!(ok.status.success());
+    let seen = eventually(std::time::Duration::from_secs(5), || async {
+        (get(&lb.url("/")).await.member() == "c").then_some(())
+    })
+    .await;
+    assert!(seen.is_some(), "the added member serves");
+    // No slot left.
+    let d = Member::start("d").await;
+    let refused = lb_cli(args(&["member", "add", "b", &d.url()], lb.admin)).await;
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("growth"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    lb.stop().await;
+}
+
+#[tokio::test]
+async fn an_edit_needs_the_nonce_and_a_same_origin_page() {
+    let a = Member::start("a").await;
+    let lb = Lb::start(&config(&members(&[(&a.url(), "")]))).await;
+    let nonce = lb.status().await["balancers"][0]["nonce"].as_str().expect("nonce").to_owned();
+    assert_eq!(nonce.len(), 32);
+    let w = a.url();
+    let post = |body: String, extra: &str| {
+        format!(
+            "POST /balancer-manager HTTP/1.1\r\nHost: {}\r\n{extra}Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            lb.admin,
+            body.len()
+        )
+    };
+    let disable = |nonce: &str| format!("b=b&w={w}&nonce={nonce}&w_status_D=1");
+    // Apache's own form parameters work, with the nonce and from the admin's own page.
+    let cases = [
+        (disable("wrong"), String::new(), "403"),
+        (format!("b=b&w={w}&w_status_D=1"), String::new(), "403"),
+        (disable(&nonce), "Origin: http://evil.example\r\n".to_owned(), "403"),
+        (disable(&nonce), "Referer: http://evil.example/page\r\n".to_owned(), "403"),
+    ];
+    for (body, extra, want) in &cases {
+        let answer = raw(lb.admin, post(body.clone(), extra).as_bytes()).await;
+        assert!(answer.starts_with(&format!("HTTP/1.1 {want}")), "{body} {extra}: {answer}");
+        assert_eq!(lb.member("b", 0).await["status"], "Ok", "nothing changed");
+    }
+    let own = format!("Origin: http://{}\r\n", lb.admin);
+    let answer = raw(lb.admin, post(disable(&nonce), &own).as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(lb.member("b", 0).await["status"], "D");
+    lb.stop().await;
+}
