@@ -6,6 +6,7 @@
 //! - `GET /metrics`: Prometheus text format.
 //! - `POST /heartbeat`: a mod_heartbeat body (`v=1&ready=N&busy=M[&port=P]`) from a member, for
 //!   the heartbeat method; the sender's address identifies it, as with the UDP datagrams.
+//! - `GET /balancer-manager`: the page (tables, live charts, edit forms).
 //! - `POST /balancer-manager`: a live edit with Apache's balancer-manager form parameters
 //!   ([`crate::edit`]); the balancer's nonce and a same-origin Origin/Referer are required.
 //! - `POST /reload`: re-read the config file (`lb reload`); 200 with what changed, or 422 with
@@ -50,7 +51,7 @@ fn json<T: serde::Serialize>(v: &T) -> Response<Full<Bytes>> {
     }
 }
 
-const INDEX: &str = "lb admin\n  GET /status      balancers and members (JSON)\n  GET /health      kernel-sourced member health (JSON)\n  GET /server-status  Apache's status page (?auto: its machine format)\n  GET /metrics     Prometheus metrics\n  POST /heartbeat  v=1&ready=N&busy=M[&port=P] from a member\n  POST /reload     re-read the config file\n";
+const INDEX: &str = "lb admin\n  GET /balancer-manager  the balancer-manager page (POST: a live edit)\n  GET /status      balancers and members (JSON)\n  GET /health      kernel-sourced member health (JSON)\n  GET /server-status  Apache's status page (?auto: its machine format)\n  GET /metrics     Prometheus metrics\n  POST /heartbeat  v=1&ready=N&busy=M[&port=P] from a member\n  POST /reload     re-read the config file\n";
 
 async fn reload(shared: &Shared) -> Response<Full<Bytes>> {
     let (answer, rx) = tokio::sync::oneshot::channel();
@@ -118,6 +119,10 @@ impl Access {
 fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
+
+/// The balancer-manager page: it reads `/status` and `/health` every second and posts edits to
+/// `/balancer-manager`, all on this origin.
+const MANAGER_PAGE: &str = include_str!("status/manager.html");
 
 /// Largest balancer-manager form accepted.
 const MAX_FORM: usize = 16 * 1024;
@@ -223,10 +228,21 @@ async fn route(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -> Res
         }
         (Method::POST, "/reload") => reload(shared).await,
         (Method::POST, "/balancer-manager") => edit(shared, req).await,
+        (Method::GET, "/balancer-manager") => {
+            let mut r = reply(StatusCode::OK, "text/html; charset=utf-8", MANAGER_PAGE);
+            // The page only talks to its own origin.
+            r.headers_mut().insert(
+                header::CONTENT_SECURITY_POLICY,
+                header::HeaderValue::from_static("default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src 'self' data:"),
+            );
+            r.headers_mut()
+                .insert(header::X_FRAME_OPTIONS, header::HeaderValue::from_static("DENY"));
+            r
+        }
         (_, "/status" | "/" | "/health" | "/server-status" | "/metrics") => {
             reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use GET\n")
         }
-        (_, "/heartbeat" | "/reload" | "/balancer-manager") => {
+        (_, "/heartbeat" | "/reload") => {
             reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use POST\n")
         }
         (_, p) => reply(StatusCode::NOT_FOUND, "text/plain", format!("no admin endpoint {p}\n")),

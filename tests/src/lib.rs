@@ -20,6 +20,7 @@ pub mod certs;
 pub mod faults;
 pub mod l4;
 pub mod process;
+pub mod webdriver;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};

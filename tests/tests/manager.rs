@@ -121,3 +121,50 @@ async fn an_edit_needs_the_nonce_and_a_same_origin_page() {
     assert_eq!(lb.member("b", 0).await["status"], "D");
     lb.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_chromium_a_click_disables_a_member_and_a_new_weight_moves_the_split() {
+    let (a, b) = (Member::start("a").await, Member::start("b").await);
+    let body = format!("lbmethod = \"byrequests\"\n{}", members(&[(&a.url(), ""), (&b.url(), "")]));
+    let lb = Lb::start(&config(&body)).await;
+    let browser = lb_tests::webdriver::Browser::start().await;
+    browser.goto(&format!("http://{}/balancer-manager", lb.admin)).await;
+    let form = format!("form[data-member=\"{}\"]", b.url());
+    let status_cell = format!("tr[data-member=\"{}\"] td.status", b.url());
+    // Disable b by clicking its D box and Apply.
+    let d = browser.find(&format!("{form} input[name=\"w_status_D\"]")).await;
+    browser.set_checked(&d, true).await;
+    browser.click(&browser.find(&format!("{form} button[type=\"submit\"]")).await).await;
+    let shown = eventually(std::time::Duration::from_secs(10), || async {
+        let cell = browser.find(&status_cell).await;
+        (browser.text(&cell).await == "D").then_some(())
+    })
+    .await;
+    if shown.is_none() {
+        let msg = browser.text(&browser.find("#msg").await).await;
+        panic!("the page shows b disabled; its message: {msg:?}; lb: {}", lb.member("b", 1).await);
+    }
+    assert_eq!(lb.member("b", 1).await["status"], "D");
+    let before = b.hits.load(Relaxed);
+    assert_eq!(spread(&lb, 10).await.get("a"), Some(&10));
+    assert_eq!(b.hits.load(Relaxed), before, "no traffic reaches b");
+    // Enable it again with three times a's weight.
+    let lf = browser.find(&format!("{form} input[name=\"w_lf\"]")).await;
+    browser.retype(&lf, "3").await;
+    browser.set_checked(&d, false).await;
+    browser.click(&browser.find(&format!("{form} button[type=\"submit\"]")).await).await;
+    let back = eventually(std::time::Duration::from_secs(10), || async {
+        let m = lb.member("b", 1).await;
+        (m["status"] == "Ok" && m["loadfactor"] == 3.0).then_some(())
+    })
+    .await;
+    assert!(back.is_some(), "b enabled with loadfactor 3: {}", lb.member("b", 1).await);
+    let s = spread(&lb, 40).await;
+    assert_eq!((s.get("a"), s.get("b")), (Some(&10), Some(&30)), "{s:?}");
+    let shot = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/artifacts/balancer-manager.png");
+    browser.screenshot(&shot).await;
+    assert!(std::fs::metadata(&shot).is_ok_and(|m| m.len() > 1000), "a screenshot of the page");
+    browser.close().await;
+    lb.stop().await;
+}

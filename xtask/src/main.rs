@@ -151,8 +151,10 @@ fn test(extra: &[String]) -> Result<()> {
     ensure_tool("nft", "nftables")?;
     ensure_tool("curl", "curl")?;
     ensure_tool("ip", "iproute2")?;
-    // `lb health --watch` is tested in a real terminal.
+    // `lb health --watch` is tested in a real terminal, the balancer-manager page in Chromium.
     ensure_tool("tmux", "tmux")?;
+    ensure_tool("chromium", "chromium")?;
+    ensure_tool("chromedriver", "chromium-driver")?;
     let mut fmt = cargo();
     fmt.args(["fmt", "--all", "--", "--check"]);
     run(fmt)?;
