@@ -1,9 +1,9 @@
 //! Live edits, as Apache's balancer-manager makes them: a member's load factor, lbset, route,
 //! redirect and status flags; a balancer's method, timeout, maxattempts, nofailover and sticky
 //! session; a new member in a `growth` slot (it starts disabled). The parameters are Apache's
-//! own form names (`b`, `w`, `nonce`, `w_lf`, `w_ls`, `w_wr`, `w_rr`, `w_status_X`, `b_lbm`,
-//! `b_tmo`, `b_max`, `b_sforce`, `b_ss`, `b_wyes` + `b_nwrkr`), so scripts written for Apache
-//! keep working.
+//! own form names (`b`, `w`, `nonce`, `w_lf`, `w_ls`, `w_wr`, `w_rr`, `w_status_X`, the health
+//! check's `w_hm`, `w_hi`, `w_hp`, `w_hf`, `w_hu`, and `b_lbm`, `b_tmo`, `b_max`, `b_sforce`,
+//! `b_ss`, `b_wyes` + `b_nwrkr`), so scripts written for Apache keep working.
 //!
 //! An edit makes a new config from the running one and hands it to the runtime like a reload:
 //! kept members stay the same members (counters, health, pool), and the change takes effect on
@@ -215,6 +215,7 @@ fn member(
             done.push(format!("{url} {}={v:?}", if key == "w_wr" { "route" } else { "redirect" }));
         }
     }
+    hcheck(m, p, done)?;
     for (letter, bit) in [
         ('I', flags::IGNORE_ERRORS),
         ('N', flags::DRAIN),
@@ -242,6 +243,92 @@ fn member(
             }
         }
     }
+    Ok(())
+}
+
+/// The health check: `w_hm` (method, `NONE` removes it), `w_hi` (interval, seconds),
+/// `w_hp` / `w_hf` (passes / fails in a row), `w_hu` (URI). A member without a check gets one
+/// with the defaults when a method is given.
+fn hcheck(
+    m: &mut MemberConfig,
+    p: &HashMap<String, String>,
+    done: &mut Vec<String>,
+) -> Result<(), EditError> {
+    use crate::config::{HcMethod, HealthCheck, Scheme};
+    let url = m.url.base();
+    if let Some(name) = value::<String>(p, "w_hm")? {
+        match crate::config::parse_hcmethod(&name) {
+            None => {
+                let why =
+                    format!("{name:?}: NONE, TCP, OPTIONS, HEAD, GET, OPTIONS11, HEAD11 or GET11");
+                return Err(EditError::Value { param: "w_hm", why });
+            }
+            Some(None) => m.hcheck = None,
+            Some(Some(method)) => {
+                if m.url.scheme == Scheme::Tcp && method != HcMethod::Tcp {
+                    return Err(EditError::Value {
+                        param: "w_hm",
+                        why: "a tcp:// member is checked with TCP".into(),
+                    });
+                }
+                let mut hc = m.hcheck.as_deref().cloned().unwrap_or(HealthCheck {
+                    method,
+                    uri: String::new(),
+                    interval: Duration::from_secs(30),
+                    passes: 1,
+                    fails: 1,
+                    timeout: Duration::from_secs(5),
+                    status: vec![(200, 399)],
+                    body: None,
+                });
+                hc.method = method;
+                m.hcheck = Some(std::sync::Arc::new(hc));
+            }
+        }
+        done.push(format!("{url} hcmethod={name}"));
+    }
+    let interval = value::<f64>(p, "w_hi")?;
+    let passes = value::<u32>(p, "w_hp")?;
+    let fails = value::<u32>(p, "w_hf")?;
+    let uri = p.get("w_hu").map(|u| u.trim().to_owned()).filter(|u| !u.is_empty());
+    if interval.is_none() && passes.is_none() && fails.is_none() && uri.is_none() {
+        return Ok(());
+    }
+    let Some(hc) = m.hcheck.as_deref() else {
+        let why = format!("{url} has no health check: set w_hm first");
+        return Err(EditError::Value { param: "w_hm", why });
+    };
+    let mut hc = hc.clone();
+    if let Some(i) = interval {
+        if !(0.1..=86_400.0).contains(&i) {
+            return Err(EditError::Value {
+                param: "w_hi",
+                why: "hcinterval must be 0.1..=86400 seconds".into(),
+            });
+        }
+        hc.interval = Duration::from_secs_f64(i);
+        done.push(format!("{url} hcinterval={i}s"));
+    }
+    for (v, field, name) in [(passes, &mut hc.passes, "w_hp"), (fails, &mut hc.fails, "w_hf")] {
+        if let Some(n) = v {
+            if n == 0 {
+                return Err(EditError::Value {
+                    param: if name == "w_hp" { "w_hp" } else { "w_hf" },
+                    why: "must be at least 1".into(),
+                });
+            }
+            *field = n;
+            done.push(format!("{url} {name}={n}"));
+        }
+    }
+    if let Some(u) = uri {
+        if !u.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(EditError::Value { param: "w_hu", why: format!("{u:?} is not a URI") });
+        }
+        hc.uri = u;
+        done.push(format!("{url} hcuri={:?}", hc.uri));
+    }
+    m.hcheck = Some(std::sync::Arc::new(hc));
     Ok(())
 }
 

@@ -41,6 +41,18 @@ enum MemberCmd {
         /// Apache's status syntax over the flags I N D S H R: `+D` disables, `-D` enables.
         #[arg(long, allow_hyphen_values = true)]
         status: Option<String>,
+        /// Health check method: NONE, TCP, OPTIONS, HEAD, GET, OPTIONS11, HEAD11, GET11.
+        #[arg(long)]
+        hcmethod: Option<String>,
+        /// Seconds between health checks.
+        #[arg(long)]
+        hcinterval: Option<f64>,
+        #[arg(long)]
+        hcpasses: Option<u32>,
+        #[arg(long)]
+        hcfails: Option<u32>,
+        #[arg(long)]
+        hcuri: Option<String>,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -436,8 +448,27 @@ async fn watch_health(admin: &AdminArgs, json: bool) -> Result<ExitCode> {
 
 async fn edit_member(action: MemberCmd) -> Result<ExitCode> {
     match action {
-        MemberCmd::Set { balancer, url, loadfactor, lbset, route, redirect, status, admin } => {
+        MemberCmd::Set {
+            balancer,
+            url,
+            loadfactor,
+            lbset,
+            route,
+            redirect,
+            status,
+            hcmethod,
+            hcinterval,
+            hcpasses,
+            hcfails,
+            hcuri,
+            admin,
+        } => {
             let mut p = vec![("w", url)];
+            p.extend(hcmethod.map(|v| ("w_hm", v)));
+            p.extend(hcinterval.map(|v| ("w_hi", v.to_string())));
+            p.extend(hcpasses.map(|v| ("w_hp", v.to_string())));
+            p.extend(hcfails.map(|v| ("w_hf", v.to_string())));
+            p.extend(hcuri.map(|v| ("w_hu", v)));
             p.extend(loadfactor.map(|v| ("w_lf", v.to_string())));
             p.extend(lbset.map(|v| ("w_ls", v.to_string())));
             p.extend(route.map(|v| ("w_wr", v)));

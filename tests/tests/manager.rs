@@ -89,6 +89,42 @@ async fn balancer_settings_change_live_and_growth_slots_take_new_members() {
 }
 
 #[tokio::test]
+async fn a_health_check_set_live_starts_checking() {
+    let a = Member::start("a").await;
+    let lb = Lb::start(&config(&members(&[(&a.url(), "")]))).await;
+    assert!(lb.member("b", 0).await["check"].is_null(), "no check configured");
+    let set = [
+        "member",
+        "set",
+        "b",
+        &a.url(),
+        "--hcmethod",
+        "GET",
+        "--hcinterval",
+        "0.2",
+        "--hcuri",
+        "/health",
+    ];
+    let ok = lb_cli(args(&set, lb.admin)).await;
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let checked = eventually(std::time::Duration::from_secs(10), || async {
+        let c = lb.member("b", 0).await["check"].clone();
+        (!c.is_null()).then_some(c)
+    })
+    .await;
+    assert!(checked.is_some(), "the member is now checked");
+    // A tcp-only method for an http member is fine; a bad one is refused with the reason.
+    let bad = lb_cli(args(&["member", "set", "b", &a.url(), "--hcmethod", "PING"], lb.admin)).await;
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("w_hm"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    lb.stop().await;
+}
+
+#[tokio::test]
 async fn an_edit_needs_the_nonce_and_a_same_origin_page() {
     let a = Member::start("a").await;
     let lb = Lb::start(&config(&members(&[(&a.url(), "")]))).await;

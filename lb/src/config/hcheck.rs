@@ -56,7 +56,8 @@ macro_rules! keys {
     };
 }
 
-fn method(s: &str) -> Option<Option<HcMethod>> {
+/// `hcmethod`: Some(None) for `NONE`, None when unknown.
+pub fn method(s: &str) -> Option<Option<HcMethod>> {
     Some(Some(match s.to_ascii_uppercase().as_str() {
         "NONE" => return Some(None),
         "TCP" => HcMethod::Tcp,

@@ -36,6 +36,7 @@ pub mod units;
 
 pub use admin::loopback as admin_loopback;
 pub use error::{ConfigError, Diagnostic, KeyPath};
+pub use hcheck::method as parse_hcmethod;
 pub use limits::{Limits, ReadTimeout, ReadTimeouts};
 pub use model::*;
 pub use units::{parse_duration, parse_member_url};

@@ -38,6 +38,8 @@ pub struct BalancerStatus {
     pub implicit: bool,
     pub lbmethod: String,
     pub maxattempts: u32,
+    #[serde(default)]
+    pub nofailover: bool,
     pub timeout_ms: u64,
     pub forcerecovery: bool,
     pub members: Vec<MemberStatus>,
@@ -91,6 +93,7 @@ pub fn report(balancers: &[Arc<Balancer>]) -> StatusReport {
                 implicit: b.implicit,
                 lbmethod: b.method().as_str().to_owned(),
                 maxattempts: b.settings.maxattempts,
+                nofailover: b.settings.nofailover,
                 timeout_ms: b.settings.timeout.as_millis() as u64,
                 forcerecovery: b.settings.forcerecovery,
                 members: b
