@@ -54,9 +54,14 @@ fn civil(days: i64) -> (i64, u32, u32) {
     (y, m, d)
 }
 
-/// A value inside double quotes, with `"`, `\` and control bytes escaped as Apache does.
+/// A value inside double quotes, with `"`, `\\` and control bytes escaped as Apache does.
 fn quoted(buf: &mut Vec<u8>, v: &[u8]) {
     buf.push(b'"');
+    escaped(buf, v);
+    buf.push(b'"');
+}
+
+fn escaped(buf: &mut Vec<u8>, v: &[u8]) {
     for &b in v {
         match b {
             b'"' | b'\\' => buf.extend_from_slice(&[b'\\', b]),
@@ -66,19 +71,49 @@ fn quoted(buf: &mut Vec<u8>, v: &[u8]) {
             }
         }
     }
-    buf.push(b'"');
 }
 
 fn or_dash(v: Option<&str>) -> &str {
     v.filter(|s| !s.is_empty()).unwrap_or("-")
 }
 
+fn version(v: http::Version) -> &'static str {
+    match v {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_2 => "HTTP/2.0",
+        http::Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/1.1",
+    }
+}
+
+fn target(r: &HttpRecord) -> &str {
+    r.target.as_ref().map_or("-", |t| t.as_str())
+}
+
+/// `key=value` with a dash for nothing.
+fn field(buf: &mut Vec<u8>, key: &str, v: Option<&str>) {
+    buf.push(b' ');
+    buf.extend_from_slice(key.as_bytes());
+    buf.push(b'=');
+    buf.extend_from_slice(or_dash(v).as_bytes());
+}
+
+fn number(buf: &mut Vec<u8>, key: &str, n: u64) {
+    let _ = write!(buf, " {key}={n}");
+}
+
 fn http_combined(buf: &mut Vec<u8>, r: &HttpRecord) {
     let _ = write!(buf, "{} - - ", r.client.ip());
     clf_time(buf, r.at);
+    // "%r": the request line, as one quoted value.
+    buf.extend_from_slice(b" \"");
+    escaped(buf, r.method.as_str().as_bytes());
     buf.push(b' ');
-    let line = format!("{} {} {:?}", r.method, r.target, r.version);
-    quoted(buf, line.as_bytes());
+    escaped(buf, target(r).as_bytes());
+    buf.push(b' ');
+    buf.extend_from_slice(version(r.version).as_bytes());
+    buf.push(b'"');
     let _ = write!(buf, " {} ", r.status.as_u16());
     if r.bytes == 0 {
         buf.push(b'-');
@@ -90,22 +125,18 @@ fn http_combined(buf: &mut Vec<u8>, r: &HttpRecord) {
     buf.push(b' ');
     quoted(buf, r.user_agent.as_ref().map_or(b"-", |v| v.as_bytes()));
     let v = &r.balancer_values;
-    let _ = write!(
-        buf,
-        " listener={} balancer={} member={} attempts={} route={} session_sticky={} \
-         session_route={} route_changed={} head_us={} total_us={} complete={}",
-        r.listener,
-        or_dash(r.balancer.as_deref()),
-        or_dash(r.member.as_deref()),
-        r.attempts,
-        or_dash(v.worker_route.as_deref()),
-        or_dash(v.session_sticky.as_deref()),
-        or_dash(v.session_route.as_deref()),
-        u8::from(v.route_changed),
-        r.head_us,
-        r.total_us,
-        u8::from(r.complete),
-    );
+    field(buf, "listener", Some(&r.listener));
+    field(buf, "balancer", r.balancer.as_deref());
+    let member = r.member.as_ref().map(|m| m.url.base());
+    field(buf, "member", member.as_deref());
+    number(buf, "attempts", u64::from(r.attempts));
+    field(buf, "route", v.worker_route.as_deref());
+    field(buf, "session_sticky", v.session_sticky.as_deref());
+    field(buf, "session_route", v.session_route.as_deref());
+    number(buf, "route_changed", u64::from(v.route_changed));
+    number(buf, "head_us", r.head_us);
+    number(buf, "total_us", r.total_us);
+    number(buf, "complete", u64::from(r.complete));
 }
 
 fn http_json(buf: &mut Vec<u8>, r: &HttpRecord) {
@@ -120,14 +151,14 @@ fn http_json(buf: &mut Vec<u8>, r: &HttpRecord) {
         "listener": &*r.listener,
         "client": r.client.ip().to_string(),
         "method": r.method.as_str(),
-        "target": r.target,
-        "version": format!("{:?}", r.version),
+        "target": target(r),
+        "version": version(r.version),
         "status": r.status.as_u16(),
         "bytes": r.bytes,
         "referer": text(&r.referer),
         "user_agent": text(&r.user_agent),
         "balancer": r.balancer.as_deref(),
-        "member": r.member,
+        "member": r.member.as_ref().map(|m| m.url.base()),
         "attempts": r.attempts,
         "route": v.worker_route,
         "session_sticky": v.session_sticky,

@@ -44,14 +44,15 @@ pub struct HttpRecord {
     pub listener: Arc<str>,
     pub client: SocketAddr,
     pub method: Method,
-    /// The request target as received (path and query).
-    pub target: String,
+    /// The request target as received (path and query); a cheap clone of the request's.
+    pub target: Option<http::uri::PathAndQuery>,
     pub version: Version,
     pub referer: Option<HeaderValue>,
     pub user_agent: Option<HeaderValue>,
     pub status: StatusCode,
     pub balancer: Option<Arc<str>>,
-    pub member: Option<String>,
+    /// The member of the last attempt (its name is written by the log's thread).
+    pub member: Option<Arc<crate::balancer::Member>>,
     pub attempts: u32,
     pub balancer_values: Values,
     /// When the request arrived.

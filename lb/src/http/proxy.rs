@@ -102,9 +102,7 @@ impl HttpProxy {
                     || Method::from_bytes(b"-").unwrap_or_default(),
                     |r| r.method().clone(),
                 ),
-                target: req
-                    .map_or("-", |r| r.uri().path_and_query().map_or("/", |p| p.as_str()))
-                    .to_owned(),
+                target: req.and_then(|r| r.uri().path_and_query().cloned()),
                 version: req.map_or(Version::HTTP_11, |r| r.version()),
                 referer: header(header::REFERER),
                 user_agent: header(header::USER_AGENT),
@@ -266,7 +264,7 @@ impl HttpProxy {
                 },
             };
             if let Some(r) = rec.as_mut() {
-                r.member = Some(member.name());
+                r.member = Some(Arc::clone(&member));
                 r.attempts = attempts;
                 let sticky = upstream.policy.sticky.as_ref();
                 r.balancer_values = sticky::values(sticky, out.session.as_ref(), &member);
