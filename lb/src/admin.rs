@@ -53,15 +53,32 @@ fn json<T: serde::Serialize>(v: &T) -> Response<Full<Bytes>> {
 
 const INDEX: &str = "lb admin\n  GET /balancer-manager  the balancer-manager page (POST: a live edit)\n  GET /status      balancers and members (JSON)\n  GET /health      kernel-sourced member health (JSON)\n  GET /server-status  Apache's status page (?auto: its machine format)\n  GET /metrics     Prometheus metrics\n  POST /heartbeat  v=1&ready=N&busy=M[&port=P] from a member\n  POST /reload     re-read the config file\n";
 
-async fn reload(shared: &Shared) -> Response<Full<Bytes>> {
+/// Send the runtime a request (`what` for messages) through `to`, made around the answer channel;
+/// its answer, or the response that says it was refused or not answered.
+async fn ask_runtime<T>(
+    to: &tokio::sync::mpsc::Sender<T>,
+    request: impl FnOnce(crate::state::ReloadRequest) -> T,
+    what: &str,
+) -> Result<String, Response<Full<Bytes>>> {
     let (answer, rx) = tokio::sync::oneshot::channel();
-    if shared.reload.send(answer).await.is_err() {
-        return reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "lb is shutting down\n");
+    if to.send(request(answer)).await.is_err() {
+        return Err(reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "lb is shutting down\n"));
     }
     match tokio::time::timeout(ADMIN_TIMEOUT, rx).await {
-        Ok(Ok(Ok(done))) => reply(StatusCode::OK, "text/plain", done),
-        Ok(Ok(Err(refused))) => reply(StatusCode::UNPROCESSABLE_ENTITY, "text/plain", refused),
-        _ => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "the reload was not answered\n"),
+        Ok(Ok(Ok(done))) => Ok(done),
+        Ok(Ok(Err(refused))) => Err(reply(StatusCode::UNPROCESSABLE_ENTITY, "text/plain", refused)),
+        _ => Err(reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            format!("the {what} was not answered\n"),
+        )),
+    }
+}
+
+async fn reload(shared: &Shared) -> Response<Full<Bytes>> {
+    match ask_runtime(&shared.reload, |answer| answer, "reload").await {
+        Ok(done) => reply(StatusCode::OK, "text/plain", done),
+        Err(r) => r,
     }
 }
 
@@ -164,17 +181,12 @@ async fn edit(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> 
         }
         Err(e) => return reply(StatusCode::BAD_REQUEST, "text/plain", format!("{e}\n")),
     };
-    let (answer, rx) = tokio::sync::oneshot::channel();
-    if shared.apply.send((Box::new(next), answer)).await.is_err() {
-        return reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "lb is shutting down\n");
-    }
-    match tokio::time::timeout(ADMIN_TIMEOUT, rx).await {
-        Ok(Ok(Ok(_))) => {
+    match ask_runtime(&shared.apply, |answer| (Box::new(next), answer), "edit").await {
+        Ok(_) => {
             tracing::info!(edit = %summary, "balancer-manager edit applied");
             reply(StatusCode::OK, "text/plain", format!("{summary}\n"))
         }
-        Ok(Ok(Err(refused))) => reply(StatusCode::UNPROCESSABLE_ENTITY, "text/plain", refused),
-        _ => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "the edit was not answered\n"),
+        Err(r) => r,
     }
 }
 

@@ -10,7 +10,10 @@
 //! the next pick. Every edit needs the balancer's nonce (shown in the status report), as in
 //! Apache, so that a page on another site cannot make a browser change anything.
 use crate::config::flags::{self, StatusFlags};
-use crate::config::{Config, LbMethod, MemberConfig, Sticky, parse_member_url};
+use crate::config::{
+    Config, MemberConfig, Sticky, check_route, parse_lbmethod, parse_lbset, parse_loadfactor,
+    parse_member_url,
+};
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
@@ -115,20 +118,16 @@ pub fn apply(running: &Config, p: &HashMap<String, String>) -> Result<(Config, S
             .find(|m| m.url.base() == *w || m.url.to_string() == *w)
             .ok_or_else(|| EditError::NoMember { balancer: name.to_owned(), member: w.clone() })?;
         member(m, p, &mut done)?;
+        let (url, route) = (m.url.clone(), m.route.clone());
+        if let Some(r) = route
+            && b.members.iter().any(|x| x.url != url && x.route.as_ref() == Some(&r))
+        {
+            let why = format!("route {r:?} is used by another member");
+            return Err(EditError::Value { param: "w_wr", why });
+        }
     }
     if let Some(m) = value::<String>(p, "b_lbm")? {
-        b.lbmethod = match m.as_str() {
-            "byrequests" => LbMethod::ByRequests,
-            "bytraffic" => LbMethod::ByTraffic,
-            "bybusyness" => LbMethod::ByBusyness,
-            "heartbeat" => LbMethod::Heartbeat,
-            other => {
-                let why = format!(
-                    "unknown lbmethod {other:?}: byrequests, bytraffic, bybusyness or heartbeat"
-                );
-                return Err(EditError::Value { param: "b_lbm", why });
-            }
-        };
+        b.lbmethod = parse_lbmethod(&m).map_err(|why| EditError::Value { param: "b_lbm", why })?;
         done.push(format!("lbmethod={m}"));
     }
     if let Some(t) = value::<f64>(p, "b_tmo")? {
@@ -186,44 +185,27 @@ fn member(
 ) -> Result<(), EditError> {
     let url = m.url.base();
     if let Some(f) = value::<f64>(p, "w_lf")? {
-        if !(1.0..=100.0).contains(&f) {
-            return Err(EditError::Value {
-                param: "w_lf",
-                why: format!("loadfactor {f} is out of range 1..=100"),
-            });
-        }
-        m.lbfactor = (f * 100.0).round() as u32;
+        m.lbfactor = parse_loadfactor(f).map_err(|why| EditError::Value { param: "w_lf", why })?;
         done.push(format!("{url} loadfactor={f}"));
     }
-    if let Some(n) = value::<u32>(p, "w_ls")? {
-        if n > 99 {
-            return Err(EditError::Value { param: "w_ls", why: "lbset must be 0..=99".into() });
-        }
-        m.lbset = n;
+    if let Some(n) = value::<i64>(p, "w_ls")? {
+        m.lbset = parse_lbset(n).map_err(|why| EditError::Value { param: "w_ls", why })?;
         done.push(format!("{url} lbset={n}"));
     }
-    for (key, field) in [("w_wr", &mut m.route), ("w_rr", &mut m.redirect)] {
-        if let Some(v) = p.get(key) {
-            let v = v.trim();
-            if v.len() > 64 || !v.bytes().all(|b| b.is_ascii_graphic()) {
-                return Err(EditError::Value {
-                    param: if key == "w_wr" { "w_wr" } else { "w_rr" },
-                    why: format!("{v:?} is not a route"),
-                });
+    for (param, key, field) in
+        [("w_wr", "route", &mut m.route), ("w_rr", "redirect", &mut m.redirect)]
+    {
+        if let Some(v) = p.get(param).map(|v| v.trim()) {
+            // Empty clears it.
+            if !v.is_empty() {
+                check_route(key, v).map_err(|why| EditError::Value { param, why })?;
             }
             *field = (!v.is_empty()).then(|| v.to_owned());
-            done.push(format!("{url} {}={v:?}", if key == "w_wr" { "route" } else { "redirect" }));
+            done.push(format!("{url} {key}={v:?}"));
         }
     }
     hcheck(m, p, done)?;
-    for (letter, bit) in [
-        ('I', flags::IGNORE_ERRORS),
-        ('N', flags::DRAIN),
-        ('D', flags::DISABLED),
-        ('S', flags::STOPPED),
-        ('H', flags::HOT_STANDBY),
-        ('R', flags::HOT_SPARE),
-    ] {
+    for (letter, bit) in flags::LETTERS.into_iter().filter(|(_, bit)| bit & flags::OPERATOR != 0) {
         let key = format!("w_status_{letter}");
         match p.get(&key).map(|v| v.trim()) {
             None | Some("") => {}
@@ -236,10 +218,8 @@ fn member(
                 done.push(format!("{url} -{letter}"));
             }
             Some(v) => {
-                return Err(EditError::Value {
-                    param: "w_status_X",
-                    why: format!("{key}={v:?}: use 0 or 1"),
-                });
+                let why = format!("{key}={v:?}: use 0 or 1");
+                return Err(EditError::Value { param: "w_status_X", why });
             }
         }
     }
@@ -271,16 +251,8 @@ fn hcheck(
                         why: "a tcp:// member is checked with TCP".into(),
                     });
                 }
-                let mut hc = m.hcheck.as_deref().cloned().unwrap_or(HealthCheck {
-                    method,
-                    uri: String::new(),
-                    interval: Duration::from_secs(30),
-                    passes: 1,
-                    fails: 1,
-                    timeout: Duration::from_secs(5),
-                    status: vec![(200, 399)],
-                    body: None,
-                });
+                let mut hc =
+                    m.hcheck.as_deref().cloned().unwrap_or_else(|| HealthCheck::new(method));
                 hc.method = method;
                 m.hcheck = Some(std::sync::Arc::new(hc));
             }
@@ -309,22 +281,17 @@ fn hcheck(
         hc.interval = Duration::from_secs_f64(i);
         done.push(format!("{url} hcinterval={i}s"));
     }
-    for (v, field, name) in [(passes, &mut hc.passes, "w_hp"), (fails, &mut hc.fails, "w_hf")] {
+    for (v, field, param) in [(passes, &mut hc.passes, "w_hp"), (fails, &mut hc.fails, "w_hf")] {
         if let Some(n) = v {
             if n == 0 {
-                return Err(EditError::Value {
-                    param: if name == "w_hp" { "w_hp" } else { "w_hf" },
-                    why: "must be at least 1".into(),
-                });
+                return Err(EditError::Value { param, why: "must be at least 1".into() });
             }
             *field = n;
-            done.push(format!("{url} {name}={n}"));
+            done.push(format!("{url} {param}={n}"));
         }
     }
     if let Some(u) = uri {
-        if !u.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(EditError::Value { param: "w_hu", why: format!("{u:?} is not a URI") });
-        }
+        crate::config::check_hcuri(&u).map_err(|why| EditError::Value { param: "w_hu", why })?;
         hc.uri = u;
         done.push(format!("{url} hcuri={:?}", hc.uri));
     }

@@ -296,12 +296,12 @@ async fn dispatch(cmd: Cmd) -> Result<ExitCode> {
                     admin,
                 },
         } => {
-            let mut p = vec![];
-            p.extend(lbmethod.map(|v| ("b_lbm", v)));
-            p.extend(timeout.map(|v| ("b_tmo", v.to_string())));
-            p.extend(maxattempts.map(|v| ("b_max", v.to_string())));
-            p.extend(nofailover.map(|v| ("b_sforce", u8::from(v).to_string())));
-            p.extend(stickysession.map(|v| ("b_ss", v)));
+            let mut p: Vec<(String, String)> = vec![];
+            p.extend(lbmethod.map(|v| ("b_lbm".into(), v)));
+            p.extend(timeout.map(|v| ("b_tmo".into(), v.to_string())));
+            p.extend(maxattempts.map(|v| ("b_max".into(), v.to_string())));
+            p.extend(nofailover.map(|v| ("b_sforce".into(), u8::from(v).to_string())));
+            p.extend(stickysession.map(|v| ("b_ss".into(), v)));
             post_edit(&admin, &balancer, p).await
         }
         Cmd::DemoMember { bind, name, body_size } => {
@@ -463,32 +463,27 @@ async fn edit_member(action: MemberCmd) -> Result<ExitCode> {
             hcuri,
             admin,
         } => {
-            let mut p = vec![("w", url)];
-            p.extend(hcmethod.map(|v| ("w_hm", v)));
-            p.extend(hcinterval.map(|v| ("w_hi", v.to_string())));
-            p.extend(hcpasses.map(|v| ("w_hp", v.to_string())));
-            p.extend(hcfails.map(|v| ("w_hf", v.to_string())));
-            p.extend(hcuri.map(|v| ("w_hu", v)));
-            p.extend(loadfactor.map(|v| ("w_lf", v.to_string())));
-            p.extend(lbset.map(|v| ("w_ls", v.to_string())));
-            p.extend(route.map(|v| ("w_wr", v)));
-            p.extend(redirect.map(|v| ("w_rr", v)));
+            let mut p: Vec<(String, String)> = vec![("w".into(), url)];
+            p.extend(hcmethod.map(|v| ("w_hm".into(), v)));
+            p.extend(hcinterval.map(|v| ("w_hi".into(), v.to_string())));
+            p.extend(hcpasses.map(|v| ("w_hp".into(), v.to_string())));
+            p.extend(hcfails.map(|v| ("w_hf".into(), v.to_string())));
+            p.extend(hcuri.map(|v| ("w_hu".into(), v)));
+            p.extend(loadfactor.map(|v| ("w_lf".into(), v.to_string())));
+            p.extend(lbset.map(|v| ("w_ls".into(), v.to_string())));
+            p.extend(route.map(|v| ("w_wr".into(), v)));
+            p.extend(redirect.map(|v| ("w_rr".into(), v)));
             if let Some(spec) = status {
                 let mut set = true;
                 for c in spec.chars() {
                     match c.to_ascii_uppercase() {
                         '+' => set = true,
                         '-' => set = false,
-                        f @ ('I' | 'N' | 'D' | 'S' | 'H' | 'R') => {
-                            let key = match f {
-                                'I' => "w_status_I",
-                                'N' => "w_status_N",
-                                'D' => "w_status_D",
-                                'S' => "w_status_S",
-                                'H' => "w_status_H",
-                                _ => "w_status_R",
-                            };
-                            p.push((key, if set { "1" } else { "0" }.to_owned()));
+                        f if lb::config::flags::LETTERS
+                            .iter()
+                            .any(|(l, bit)| *l == f && bit & lb::config::flags::OPERATOR != 0) =>
+                        {
+                            p.push((format!("w_status_{f}"), if set { "1" } else { "0" }.into()));
                         }
                         other => {
                             bail!("--status {spec:?}: {other:?} is not one of + - I N D S H R")
@@ -499,7 +494,12 @@ async fn edit_member(action: MemberCmd) -> Result<ExitCode> {
             post_edit(&admin, &balancer, p).await
         }
         MemberCmd::Add { balancer, url, admin } => {
-            post_edit(&admin, &balancer, vec![("b_wyes", "1".into()), ("b_nwrkr", url)]).await
+            post_edit(
+                &admin,
+                &balancer,
+                vec![("b_wyes".into(), "1".into()), ("b_nwrkr".into(), url)],
+            )
+            .await
         }
     }
 }
@@ -508,7 +508,7 @@ async fn edit_member(action: MemberCmd) -> Result<ExitCode> {
 async fn post_edit(
     admin: &AdminArgs,
     balancer: &str,
-    params: Vec<(&str, String)>,
+    params: Vec<(String, String)>,
 ) -> Result<ExitCode> {
     let status: lb::status::StatusReport = serde_json::from_str(&fetch(admin, "/status").await?)
         .context("admin answered something that is not a status report")?;

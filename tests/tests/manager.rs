@@ -48,6 +48,17 @@ async fn disabling_a_member_stops_its_traffic_and_a_weight_change_moves_the_spli
     let s = spread(&lb, 40).await;
     assert_eq!((s.get("a"), s.get("b")), (Some(&10), Some(&30)), "{s:?}");
     assert_eq!(lb.member("b", 1).await["loadfactor"], 3.0);
+    // Two members cannot share a route, live as in the file.
+    let ok = lb_cli(args(&["member", "set", "b", &a.url(), "--route", "r1"], lb.admin)).await;
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let dup = lb_cli(args(&["member", "set", "b", &b.url(), "--route", "r1"], lb.admin)).await;
+    assert!(!dup.status.success());
+    assert!(
+        String::from_utf8_lossy(&dup.stderr).contains("used by another member"),
+        "{}",
+        String::from_utf8_lossy(&dup.stderr)
+    );
+    assert!(lb.member("b", 1).await["route"].is_null(), "b keeps no route");
     lb.stop().await;
 }
 
@@ -113,7 +124,15 @@ async fn a_health_check_set_live_starts_checking() {
     })
     .await;
     assert!(checked.is_some(), "the member is now checked");
-    // A tcp-only method for an http member is fine; a bad one is refused with the reason.
+    // The file's rules hold for live edits too: an hcuri must start with /.
+    let bad = lb_cli(args(&["member", "set", "b", &a.url(), "--hcuri", "health"], lb.admin)).await;
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("must start with /"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    // An unknown method is refused with the reason.
     let bad = lb_cli(args(&["member", "set", "b", &a.url(), "--hcmethod", "PING"], lb.admin)).await;
     assert!(!bad.status.success());
     assert!(

@@ -161,15 +161,9 @@ impl Member {
     /// Returns whether the load factor changed (Apache then resets every `lbstatus`).
     pub fn update(&self, config: MemberConfig) -> bool {
         let old = self.settings.load_full();
-        const ADMIN: u32 = flags::IGNORE_ERRORS
-            | flags::DRAIN
-            | flags::DISABLED
-            | flags::STOPPED
-            | flags::HOT_STANDBY
-            | flags::HOT_SPARE;
         if old.status != config.status {
-            self.clear_flags(ADMIN & !config.status.0);
-            self.set_flags(config.status.0 & ADMIN);
+            self.clear_flags(flags::OPERATOR & !config.status.0);
+            self.set_flags(config.status.0 & flags::OPERATOR);
         }
         if old.max != config.max {
             self.slots.store(config.max.map(|m| Arc::new(Semaphore::new(m as usize))));

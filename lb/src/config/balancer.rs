@@ -6,7 +6,10 @@ use super::model::{
 };
 use super::raw::{RawBalancer, RawEjection, RawMember, RawNumber, RawStatusList, RawUpstreamTls};
 use super::tls::UpstreamTls;
-use super::{KeyPath, Validator, parse_member_url};
+use super::{
+    KeyPath, Validator, check_route, parse_lbmethod, parse_lbset, parse_loadfactor,
+    parse_member_url,
+};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,21 +27,11 @@ impl Validator<'_> {
                 format!("balancer name {name:?} may hold only letters, digits, '-', '_' and '.'"),
             );
         }
-        let lbmethod = match b.lbmethod.as_deref().unwrap_or("byrequests") {
-            "byrequests" => LbMethod::ByRequests,
-            "bytraffic" => LbMethod::ByTraffic,
-            "bybusyness" => LbMethod::ByBusyness,
-            "heartbeat" => LbMethod::Heartbeat,
-            other => {
-                self.err(
-                    &path.key("lbmethod"),
-                    format!(
-                        "unknown lbmethod {other:?}: expected byrequests, bytraffic, bybusyness or heartbeat"
-                    ),
-                );
+        let lbmethod = parse_lbmethod(b.lbmethod.as_deref().unwrap_or("byrequests"))
+            .unwrap_or_else(|m| {
+                self.err(&path.key("lbmethod"), m);
                 LbMethod::ByRequests
-            }
-        };
+            });
         let sticky = self.sticky(path, b);
         let mut failonstatus = Vec::new();
         let codes: Vec<(i64, KeyPath)> = match &b.failonstatus {
@@ -196,19 +189,16 @@ impl Validator<'_> {
                 RawNumber::Int(i) => i as f64,
                 RawNumber::Float(f) => f,
             };
-            if (1.0..=100.0).contains(&f) {
-                c.lbfactor = (f * 100.0).round() as u32;
-            } else {
-                self.err(
-                    &path.key("loadfactor"),
-                    format!("loadfactor {f} is out of range 1..=100"),
-                );
+            match parse_loadfactor(f) {
+                Ok(lf) => c.lbfactor = lf,
+                Err(e) => self.err(&path.key("loadfactor"), e),
             }
         }
-        match m.lbset {
-            Some(s) if (0..=99).contains(&s) => c.lbset = s as u32,
-            Some(s) => self.err(&path.key("lbset"), format!("lbset {s} is out of range 0..=99")),
-            None => {}
+        if let Some(s) = m.lbset {
+            match parse_lbset(s) {
+                Ok(n) => c.lbset = n,
+                Err(e) => self.err(&path.key("lbset"), e),
+            }
         }
         if let Some(s) = &m.status {
             match StatusFlags::default().apply(s) {
@@ -217,13 +207,8 @@ impl Validator<'_> {
             }
         }
         for (key, v) in [("route", &m.route), ("redirect", &m.redirect)] {
-            if let Some(v) = v
-                && (v.is_empty() || v.len() > 64 || !v.chars().all(|c| c.is_ascii_graphic()))
-            {
-                self.err(
-                    &path.key(key),
-                    format!("{key} {v:?} must be 1..=64 visible ASCII characters"),
-                );
+            if let Some(Err(e)) = v.as_deref().map(|v| check_route(key, v)) {
+                self.err(&path.key(key), e);
             }
         }
         c.route = m.route.clone();

@@ -15,6 +15,9 @@ pub const HC_FAIL: u32 = 1 << 7; // C
 /// Flags that make a member unusable.
 pub const UNUSABLE: u32 = DISABLED | STOPPED | IN_ERROR | HC_FAIL;
 
+/// The flags an operator sets (config `status`, balancer-manager); E and C are live state.
+pub const OPERATOR: u32 = IGNORE_ERRORS | DRAIN | DISABLED | STOPPED | HOT_STANDBY | HOT_SPARE;
+
 /// Letters in the order Apache prints them.
 pub const LETTERS: [(char, u32); 8] = [
     ('I', IGNORE_ERRORS),

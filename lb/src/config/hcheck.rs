@@ -152,12 +152,12 @@ impl Validator<'_> {
             self.err(&mpath, "tcp:// members are checked with hcmethod = \"TCP\"");
         }
         let (ipath, raw) = at.get("hcinterval", mine.interval, theirs.interval);
-        let interval = self.duration(&ipath, raw, Duration::from_secs(30));
+        let interval = self.duration(&ipath, raw, HealthCheck::INTERVAL);
         if interval < Duration::from_millis(100) {
             self.err(&ipath, "hcinterval must be at least 100ms");
         }
         let (tpath, raw) = at.get("hctimeout", mine.timeout, theirs.timeout);
-        let timeout = self.duration(&tpath, raw, Duration::from_secs(5));
+        let timeout = self.duration(&tpath, raw, HealthCheck::TIMEOUT);
         if timeout.is_zero() {
             self.err(&tpath, "hctimeout must be above 0");
         }
@@ -173,16 +173,15 @@ impl Validator<'_> {
         let fails = count("hcfails", mine.fails, theirs.fails);
         let (upath, uri) = at.get("hcuri", mine.uri, theirs.uri);
         let uri = uri.clone().unwrap_or_default();
-        if !uri.is_empty() && (!uri.starts_with('/') || !uri.bytes().all(|c| c.is_ascii_graphic()))
-        {
-            self.err(&upath, format!("hcuri {uri:?} must start with / and hold no spaces"));
+        if let Err(e) = super::check_hcuri(&uri) {
+            self.err(&upath, e);
         }
         let (spath, raw) = at.get("hcstatus", mine.status, theirs.status);
         let status = match raw {
-            None => vec![(200, 399)],
+            None => HealthCheck::STATUS.to_vec(),
             Some(raw) => statuses(raw).unwrap_or_else(|e| {
                 self.err(&spath, e);
-                vec![(200, 399)]
+                HealthCheck::STATUS.to_vec()
             }),
         };
         let (body_path, body) = at.get("hcbody", mine.body, theirs.body);

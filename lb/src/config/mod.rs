@@ -39,7 +39,10 @@ pub use error::{ConfigError, Diagnostic, KeyPath};
 pub use hcheck::method as parse_hcmethod;
 pub use limits::{Limits, ReadTimeout, ReadTimeouts};
 pub use model::*;
-pub use units::{parse_duration, parse_member_url};
+pub use units::{
+    check_hcuri, check_route, parse_duration, parse_lbmethod, parse_lbset, parse_loadfactor,
+    parse_member_url,
+};
 
 use error::Locator;
 use raw::{RawConfig, RawDuration};

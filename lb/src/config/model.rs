@@ -440,6 +440,27 @@ pub struct HealthCheck {
     pub body: Option<BodyMatch>,
 }
 
+impl HealthCheck {
+    /// `hcinterval`, `hctimeout` and `hcstatus` when not set (passes and fails: 1).
+    pub const INTERVAL: Duration = Duration::from_secs(30);
+    pub const TIMEOUT: Duration = Duration::from_secs(5);
+    pub const STATUS: [(u16, u16); 1] = [(200, 399)];
+
+    /// A check by `method` with every other setting at its default.
+    pub fn new(method: HcMethod) -> HealthCheck {
+        HealthCheck {
+            method,
+            uri: String::new(),
+            interval: HealthCheck::INTERVAL,
+            passes: 1,
+            fails: 1,
+            timeout: HealthCheck::TIMEOUT,
+            status: HealthCheck::STATUS.to_vec(),
+            body: None,
+        }
+    }
+}
+
 impl MemberConfig {
     /// A member with every setting at its default.
     pub fn for_url(url: MemberUrl) -> MemberConfig {

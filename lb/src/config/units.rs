@@ -1,4 +1,6 @@
-//! Values with a unit or a syntax of their own: durations and member URLs.
+//! Values with a unit or a syntax of their own: durations, member URLs, and the member and
+//! balancer values a config file and a live edit (`crate::edit`) both set, checked by the same
+//! rules.
 //!
 //! Each parser returns the message an operator should read; the caller attaches the file, line
 //! and key.
@@ -75,6 +77,53 @@ pub fn parse_member_url(s: &str) -> Result<MemberUrl, String> {
         return Err(format!("{s:?}: a tcp:// member has no path"));
     }
     Ok(MemberUrl { scheme, host, port, path })
+}
+
+/// `loadfactor` (1..=100, fractions allowed) as lb stores it: hundredths.
+pub fn parse_loadfactor(f: f64) -> Result<u32, String> {
+    if (1.0..=100.0).contains(&f) {
+        Ok((f * 100.0).round() as u32)
+    } else {
+        Err(format!("loadfactor {f} is out of range 1..=100"))
+    }
+}
+
+/// `lbset` (0..=99).
+pub fn parse_lbset(n: i64) -> Result<u32, String> {
+    u32::try_from(n)
+        .ok()
+        .filter(|n| *n <= 99)
+        .ok_or_else(|| format!("lbset {n} is out of range 0..=99"))
+}
+
+/// A `route` or `redirect` value: 1..=64 visible ASCII characters.
+pub fn check_route(key: &str, v: &str) -> Result<(), String> {
+    if v.is_empty() || v.len() > 64 || !v.chars().all(|c| c.is_ascii_graphic()) {
+        return Err(format!("{key} {v:?} must be 1..=64 visible ASCII characters"));
+    }
+    Ok(())
+}
+
+/// `lbmethod`.
+pub fn parse_lbmethod(s: &str) -> Result<super::model::LbMethod, String> {
+    use super::model::LbMethod;
+    match s {
+        "byrequests" => Ok(LbMethod::ByRequests),
+        "bytraffic" => Ok(LbMethod::ByTraffic),
+        "bybusyness" => Ok(LbMethod::ByBusyness),
+        "heartbeat" => Ok(LbMethod::Heartbeat),
+        other => Err(format!(
+            "unknown lbmethod {other:?}: expected byrequests, bytraffic, bybusyness or heartbeat"
+        )),
+    }
+}
+
+/// `hcuri`: empty, or a path starting with `/` and holding no spaces.
+pub fn check_hcuri(uri: &str) -> Result<(), String> {
+    if !uri.is_empty() && (!uri.starts_with('/') || !uri.bytes().all(|c| c.is_ascii_graphic())) {
+        return Err(format!("hcuri {uri:?} must start with / and hold no spaces"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
