@@ -274,7 +274,7 @@ impl Body for ResponseBody {
                     // A member that stalls midway: the client's answer is cut off (it sees an
                     // incomplete message, never a silently short one) and the connection to
                     // the member is closed.
-                    if !u.clock.passed(u.last + u.idle, cx) {
+                    if !u.clock.passed(u.last + u.idle, Instant::now(), cx) {
                         return Poll::Pending;
                     }
                     let e = BodyStalled(u.idle);

@@ -12,10 +12,10 @@ pub struct Clock {
 }
 
 impl Clock {
-    /// Whether `deadline` has passed; if not, the task is woken by then (or earlier, to check
-    /// again).
-    pub fn passed(&mut self, deadline: Instant, cx: &mut Context<'_>) -> bool {
-        if Instant::now() >= deadline {
+    /// Whether `deadline` has passed at `now` (the caller's clock reading); if not, the task is
+    /// woken by then (or earlier, to check again).
+    pub fn passed(&mut self, deadline: Instant, now: Instant, cx: &mut Context<'_>) -> bool {
+        if now >= deadline {
             return true;
         }
         let sleep = self.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));

@@ -46,7 +46,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Guarded<S> {
             let mut b = ReadBuf::new(&mut scratch);
             match Pin::new(&mut self.inner).poll_read(cx, &mut b) {
                 Poll::Ready(Ok(())) if !b.filled().is_empty() => continue,
-                Poll::Pending if !self.clock.passed(until, cx) => return Poll::Pending,
+                Poll::Pending if !self.clock.passed(until, Instant::now(), cx) => {
+                    return Poll::Pending;
+                }
                 _ => break,
             }
         }

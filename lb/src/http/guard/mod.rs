@@ -275,7 +275,7 @@ impl<S> Guarded<S> {
                 (since + left, Expiry::Body)
             }
         };
-        if !self.clock.passed(deadline, cx) {
+        if !self.clock.passed(deadline, now, cx) {
             return Poll::Pending;
         }
         match what {
