@@ -139,13 +139,25 @@ async fn bybusyness_sends_less_to_the_slow_member() {
     let slow = Member::start_slow("slow", Duration::from_millis(100)).await;
     let body = members(&[(&slow.url(), ""), (&fast.url(), "")]);
     let lb = Lb::start(&config(&format!("lbmethod = \"bybusyness\"\n{body}"))).await;
+    // Eight clients take requests from one shared count, so all eight stay
+    // busy until the last few: the method is judged under steady concurrency,
+    // not in a tail where one client alone alternates between two idle members.
+    let left = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(120));
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..8 {
         let url = lb.url("/");
+        let left = left.clone();
         tasks.spawn(async move {
             let c = client();
             let mut names = Vec::new();
-            for _ in 0..15 {
+            while left
+                .fetch_update(
+                    std::sync::atomic::Ordering::Relaxed,
+                    std::sync::atomic::Ordering::Relaxed,
+                    |n| n.checked_sub(1),
+                )
+                .is_ok()
+            {
                 let r = send(&c, http::Request::get(&url).body(full("")).unwrap())
                     .await
                     .expect("request");
