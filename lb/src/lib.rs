@@ -25,7 +25,8 @@
 //! runtime: config ─▶ Routing (members kept by balancer + URL) ─▶ swap slots  (start, reload)
 //! admin (/status, /health, /heartbeat, /reload) ─▶ state::Shared ─▶ status (reports)
 //! ```
-//! Module layering, leaves first: `config`, `errors`, `shutdown` → `sys`, `telemetry`, `conn`,
+//! `import` (`lb import-apache`) stands apart: it turns Apache's config into lb's TOML text.
+//! Module layering, leaves first: `config`, `errors`, `shutdown`, `import` → `sys`, `telemetry`, `conn`,
 //! `tls`, `accesslog` → `balancer` → `health`, `upstream`, `status`, `state` → `http`, `tcp`, `admin` →
 //! `routing` → `runtime`.
 /// `AsyncWrite` for a stream wrapper that writes straight through to its `inner` field (it only
@@ -76,6 +77,7 @@ pub mod edit;
 pub mod errors;
 pub mod health;
 pub mod http;
+pub mod import;
 pub mod routing;
 pub mod runtime;
 pub mod shutdown;

@@ -135,6 +135,20 @@ enum Cmd {
         #[arg(long)]
         watch: bool,
     },
+    /// Translate an Apache httpd configuration (mod_proxy_balancer) into lb's TOML: the config
+    /// on stdout (or -o FILE), and every directive that has no lb equivalent, with file, line and
+    /// why, on stderr. The result is checked as `lb check` would.
+    #[command(name = "import-apache")]
+    ImportApache {
+        /// The main Apache file (httpd.conf, /etc/apache2/apache2.conf); includes are followed.
+        file: PathBuf,
+        /// Write the config here instead of stdout.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        /// Only report: print what is not translated and whether lb accepts the result.
+        #[arg(long, conflicts_with = "output")]
+        check: bool,
+    },
     /// Print a shell completion script: `lb completions bash > /etc/bash_completion.d/lb`.
     Completions {
         #[arg(value_enum)]
@@ -233,6 +247,7 @@ async fn dispatch(cmd: Cmd) -> Result<ExitCode> {
                 Ok(ExitCode::FAILURE)
             }
         },
+        Cmd::ImportApache { file, output, check } => import_apache(&file, output.as_deref(), check),
         Cmd::Health { admin, json, watch: true } => watch_health(&admin, json).await,
         Cmd::Completions { shell } => {
             use clap::CommandFactory;
@@ -316,6 +331,49 @@ async fn dispatch(cmd: Cmd) -> Result<ExitCode> {
             )
             .await;
             Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// `lb import-apache`: translate, report, check, write.
+fn import_apache(file: &Path, output: Option<&Path>, check: bool) -> Result<ExitCode> {
+    let import = lb::import::import_apache(file)?;
+    if !import.notes.is_empty() {
+        eprintln!("lb import-apache: {} item(s) not translated as written:", import.notes.len());
+        for n in &import.notes {
+            eprintln!("  {n}");
+        }
+    }
+    let checked_as = match output {
+        Some(o) => o.to_owned(),
+        None => file.parent().unwrap_or(Path::new(".")).join("lb.toml"),
+    };
+    let verdict = Config::parse(&import.toml, &checked_as);
+    if !check {
+        match output {
+            Some(o) => {
+                std::fs::write(o, &import.toml)
+                    .with_context(|| format!("writing {}", o.display()))?;
+                eprintln!("lb import-apache: wrote {}", o.display());
+            }
+            None => print!("{}", import.toml),
+        }
+    }
+    match verdict {
+        Ok(cfg) => {
+            let members: usize = cfg.balancers.iter().map(|b| b.members.len()).sum();
+            eprintln!(
+                "lb import-apache: lb accepts the result ({} listener(s), {} balancer(s), {} member(s))",
+                cfg.listeners.len(),
+                cfg.balancers.len(),
+                members
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("lb import-apache: lb refuses the result as it stands:");
+            print_config_error(&e);
+            Ok(ExitCode::FAILURE)
         }
     }
 }

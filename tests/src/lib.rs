@@ -728,3 +728,27 @@ impl Drop for ChildGuard {
         let _ = self.0.wait();
     }
 }
+
+/// Spec, byrequests: every usable candidate gets `lbstatus += lbfactor`, the highest wins
+/// (first on ties), the winner pays the total.
+pub fn apache_byrequests(factors: &[i64], usable: &[bool], n: usize) -> Vec<usize> {
+    let mut lbstatus = vec![0i64; factors.len()];
+    (0..n)
+        .map(|_| {
+            let (mut total, mut best) = (0, None::<usize>);
+            for i in 0..factors.len() {
+                if !usable[i] {
+                    continue;
+                }
+                lbstatus[i] += factors[i];
+                total += factors[i];
+                if best.is_none_or(|b| lbstatus[i] > lbstatus[b]) {
+                    best = Some(i);
+                }
+            }
+            let b = best.expect("a usable member");
+            lbstatus[b] -= total;
+            b
+        })
+        .collect()
+}

@@ -3,30 +3,6 @@
 use lb_tests::*;
 use std::time::Duration;
 
-/// Spec, byrequests: every usable candidate gets `lbstatus += lbfactor`, the highest wins
-/// (first on ties), the winner pays the total.
-fn apache_byrequests(factors: &[i64], usable: &[bool], n: usize) -> Vec<usize> {
-    let mut lbstatus = vec![0i64; factors.len()];
-    (0..n)
-        .map(|_| {
-            let (mut total, mut best) = (0, None::<usize>);
-            for i in 0..factors.len() {
-                if !usable[i] {
-                    continue;
-                }
-                lbstatus[i] += factors[i];
-                total += factors[i];
-                if best.is_none_or(|b| lbstatus[i] > lbstatus[b]) {
-                    best = Some(i);
-                }
-            }
-            let b = best.expect("a usable member");
-            lbstatus[b] -= total;
-            b
-        })
-        .collect()
-}
-
 /// Spec, bytraffic: score = read/lbfactor + sent/lbfactor (integer division), lowest wins.
 fn apache_bytraffic(sizes: &[u64], factor: u64, n: usize) -> Vec<usize> {
     let mut read = vec![0u64; sizes.len()];

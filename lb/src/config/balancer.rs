@@ -312,7 +312,9 @@ impl Validator<'_> {
             (Some((c, cp)), Some((k, kp))) => {
                 super::tls::certified_key(&self.file_path(&c), &self.file_path(&k))
                     .map_err(|e| match e {
-                        super::tls::PairError::Cert(m) => self.err(&cp, m),
+                        super::tls::PairError::Cert(m) | super::tls::PairError::Chain(m) => {
+                            self.err(&cp, m)
+                        }
                         super::tls::PairError::Key(m) => self.err(&kp, m),
                     })
                     .ok()

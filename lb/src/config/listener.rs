@@ -118,10 +118,12 @@ impl Validator<'_> {
         for (i, t) in l.tls.iter().enumerate() {
             let tp = path.key("tls").index(i);
             let (cert, key) = (self.file_path(&t.cert), self.file_path(&t.key));
-            match super::tls::certified_key(&cert, &key) {
+            let chain = t.chain.as_ref().map(|c| self.file_path(c));
+            match super::tls::certified_key_with_chain(&cert, chain.as_deref(), &key) {
                 Ok(k) => tls
                     .push(std::sync::Arc::new(super::tls::ServerCert { cert_path: cert, key: k })),
                 Err(super::tls::PairError::Cert(m)) => self.err(&tp.key("cert"), m),
+                Err(super::tls::PairError::Chain(m)) => self.err(&tp.key("chain"), m),
                 Err(super::tls::PairError::Key(m)) => self.err(&tp.key("key"), m),
             }
         }

@@ -90,6 +90,8 @@ pub struct RawListener {
 pub struct RawServerTls {
     pub cert: String,
     pub key: String,
+    /// Intermediate certificates kept apart from the leaf (Apache's `SSLCertificateChainFile`).
+    pub chain: Option<String>,
 }
 
 /// `[[listener.sni]]`: TLS passthrough by server name (TCP listeners).

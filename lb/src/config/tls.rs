@@ -74,20 +74,34 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
 #[derive(Debug, PartialEq, Eq)]
 pub enum PairError {
     Cert(String),
+    Chain(String),
     Key(String),
 }
 
 impl PairError {
     pub fn message(&self) -> &str {
         match self {
-            PairError::Cert(m) | PairError::Key(m) => m,
+            PairError::Cert(m) | PairError::Chain(m) | PairError::Key(m) => m,
         }
     }
 }
 
 /// Load a chain and its key, and check that the key belongs to the leaf certificate.
 pub fn certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, PairError> {
-    let chain = load_certs(cert).map_err(PairError::Cert)?;
+    certified_key_with_chain(cert, None, key)
+}
+
+/// [`certified_key`], with the intermediates in a file of their own appended after the
+/// certificate file's (Apache's `SSLCertificateChainFile`).
+pub fn certified_key_with_chain(
+    cert: &Path,
+    intermediates: Option<&Path>,
+    key: &Path,
+) -> Result<Arc<CertifiedKey>, PairError> {
+    let mut chain = load_certs(cert).map_err(PairError::Cert)?;
+    if let Some(path) = intermediates {
+        chain.extend(load_certs(path).map_err(PairError::Chain)?);
+    }
     let der = load_key(key).map_err(PairError::Key)?;
     CertifiedKey::from_der(chain, der, &provider()).map(Arc::new).map_err(|e| {
         PairError::Key(format!(
