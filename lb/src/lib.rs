@@ -23,6 +23,7 @@
 //! probes (connect, OPTIONS *) ◀┤    per MemberId ─▶ member flags; wakes requests waiting on it
 //! health checks (hcmethod)    ◀┘    (the same machine: hcfails set C, hcpasses clear C and E)
 //! runtime: config ─▶ Routing (members kept by balancer + URL) ─▶ swap slots  (start, reload)
+//! dns: member names re-resolved at the TTL ─▶ runtime rebuilds (one member per address)
 //! admin (/status, /health, /heartbeat, /reload) ─▶ state::Shared ─▶ status (reports)
 //! ```
 //! `import` (`lb import-apache`) stands apart: it turns Apache's config into lb's TOML text.
@@ -73,6 +74,7 @@ pub mod balancer;
 pub mod config;
 pub mod conn;
 pub mod demo;
+pub mod dns;
 pub mod edit;
 pub mod errors;
 pub mod health;

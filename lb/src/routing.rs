@@ -48,13 +48,15 @@ pub struct Routing {
 }
 
 impl Routing {
-    /// Build from `cfg`, keeping members, pools and balancer state of `prev` where unchanged;
+    /// Build from `cfg` (members named by DNS expanded by `answers`), keeping members, pools and
+    /// balancer state of `prev` where unchanged;
     /// with it, one service per listener, in config order, for the runtime to start or swap in.
     pub fn build(
         cfg: &Config,
         prev: Option<&Routing>,
         telemetry: &Arc<Telemetry>,
         heartbeats: &Arc<Heartbeats>,
+        answers: &crate::dns::Answers,
     ) -> Result<(Routing, Vec<Service>), BuildError> {
         let old_balancer = |name: &str| {
             prev.and_then(|p| p.balancers.iter().find(|b| b.name() == name)).map(|b| &**b)
@@ -72,6 +74,10 @@ impl Routing {
                     }
                 }
             }
+        }
+        // A member named by DNS stands for each address its name has now.
+        for (b, _) in &mut configs {
+            crate::dns::expand(b, answers);
         }
         // Everything that can fail comes first, so a failed reload has touched nothing.
         let mut connectors: HashMap<(String, MemberUrl), crate::tls::Upstream> = HashMap::new();

@@ -101,7 +101,8 @@ impl Lb {
         crate::status::counters::started();
         let telemetry = Telemetry::start(&cfg.telemetry).map_err(RunError::Telemetry)?;
         let heartbeats = Arc::new(Heartbeats::default());
-        let (routing, services) = Routing::build(cfg, None, &telemetry, &heartbeats)?;
+        let none = crate::dns::Answers::new();
+        let (routing, services) = Routing::build(cfg, None, &telemetry, &heartbeats, &none)?;
         let (reload_tx, reload_rx) = mpsc::channel(4);
         let (apply_tx, apply_rx) = mpsc::channel(4);
         let shared = Arc::new(Shared {
@@ -282,27 +283,57 @@ impl Bound {
             Arc::clone(&shared.telemetry),
             stopped(rx.clone()),
         ));
+        // Members named by DNS: the resolver task publishes answers, the loop below rebuilds.
+        let (names_tx, names_rx) = watch::channel(crate::dns::names(&config));
+        let (answers_tx, mut answers_rx) = watch::channel(crate::dns::Answers::new());
+        // Without a resolver the sender stays here, so the loop never sees the channel close.
+        let mut _no_resolver = None;
+        match crate::dns::resolver(&config.resolver) {
+            Ok(r) => {
+                let ttl = (config.resolver.min_ttl, config.resolver.max_ttl);
+                let stop = stopped(rx.clone());
+                tasks.spawn(crate::dns::watch(r, ttl, names_rx, answers_tx, stop));
+            }
+            Err(e) => {
+                tracing::warn!("{e}; members named by DNS use the system resolver at each connect");
+                _no_resolver = Some((names_rx, answers_tx));
+            }
+        }
+        let mut answers = crate::dns::Answers::new();
         let mut draining: Vec<JoinHandle<()>> = Vec::new();
         tokio::pin!(shutdown);
         loop {
+            // A reload (with someone waiting for its answer), or new DNS answers (the running
+            // config again, members re-expanded).
             let (next, answer) = tokio::select! {
                 _ = &mut shutdown => break,
-                Some((cfg, answer)) = apply_rx.recv() => (Ok(*cfg), answer),
+                Some((cfg, answer)) = apply_rx.recv() => (Ok(*cfg), Some(answer)),
                 Some(answer) = reload_rx.recv() => {
                     let next = match &config_path {
                         Some(p) => Config::load(p).map_err(|e| e.report()),
                         None => Err("lb was started without a config file".to_owned()),
                     };
-                    (next, answer)
+                    (next, Some(answer))
+                }
+                Ok(()) = answers_rx.changed() => {
+                    answers = answers_rx.borrow_and_update().clone();
+                    (Ok(config.clone()), None)
                 }
             };
             let result = match next {
                 Ok(next) => {
-                    let r = apply(&next, &shared, &mut routing, &mut running, &mut draining)
-                        .await
-                        .map(|summary| summary + &needs_restart(&config, &next));
+                    let r =
+                        apply(&next, &shared, &mut routing, &mut running, &mut draining, &answers)
+                            .await
+                            .map(|summary| summary + &needs_restart(&config, &next));
                     if r.is_ok() {
                         publish(&running);
+                        names_tx.send_if_modified(|n| {
+                            let fresh = crate::dns::names(&next);
+                            let changed = *n != fresh;
+                            *n = fresh;
+                            changed
+                        });
                         shared.config.store(Arc::new(next.clone()));
                         config = next;
                     }
@@ -310,11 +341,14 @@ impl Bound {
                 }
                 Err(e) => Err(e),
             };
-            match &result {
-                Ok(summary) => tracing::info!("reloaded: {summary}"),
-                Err(e) => tracing::error!("reload refused; the running config stays:\n{e}"),
+            match (&result, &answer) {
+                (Ok(summary), Some(_)) => tracing::info!("reloaded: {summary}"),
+                (Ok(summary), None) => tracing::info!("members follow DNS: {summary}"),
+                (Err(e), _) => tracing::error!("reload refused; the running config stays:\n{e}"),
             }
-            let _ = answer.send(result);
+            if let Some(answer) = answer {
+                let _ = answer.send(result);
+            }
             draining.retain(|t| !t.is_finished());
         }
         tracing::info!("shutting down: no new connections; open ones get {grace:?} to finish");
@@ -340,6 +374,7 @@ async fn apply(
     routing: &mut Routing,
     running: &mut Vec<Running>,
     draining: &mut Vec<JoinHandle<()>>,
+    answers: &crate::dns::Answers,
 ) -> Result<String, String> {
     // Bind every new or moved listener before changing anything (a build that fails does so
     // before it touches a member).
@@ -354,7 +389,7 @@ async fn apply(
         }
     }
     let (built, services) =
-        Routing::build(next, Some(routing), &shared.telemetry, &shared.heartbeats)
+        Routing::build(next, Some(routing), &shared.telemetry, &shared.heartbeats, answers)
             .map_err(|e| crate::errors::chain(&e))?;
     let ids = |r: &Routing| -> Vec<_> {
         r.balancers.iter().flat_map(|b| b.members.iter().map(|m| m.id)).collect()
@@ -407,6 +442,9 @@ fn needs_restart(running: &Config, next: &Config) -> String {
     }
     if running.heartbeat_listen != next.heartbeat_listen {
         keys.push("[heartbeat]");
+    }
+    if running.resolver != next.resolver {
+        keys.push("[resolver]");
     }
     let (a, b) = (&running.telemetry, &next.telemetry);
     if a.source != b.source || a.interval != b.interval {

@@ -17,6 +17,7 @@
 //! Every answer carries `x-member: NAME`. A member can be killed (listener and every open
 //! connection closed at once) and started again on the same port.
 pub mod certs;
+pub mod dns;
 pub mod faults;
 pub mod l4;
 pub mod process;
@@ -131,6 +132,12 @@ impl Member {
     async fn start_full(name: &str, size: Option<usize>, delay: Duration) -> Member {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind member");
         Self::start_on(listener, name, size, delay).await
+    }
+
+    /// Start a member on this address (its port may be 0).
+    pub async fn start_at(addr: SocketAddr, name: &str) -> std::io::Result<Member> {
+        let listener = TcpListener::bind(addr).await?;
+        Ok(Self::start_on(listener, name, None, Duration::ZERO).await)
     }
 
     /// Start a member on an IPv6 loopback port.

@@ -190,15 +190,40 @@ impl Validator<'_> {
             Duration::from_secs(10),
         );
         let access_log = self.access_log(&root.key("access_log"), raw.access_log.as_ref());
+        let resolver = self.resolver(&root.key("resolver"), raw.resolver.as_ref());
         Config {
             admin,
             telemetry,
             heartbeat_listen,
             graceful_shutdown_timeout,
             access_log,
+            resolver,
             listeners,
             balancers,
         }
+    }
+
+    fn resolver(&mut self, path: &KeyPath, raw: Option<&raw::RawResolver>) -> ResolverConfig {
+        let d = ResolverConfig::default();
+        let Some(r) = raw else { return d };
+        let mut nameservers = Vec::new();
+        for (i, n) in r.nameservers.iter().flatten().enumerate() {
+            // A bare IP means port 53.
+            let text = match n.parse::<std::net::IpAddr>() {
+                Ok(ip) => SocketAddr::new(ip, 53).to_string(),
+                Err(_) => n.clone(),
+            };
+            nameservers.extend(self.addr(&path.key("nameservers").index(i), &text));
+        }
+        let min_ttl = self.duration(&path.key("min_ttl"), &r.min_ttl, d.min_ttl);
+        let max_ttl = self.duration(&path.key("max_ttl"), &r.max_ttl, d.max_ttl);
+        if min_ttl < Duration::from_millis(100) {
+            self.err(&path.key("min_ttl"), "at least 100ms (lb would ask without pause)");
+        }
+        if max_ttl < min_ttl {
+            self.err(&path.key("max_ttl"), "must not be shorter than min_ttl");
+        }
+        ResolverConfig { nameservers, min_ttl, max_ttl }
     }
 
     fn access_log(&mut self, path: &KeyPath, raw: Option<&raw::RawAccessLog>) -> AccessLogConfig {

@@ -21,8 +21,31 @@ pub struct Config {
     /// Apache `GracefulShutdownTimeout`: how long open work may finish after SIGTERM/SIGINT.
     pub graceful_shutdown_timeout: Duration,
     pub access_log: AccessLogConfig,
+    pub resolver: ResolverConfig,
     pub listeners: Vec<ListenerConfig>,
     pub balancers: Vec<BalancerConfig>,
+}
+
+/// `[resolver]`: members named by DNS are re-resolved at their record's TTL, within these
+/// bounds, and each address becomes a member of its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolverConfig {
+    /// Name servers to ask; empty: the system's (`/etc/resolv.conf`).
+    pub nameservers: Vec<SocketAddr>,
+    /// A record's TTL is raised to this (a TTL of 0 would ask without pause).
+    pub min_ttl: Duration,
+    /// …and lowered to this (a long TTL would hide a change for that long).
+    pub max_ttl: Duration,
+}
+
+impl Default for ResolverConfig {
+    fn default() -> ResolverConfig {
+        ResolverConfig {
+            nameservers: Vec::new(),
+            min_ttl: Duration::from_secs(1),
+            max_ttl: Duration::from_secs(300),
+        }
+    }
 }
 
 /// `[access_log]`: one log per process (each listener's `access_log` turns its lines on).
@@ -326,6 +349,9 @@ pub struct MemberUrl {
     pub port: u16,
     /// Path prefix without a trailing slash ("" for the root); always "" for `tcp://`.
     pub path: String,
+    /// For a member named by DNS: the one address of the name this member stands for (each
+    /// address is a member of its own). Part of the identity; None for a member as written.
+    pub pin: Option<std::net::IpAddr>,
 }
 
 impl MemberUrl {
@@ -344,8 +370,14 @@ impl MemberUrl {
 }
 
 impl std::fmt::Display for MemberUrl {
+    /// The URL, and for a member standing for one address of a DNS name, that address:
+    /// `http://app.internal:8080 (10.0.0.7)`.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.base())
+        f.write_str(&self.base())?;
+        match self.pin {
+            Some(ip) => write!(f, " ({ip})"),
+            None => Ok(()),
+        }
     }
 }
 

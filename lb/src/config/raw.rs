@@ -18,6 +18,7 @@ pub struct RawConfig {
     pub heartbeat: Option<RawHeartbeat>,
     pub server: Option<RawServer>,
     pub access_log: Option<RawAccessLog>,
+    pub resolver: Option<RawResolver>,
     #[serde(default)]
     pub listener: Vec<RawListener>,
     #[serde(default)]
@@ -38,6 +39,14 @@ pub struct RawAccessLog {
     pub path: Option<String>,
     pub format: Option<String>,
     pub buffer: Option<u64>,
+}
+
+/// `[resolver]`: how members named by DNS are resolved.
+#[derive(Debug, Deserialize)]
+pub struct RawResolver {
+    pub nameservers: Option<Vec<String>>,
+    pub min_ttl: Option<RawDuration>,
+    pub max_ttl: Option<RawDuration>,
 }
 
 /// `[server]`: process-wide settings.

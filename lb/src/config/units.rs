@@ -76,7 +76,7 @@ pub fn parse_member_url(s: &str) -> Result<MemberUrl, String> {
     if scheme == Scheme::Tcp && !path.is_empty() {
         return Err(format!("{s:?}: a tcp:// member has no path"));
     }
-    Ok(MemberUrl { scheme, host, port, path })
+    Ok(MemberUrl { scheme, host, port, path, pin: None })
 }
 
 /// `loadfactor` (1..=100, fractions allowed) as lb stores it: hundredths.

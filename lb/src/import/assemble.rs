@@ -2,7 +2,7 @@
 //! `<VirtualHost>` on that address (Apache's default server for it) merged over the main server;
 //! balancers with their parameters resolved (`ProxySet`, `hctemplate`, `hcexpr`), the scope's
 //! `ProxyTimeout`/`Timeout` and `SSLProxy*` settings, and the routing cookie recipe.
-use super::params::{self, Keys, Mapped, V};
+use super::params::{self, Keys, Mapped, V, set};
 use super::translate::{Found, RawBalancer};
 use super::{At, Note};
 
@@ -58,12 +58,6 @@ pub struct Member {
     pub url: String,
     pub at: At,
     pub keys: Keys,
-}
-
-/// Set `key`, replacing an earlier value (a later directive wins, as in Apache).
-pub fn set(keys: &mut Keys, key: &'static str, v: V) {
-    keys.retain(|(k, _)| *k != key);
-    keys.push((key, v));
 }
 
 pub(super) struct Assembler<'a> {

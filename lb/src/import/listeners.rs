@@ -2,8 +2,8 @@
 //! default server for it) over the main server; its routes from `ProxyPass`, made explicit
 //! balancers where a plain URL carries settings, with the scope's `ProxyTimeout`/`Timeout`,
 //! `SSLProxy*` and routing-cookie recipe applied to the balancer each route names.
-use super::assemble::{Assembler, Listener, Route, Tls, same_url, set};
-use super::params::{Keys, V};
+use super::assemble::{Assembler, Listener, Route, Tls, same_url};
+use super::params::{Keys, V, set};
 use super::translate::{Pass, RawBalancer, Scope};
 
 impl Assembler<'_> {
@@ -12,7 +12,17 @@ impl Assembler<'_> {
         let f = self.f;
         let mut used = vec![false; f.vhosts.len()];
         let mut names: Vec<String> = Vec::new();
-        for l in &f.listens {
+        for (n, l) in f.listens.iter().enumerate() {
+            // Two Listens on one port where either takes every address collide (httpd refuses
+            // them too); so does the same address twice.
+            let clash = f.listens[..n]
+                .iter()
+                .find(|e| e.port == l.port && (e.ip.is_none() || l.ip.is_none() || e.ip == l.ip));
+            if let Some(e) = clash {
+                let why = format!("overlaps the Listen at {}; only that one is translated", e.at);
+                self.note(&l.at, format!("Listen {}", l.port), why);
+                continue;
+            }
             let matching: Vec<usize> = (0..f.vhosts.len())
                 .filter(|&i| {
                     f.vhosts[i].addrs.iter().any(|a| vhost_matches(a, l.ip.as_deref(), l.port))
@@ -113,8 +123,11 @@ impl Assembler<'_> {
             .chars()
             .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '-' })
             .collect();
-        if names.contains(&name) {
-            name = format!("{name}-{}", l.port);
+        let base_name = name.clone();
+        let mut k = 1;
+        while names.contains(&name) {
+            k += 1;
+            name = format!("{base_name}-{k}");
         }
         names.push(name.clone());
         Some(Listener { name, bind, at, keys, tls, routes })

@@ -14,6 +14,12 @@ pub enum V {
 /// lb keys and their values, in the order written.
 pub type Keys = Vec<(&'static str, V)>;
 
+/// Set `key`, replacing an earlier value (a later directive wins, as in Apache).
+pub fn set(keys: &mut Keys, key: &'static str, v: V) {
+    keys.retain(|(k, _)| *k != key);
+    keys.push((key, v));
+}
+
 /// What became of one parameter.
 pub enum Mapped {
     Key(&'static str, V),
@@ -109,7 +115,8 @@ pub fn member(key: &str, value: &str) -> Result<Mapped, String> {
             Err("lb sizes its own buffers (responsefieldsize: member heads are bounded)".into())
         }
         "addressttl" => {
-            Err("lb resolves a member's host name for every new connection to it".into())
+            Err("lb re-resolves a member's name at its record's TTL ([resolver] min_ttl/max_ttl)"
+                .into())
         }
         "secret" => Err("an AJP parameter; lb speaks HTTP to members".into()),
         "upgrade" | "mapping" => Err("no lb equivalent".into()),

@@ -2,7 +2,7 @@
 //! `<VirtualHost>`) collects what lb needs; `<Proxy balancer://…>` sections and `BalancerMember`s
 //! are gathered raw, because their parameters may name a `ProxyHCExpr` or `ProxyHCTemplate`
 //! written later. [`super::assemble`] turns it all into listeners and balancers.
-use super::params::{self, Keys, V};
+use super::params::{self, Keys, V, set};
 use super::read::Directive;
 use super::reasons::reason;
 use super::{At, Note};
@@ -191,18 +191,18 @@ impl Walker<'_> {
             "proxyrequests" => self.note(d, "lb is a reverse proxy only, never a forward proxy"),
             "proxytimeout" => self.time(d, |sc, v| sc.proxy_timeout = Some(v), sc),
             "timeout" => self.time(d, |sc, v| {
-                sc.keys.push(("timeout", v.clone()));
+                set(&mut sc.keys, "timeout", v.clone());
                 sc.timeout = Some(v);
             }, sc),
-            "keepalive" => sc.keys.push(("keepalive", V::Bool(arg0.eq_ignore_ascii_case("on")))),
-            "keepalivetimeout" => self.time(d, |sc, v| sc.keys.push(("keepalive_timeout", v)), sc),
+            "keepalive" => set(&mut sc.keys, "keepalive", V::Bool(arg0.eq_ignore_ascii_case("on"))),
+            "keepalivetimeout" => self.time(d, |sc, v| set(&mut sc.keys, "keepalive_timeout", v), sc),
             "maxkeepaliverequests" => self.int(d, "max_keepalive_requests", sc),
             "limitrequestline" => self.int(d, "limit_request_line", sc),
             "limitrequestfieldsize" => self.int(d, "limit_request_field_size", sc),
             "limitrequestfields" => self.int(d, "limit_request_fields", sc),
             "limitrequestbody" => self.int(d, "limit_request_body", sc),
             "maxrequestworkers" | "maxclients" => self.int(d, "max_connections", sc),
-            "requestreadtimeout" => sc.keys.push(("request_read_timeout", V::Str(d.args.join(" ")))),
+            "requestreadtimeout" => set(&mut sc.keys, "request_read_timeout", V::Str(d.args.join(" "))),
             "gracefulshutdowntimeout" => match params::duration(arg0) {
                 Ok(v) => self.found.graceful = Some(v),
                 Err(e) => self.note(d, e),
@@ -212,15 +212,15 @@ impl Walker<'_> {
             "sslcertificatekeyfile" => sc.key = Some(self.path(arg0)),
             "sslcertificatechainfile" => sc.chain = Some(self.path(arg0)),
             "sslproxyengine" => {}
-            "sslproxycacertificatefile" => sc.proxy_tls.push(("ca", V::Str(self.path(arg0)))),
+            "sslproxycacertificatefile" => set(&mut sc.proxy_tls, "ca", V::Str(self.path(arg0))),
             "sslproxyverify" if arg0.eq_ignore_ascii_case("none") || arg0.eq_ignore_ascii_case("optional_no_ca") => {
-                sc.proxy_tls.push(("insecure", V::Bool(true)));
+                set(&mut sc.proxy_tls, "insecure", V::Bool(true));
             }
             "sslproxyverify" => {}
             "sslproxymachinecertificatefile" => {
                 let p = self.path(arg0);
-                sc.proxy_tls.push(("client_cert", V::Str(p.clone())));
-                sc.proxy_tls.push(("client_key", V::Str(p)));
+                set(&mut sc.proxy_tls, "client_cert", V::Str(p.clone()));
+                set(&mut sc.proxy_tls, "client_key", V::Str(p));
             }
             "sslproxycheckpeername" | "sslproxycheckpeercn" if arg0.eq_ignore_ascii_case("on") => {}
             "sslproxycheckpeername" | "sslproxycheckpeercn" => self.note(d, "lb always checks a member's name unless verification is off (insecure = true); set the name to expect with server_name"),
@@ -260,7 +260,7 @@ impl Walker<'_> {
 
     fn int(&mut self, d: &Directive, key: &'static str, sc: &mut Scope) {
         match d.arg(0).unwrap_or("").parse::<i64>() {
-            Ok(n) => sc.keys.push((key, V::Int(n))),
+            Ok(n) => set(&mut sc.keys, key, V::Int(n)),
             Err(_) => self.note(d, "not a whole number"),
         }
     }

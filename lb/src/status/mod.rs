@@ -101,7 +101,7 @@ pub fn report(balancers: &[Arc<Balancer>]) -> StatusReport {
                     .iter()
                     .map(|m| MemberStatus {
                         id: m.id.0,
-                        url: m.url.base(),
+                        url: m.url.to_string(),
                         route: m.config().route.clone(),
                         redirect: m.config().redirect.clone(),
                         lbset: m.lbset(),
@@ -218,7 +218,7 @@ pub fn health(
                             ),
                         };
                         MemberHealth {
-                            url: m.url.base(),
+                            url: m.url.to_string(),
                             endpoint: m.endpoint().map(|e| e.to_string()),
                             state,
                             reason,

@@ -8,8 +8,12 @@ use crate::telemetry::tcp_info::TrackedStream;
 use std::net::{IpAddr, SocketAddr};
 use tokio::net::TcpSocket;
 
-/// Resolve a member's address: literal IPs directly, names through the system resolver.
+/// Resolve a member's address: the address a DNS-named member stands for, literal IPs
+/// directly, other names through the system resolver (until lb's own resolver has answered).
 pub async fn resolve(url: &MemberUrl) -> Result<SocketAddr, UpstreamError> {
+    if let Some(ip) = url.pin {
+        return Ok(SocketAddr::new(ip, url.port));
+    }
     if let Ok(ip) = url.host.parse::<IpAddr>() {
         return Ok(SocketAddr::new(ip, url.port));
     }
