@@ -184,7 +184,15 @@ async fn edit(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> 
     match ask_runtime(&shared.apply, |answer| (Box::new(next), answer), "edit").await {
         Ok(_) => {
             tracing::info!(edit = %summary, "balancer-manager edit applied");
-            reply(StatusCode::OK, "text/plain", format!("{summary}\n"))
+            let state = running.admin.as_ref().and_then(|a| a.state_file.as_deref());
+            let saved = match state.map(|f| (f, crate::persist::record(f, &params))) {
+                None | Some((_, Ok(()))) => String::new(),
+                Some((f, Err(e))) => {
+                    tracing::warn!(file = %f.display(), error = %e, "live edit not saved");
+                    format!(" (not saved to {}: {e}; it lasts until restart)", f.display())
+                }
+            };
+            reply(StatusCode::OK, "text/plain", format!("{summary}{saved}\n"))
         }
         Err(r) => r,
     }

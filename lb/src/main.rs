@@ -226,7 +226,7 @@ fn main() -> ExitCode {
 async fn dispatch(cmd: Cmd) -> Result<ExitCode> {
     match cmd {
         Cmd::Run { config } => {
-            let cfg = load_or_report(&config)?;
+            let cfg = lb::runtime::with_state(load_or_report(&config)?);
             run(&cfg, &config).await?;
             Ok(ExitCode::SUCCESS)
         }

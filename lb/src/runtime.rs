@@ -310,7 +310,7 @@ impl Bound {
                 Some((cfg, answer)) = apply_rx.recv() => (Ok(*cfg), Some(answer)),
                 Some(answer) = reload_rx.recv() => {
                     let next = match &config_path {
-                        Some(p) => Config::load(p).map_err(|e| e.report()),
+                        Some(p) => Config::load(p).map(with_state).map_err(|e| e.report()),
                         None => Err("lb was started without a config file".to_owned()),
                     };
                     (next, Some(answer))
@@ -431,6 +431,16 @@ async fn apply(
         next.listeners.len(),
         next.balancers.len()
     ))
+}
+
+/// The config with the live edits of `[admin] state_file` made again (at start and at each
+/// reload of the file); an edit that no longer applies is logged and skipped.
+pub fn with_state(cfg: Config) -> Config {
+    let (cfg, warnings) = crate::persist::replay(cfg);
+    for w in warnings {
+        tracing::warn!("state file: {w}");
+    }
+    cfg
 }
 
 /// What a reload does not apply, when it changed: said in the reload's answer.

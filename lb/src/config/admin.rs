@@ -99,7 +99,8 @@ impl Validator<'_> {
                 }
             }
         }
-        Some(AdminConfig { bind, token, allow })
+        let state_file = raw.and_then(|a| a.state_file.as_deref()).map(|f| self.file_path(f));
+        Some(AdminConfig { bind, token, allow, state_file })
     }
 }
 

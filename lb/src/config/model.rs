@@ -80,6 +80,9 @@ pub struct AdminConfig {
     pub token: Option<String>,
     /// Source networks admitted at all (Apache's `Require ip`).
     pub allow: Vec<IpNet>,
+    /// Where live edits are kept, to be made again at start and reload (Apache's
+    /// `BalancerPersist`); None: live edits last until the next start or reload.
+    pub state_file: Option<std::path::PathBuf>,
 }
 
 /// A network: an address and a prefix length.

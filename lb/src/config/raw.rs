@@ -31,6 +31,7 @@ pub struct RawAdmin {
     pub token: Option<String>,
     pub token_file: Option<String>,
     pub allow: Option<Vec<String>>,
+    pub state_file: Option<String>,
 }
 
 /// `[access_log]`: where the access log goes and in what format.

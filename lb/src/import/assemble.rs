@@ -13,6 +13,7 @@ pub struct Model {
     pub graceful: Option<V>,
     pub access_log: Option<String>,
     pub heartbeat: Option<String>,
+    pub persist: bool,
     pub listeners: Vec<Listener>,
     pub balancers: Vec<Balancer>,
 }
@@ -87,6 +88,7 @@ pub fn assemble(f: &Found, notes: &mut Vec<Note>) -> Model {
     a.model.graceful = f.graceful.clone();
     a.model.access_log = f.access_log.as_ref().map(|(p, _, _)| p.clone());
     a.model.heartbeat = f.heartbeat.clone();
+    a.model.persist = f.persist;
     a.model
 }
 

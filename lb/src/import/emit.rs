@@ -62,9 +62,16 @@ pub fn emit(m: &Model, main: &Path) -> String {
     let _ =
         writeln!(o, "# lb configuration translated from {} by `lb import-apache`.", main.display());
     let _ = writeln!(o, "# What could not be translated was reported with its file and line.\n");
-    if !m.admin_allow.is_empty() {
-        let nets: Vec<String> = m.admin_allow.iter().map(|n| string(n)).collect();
-        let _ = writeln!(o, "[admin]\nallow = [{}]\n", nets.join(", "));
+    if !m.admin_allow.is_empty() || m.persist {
+        let _ = writeln!(o, "[admin]");
+        if !m.admin_allow.is_empty() {
+            let nets: Vec<String> = m.admin_allow.iter().map(|n| string(n)).collect();
+            let _ = writeln!(o, "allow = [{}]", nets.join(", "));
+        }
+        if m.persist {
+            let _ = writeln!(o, "state_file = \"lb.state\"");
+        }
+        let _ = writeln!(o);
     }
     if let Some(g) = &m.graceful {
         let _ = writeln!(o, "[server]\ngraceful_shutdown_timeout = {}\n", value(g));

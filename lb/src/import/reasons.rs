@@ -36,7 +36,6 @@ pub fn reason(name: &str) -> &'static str {
         | "traceenable" | "serveradmin" | "errordocument" => {
             "no lb equivalent (lb answers errors itself with a short text body)"
         }
-        "balancerpersist" => "live changes last until restart; lb does not persist them",
         "balancerinherit"
         | "proxystatus"
         | "proxyvia"

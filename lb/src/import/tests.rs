@@ -216,8 +216,10 @@ Listen 127.0.0.1:8080
 </Proxy>
 ProxyPass / balancer://b/
 RewriteEngine On
+BalancerPersist On
 "#,
     );
+    assert_eq!(v["admin"]["state_file"].as_str(), Some("lb.state"));
     let allow: Vec<_> =
         v["admin"]["allow"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
     assert!(allow.contains(&"10.1.0.0/16") && allow.contains(&"127.0.0.0/8"), "{allow:?}");

@@ -75,6 +75,8 @@ pub struct Found {
     pub admin_allow: Vec<String>,
     pub access_log: Option<(String, String, At)>,
     pub heartbeat: Option<String>,
+    /// `BalancerPersist On`: live edits kept in a state file.
+    pub persist: bool,
     pub graceful: Option<V>,
     pub growth: Option<V>,
 }
@@ -231,6 +233,8 @@ impl Walker<'_> {
             "servername" => sc.server_name = Some(arg0.to_owned()),
             "serveralias" => {}
             "customlog" | "transferlog" => self.custom_log(d),
+            "balancerpersist" if arg0.eq_ignore_ascii_case("on") => self.found.persist = true,
+            "balancerpersist" => {}
             "heartbeatlisten" => self.found.heartbeat = Some(arg0.to_owned()),
             "balancergrowth" => match params::balancer("growth", arg0) {
                 Ok(params::Mapped::Key(_, v)) => self.found.growth = Some(v),
