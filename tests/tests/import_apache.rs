@@ -200,6 +200,7 @@ async fn a_debian_layout_translates_reports_and_serves_the_same_byrequests_seque
         ("conf-enabled/security.conf", 3, "TraceEnable Off"),
         ("conf-enabled/balancer.conf", 4, "smax=4"),
         ("sites-enabled/default-ssl.conf", 7, "SSLProtocol"),
+        ("ports.conf", 7, "IfModule mod_gnutls.c"),
     ] {
         let l = reported(&report, &site.dir, file, line, what)
             .unwrap_or_else(|| panic!("{file}:{line} ({what}) not reported:\n{report}"));

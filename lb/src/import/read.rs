@@ -157,6 +157,16 @@ impl Reader {
                 if holds != negate {
                     let body = d.body.take().unwrap_or_default();
                     out.extend(self.resolve(body, depth)?);
+                } else if d.body.as_ref().is_some_and(|b| !b.is_empty()) {
+                    let why = match (d.is("IfModule"), negate) {
+                        (true, false) => format!(
+                            "not read: {name} is not loaded by this configuration (on Debian, a2enmod loads it)"
+                        ),
+                        (true, true) => format!("not read: {name} is loaded"),
+                        (false, false) => format!("not read: {name} is not defined"),
+                        (false, true) => format!("not read: {name} is defined"),
+                    };
+                    self.notes.push(Note::of(&d, why));
                 }
                 continue;
             }
