@@ -28,10 +28,56 @@ fn parts(secs: u64) -> (i64, &'static str, u32, u64, u64, u64) {
     (y, month, d, rem / 3600, rem / 60 % 60, rem % 60)
 }
 
-/// `%t`: `[26/Nov/2026:13:58:55 +0000]`.
+/// `%t`: `[26/Nov/2026:13:58:55 +0000]`. The text of the last second is kept: a busy log
+/// writes thousands of lines with the same one.
 fn clf_time(buf: &mut Vec<u8>, at: SystemTime) {
-    let (y, mon, d, h, m, s) = parts(at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()));
-    let _ = write!(buf, "[{d:02}/{mon}/{y}:{h:02}:{m:02}:{s:02} +0000]");
+    thread_local! {
+        static LAST: std::cell::RefCell<(u64, Vec<u8>)> = const {
+            std::cell::RefCell::new((u64::MAX, Vec::new()))
+        };
+    }
+    let secs = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    LAST.with_borrow_mut(|(last, text)| {
+        if *last != secs {
+            let (y, mon, d, h, m, s) = parts(secs);
+            text.clear();
+            let _ = write!(text, "[{d:02}/{mon}/{y}:{h:02}:{m:02}:{s:02} +0000]");
+            *last = secs;
+        }
+        buf.extend_from_slice(text);
+    });
+}
+
+/// A number in decimal, without going through `core::fmt`.
+fn push_u64(buf: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    buf.extend_from_slice(&digits[i..]);
+}
+
+/// The client address (`%h`).
+fn push_ip(buf: &mut Vec<u8>, ip: std::net::IpAddr) {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            for (i, o) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    buf.push(b'.');
+                }
+                push_u64(buf, u64::from(o));
+            }
+        }
+        std::net::IpAddr::V6(v6) => {
+            let _ = write!(buf, "{v6}");
+        }
+    }
 }
 
 /// A time for pages: `26-Nov-2026 13:58:55 UTC`.
@@ -100,11 +146,38 @@ fn field(buf: &mut Vec<u8>, key: &str, v: Option<&str>) {
 }
 
 fn number(buf: &mut Vec<u8>, key: &str, n: u64) {
-    let _ = write!(buf, " {key}={n}");
+    buf.push(b' ');
+    buf.extend_from_slice(key.as_bytes());
+    buf.push(b'=');
+    push_u64(buf, n);
+}
+
+/// The member as its URL (`http://host:port/path`), written in place.
+fn member_field(buf: &mut Vec<u8>, m: Option<&crate::balancer::Member>) {
+    buf.extend_from_slice(b" member=");
+    let Some(m) = m else {
+        buf.push(b'-');
+        return;
+    };
+    let u = &m.url;
+    buf.extend_from_slice(u.scheme.as_str().as_bytes());
+    buf.extend_from_slice(b"://");
+    let v6 = u.host.contains(':');
+    if v6 {
+        buf.push(b'[');
+    }
+    buf.extend_from_slice(u.host.as_bytes());
+    if v6 {
+        buf.push(b']');
+    }
+    buf.push(b':');
+    push_u64(buf, u64::from(u.port));
+    buf.extend_from_slice(u.path.as_bytes());
 }
 
 fn http_combined(buf: &mut Vec<u8>, r: &HttpRecord) {
-    let _ = write!(buf, "{} - - ", r.client.ip());
+    push_ip(buf, r.client.ip());
+    buf.extend_from_slice(b" - - ");
     clf_time(buf, r.at);
     // "%r": the request line, as one quoted value.
     buf.extend_from_slice(b" \"");
@@ -114,11 +187,13 @@ fn http_combined(buf: &mut Vec<u8>, r: &HttpRecord) {
     buf.push(b' ');
     buf.extend_from_slice(version(r.version).as_bytes());
     buf.push(b'"');
-    let _ = write!(buf, " {} ", r.status.as_u16());
+    buf.push(b' ');
+    push_u64(buf, u64::from(r.status.as_u16()));
+    buf.push(b' ');
     if r.bytes == 0 {
         buf.push(b'-');
     } else {
-        let _ = write!(buf, "{}", r.bytes);
+        push_u64(buf, r.bytes);
     }
     buf.push(b' ');
     quoted(buf, r.referer.as_ref().map_or(b"-", |v| v.as_bytes()));
@@ -127,8 +202,7 @@ fn http_combined(buf: &mut Vec<u8>, r: &HttpRecord) {
     let v = &r.balancer_values;
     field(buf, "listener", Some(&r.listener));
     field(buf, "balancer", r.balancer.as_deref());
-    let member = r.member.as_ref().map(|m| m.url.base());
-    field(buf, "member", member.as_deref());
+    member_field(buf, r.member.as_deref());
     number(buf, "attempts", u64::from(r.attempts));
     field(buf, "route", v.worker_route.as_deref());
     field(buf, "session_sticky", v.session_sticky.as_deref());
@@ -212,6 +286,30 @@ mod tests {
         let mut b = Vec::new();
         clf_time(&mut b, UNIX_EPOCH + std::time::Duration::from_secs(1_795_701_535));
         assert_eq!(String::from_utf8(b).unwrap(), "[26/Nov/2026:13:58:55 +0000]");
+    }
+
+    #[test]
+    fn numbers_and_addresses_read_as_std_writes_them() {
+        for n in [0, 7, 10, 99, 100, 65_535, 1_000_000_007, u64::MAX] {
+            let mut b = Vec::new();
+            push_u64(&mut b, n);
+            assert_eq!(b, n.to_string().as_bytes());
+        }
+        for ip in ["0.0.0.0", "127.0.0.1", "255.255.255.255", "10.20.3.40", "::1", "2001:db8::7"] {
+            let ip: std::net::IpAddr = ip.parse().unwrap();
+            let mut b = Vec::new();
+            push_ip(&mut b, ip);
+            assert_eq!(b, ip.to_string().as_bytes());
+        }
+        // The kept second is the one asked for, also after a change.
+        for secs in [1_700_000_000u64, 1_700_000_000, 1_700_000_001] {
+            let at = UNIX_EPOCH + std::time::Duration::from_secs(secs);
+            let mut b = Vec::new();
+            clf_time(&mut b, at);
+            let (y, mon, d, h, m, s) = parts(secs);
+            let want = format!("[{d:02}/{mon}/{y}:{h:02}:{m:02}:{s:02} +0000]");
+            assert_eq!(String::from_utf8(b).unwrap(), want);
+        }
     }
 
     #[test]
