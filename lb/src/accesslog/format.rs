@@ -134,7 +134,7 @@ fn version(v: http::Version) -> &'static str {
 }
 
 fn target(r: &HttpRecord) -> &str {
-    r.target.as_ref().map_or("-", |t| t.as_str())
+    r.text.target().unwrap_or("-")
 }
 
 /// `key=value` with a dash for nothing.
@@ -196,9 +196,9 @@ fn http_combined(buf: &mut Vec<u8>, r: &HttpRecord) {
         push_u64(buf, r.bytes);
     }
     buf.push(b' ');
-    quoted(buf, r.referer.as_ref().map_or(b"-", |v| v.as_bytes()));
+    quoted(buf, r.text.referer().unwrap_or(b"-"));
     buf.push(b' ');
-    quoted(buf, r.user_agent.as_ref().map_or(b"-", |v| v.as_bytes()));
+    quoted(buf, r.text.user_agent().unwrap_or(b"-"));
     let v = &r.balancer_values;
     field(buf, "listener", Some(&r.listener));
     field(buf, "balancer", r.balancer.as_deref());
@@ -214,9 +214,7 @@ fn http_combined(buf: &mut Vec<u8>, r: &HttpRecord) {
 }
 
 fn http_json(buf: &mut Vec<u8>, r: &HttpRecord) {
-    let text = |v: &Option<http::HeaderValue>| {
-        v.as_ref().map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-    };
+    let text = |v: Option<&[u8]>| v.map(|v| String::from_utf8_lossy(v).into_owned());
     let v = &r.balancer_values;
     let secs = r.at.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
     let obj = serde_json::json!({
@@ -229,8 +227,8 @@ fn http_json(buf: &mut Vec<u8>, r: &HttpRecord) {
         "version": version(r.version),
         "status": r.status.as_u16(),
         "bytes": r.bytes,
-        "referer": text(&r.referer),
-        "user_agent": text(&r.user_agent),
+        "referer": text(r.text.referer()),
+        "user_agent": text(r.text.user_agent()),
         "balancer": r.balancer.as_deref(),
         "member": r.member.as_ref().map(|m| m.url.base()),
         "attempts": r.attempts,

@@ -16,7 +16,7 @@ pub use format::utc;
 
 use crate::config::{AccessLogConfig, AccessLogFormat};
 use crossbeam_queue::ArrayQueue;
-use http::{HeaderValue, Method, StatusCode, Version};
+use http::{Method, StatusCode, Version};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
@@ -44,11 +44,9 @@ pub struct HttpRecord {
     pub listener: Arc<str>,
     pub client: SocketAddr,
     pub method: Method,
-    /// The request target as received (path and query); a cheap clone of the request's.
-    pub target: Option<http::uri::PathAndQuery>,
+    /// The request target, Referer and User-Agent.
+    pub text: RequestText,
     pub version: Version,
-    pub referer: Option<HeaderValue>,
-    pub user_agent: Option<HeaderValue>,
     pub status: StatusCode,
     pub balancer: Option<Arc<str>>,
     /// The member of the last attempt (its name is written by the log's thread).
@@ -65,6 +63,50 @@ pub struct HttpRecord {
     pub bytes: u64,
     /// False when the client went away before the body ended.
     pub complete: bool,
+}
+
+/// The request target (path and query), Referer and User-Agent, copied out of the request into
+/// one small allocation. Shared references would be cheaper to take, but they point into hyper's
+/// read buffer and would keep that whole buffer (8 KiB and more) alive until the writer has run:
+/// at 50,000 requests a second that held about 10 MiB.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RequestText {
+    bytes: Box<[u8]>,
+    /// Where each part ends in `bytes`; None: the request had none.
+    ends: [Option<u32>; 3],
+}
+
+impl RequestText {
+    pub fn new(target: Option<&str>, referer: Option<&[u8]>, user_agent: Option<&[u8]>) -> Self {
+        let parts = [target.map(str::as_bytes), referer, user_agent];
+        let mut bytes = Vec::with_capacity(parts.iter().flatten().map(|p| p.len()).sum());
+        let mut ends = [None; 3];
+        for (end, part) in ends.iter_mut().zip(parts) {
+            if let Some(p) = part {
+                bytes.extend_from_slice(p);
+                *end = u32::try_from(bytes.len()).ok();
+            }
+        }
+        RequestText { bytes: bytes.into_boxed_slice(), ends }
+    }
+
+    fn part(&self, i: usize) -> Option<&[u8]> {
+        let end = self.ends[i]? as usize;
+        let start = self.ends[..i].iter().rev().flatten().next().map_or(0, |&e| e as usize);
+        self.bytes.get(start..end)
+    }
+
+    pub fn target(&self) -> Option<&str> {
+        self.part(0).and_then(|t| std::str::from_utf8(t).ok())
+    }
+
+    pub fn referer(&self) -> Option<&[u8]> {
+        self.part(1)
+    }
+
+    pub fn user_agent(&self) -> Option<&[u8]> {
+        self.part(2)
+    }
 }
 
 /// One TCP connection.
@@ -217,4 +259,25 @@ fn write(log: &AccessLog, out: &mut Box<dyn Write + Send>, buf: &mut Vec<u8>, li
     }
     buf.clear();
     *lines = 0;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RequestText;
+
+    #[test]
+    fn request_text_gives_back_each_part_it_was_given() {
+        let t = RequestText::new(Some("/a?b=1"), None, Some(b"curl/8"));
+        assert_eq!(
+            (t.target(), t.referer(), t.user_agent()),
+            (Some("/a?b=1"), None, Some(&b"curl/8"[..]))
+        );
+        let t = RequestText::new(None, Some(b"https://r/"), Some(b""));
+        assert_eq!(
+            (t.target(), t.referer(), t.user_agent()),
+            (None, Some(&b"https://r/"[..]), Some(&b""[..]))
+        );
+        let t = RequestText::default();
+        assert_eq!((t.target(), t.referer(), t.user_agent()), (None, None, None));
+    }
 }

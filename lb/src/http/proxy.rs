@@ -94,7 +94,7 @@ impl HttpProxy {
         start: Instant,
     ) -> Option<Box<AccessRecord>> {
         self.access_log.then(|| {
-            let header = |h| req.and_then(|r| r.headers().get(h)).cloned();
+            let header = |h| req.and_then(|r| r.headers().get(h)).map(|v| v.as_bytes());
             Box::new(AccessRecord {
                 listener: Arc::clone(&self.name),
                 client: peer,
@@ -102,10 +102,12 @@ impl HttpProxy {
                     || Method::from_bytes(b"-").unwrap_or_default(),
                     |r| r.method().clone(),
                 ),
-                target: req.and_then(|r| r.uri().path_and_query().cloned()),
+                text: crate::accesslog::RequestText::new(
+                    req.and_then(|r| r.uri().path_and_query()).map(|p| p.as_str()),
+                    header(header::REFERER),
+                    header(header::USER_AGENT),
+                ),
                 version: req.map_or(Version::HTTP_11, |r| r.version()),
-                referer: header(header::REFERER),
-                user_agent: header(header::USER_AGENT),
                 status: StatusCode::OK,
                 balancer: None,
                 member: None,
