@@ -172,7 +172,10 @@ async fn serve_http<S>(
         let state = Arc::clone(&state);
         let counted = stats.request();
         async move {
-            let resp = svc.proxy.handle(req, &state).await;
+            // The handler's state is large (routing, failover, the member exchange); boxed, it
+            // is allocated once instead of copied each time hyper moves an h2 stream's future
+            // (created, wrapped, spawned: several moves per request).
+            let resp = Box::pin(svc.proxy.handle(req, &state)).await;
             let shared = Arc::clone(&state.shared);
             Ok::<_, Infallible>(resp.map(|body| Answer { body, shared, counted }))
         }
