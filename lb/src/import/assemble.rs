@@ -165,21 +165,8 @@ impl Assembler<'_> {
     }
 
     fn member(&mut self, url: &str, ps: &[String], at: &At, defaults: &[String]) -> Option<Member> {
-        let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
-        match scheme.as_deref() {
-            Some("http" | "https") => {}
-            Some(s) => {
-                let why = format!(
-                    "{s}:// members: lb speaks HTTP and HTTPS to members (and TCP on tcp listeners); this member is left out"
-                );
-                self.note(at, format!("BalancerMember {url}"), why);
-                return None;
-            }
-            None => {
-                self.note(at, format!("BalancerMember {url}"), "not a URL; left out");
-                return None;
-            }
-        }
+        let url = self.member_url(url, at, &format!("BalancerMember {url}"))?;
+        let url = url.as_str();
         let mut keys = Vec::new();
         let sets = self.f.member_sets.iter().filter(|(u, _, _)| same_url(u, url));
         let later: Vec<(String, At)> =
@@ -209,6 +196,37 @@ impl Assembler<'_> {
             self.member_param(p, a, &mut keys);
         }
         Some(Member { url: url.to_owned(), at: at.clone(), keys })
+    }
+
+    /// A member URL as lb writes it: `http(s)://` as is; `ws(s)://` (mod_proxy_wstunnel) and
+    /// `h2c://`/`h2://` (mod_proxy_http2) as `http(s)://`, with a note; anything else (ajp,
+    /// fcgi, unix sockets) reported and left out.
+    pub(super) fn member_url(&mut self, url: &str, at: &At, label: &str) -> Option<String> {
+        let Some((scheme, rest)) = url.split_once("://") else {
+            self.note(at, label.to_owned(), "not a URL; left out");
+            return None;
+        };
+        let (to, why) = match scheme.to_ascii_lowercase().as_str() {
+            "http" | "https" => return Some(url.to_owned()),
+            "ws" => {
+                ("http", "written as http://: lb passes WebSocket upgrades through to HTTP members")
+            }
+            "wss" => (
+                "https",
+                "written as https://: lb passes WebSocket upgrades through to HTTPS members",
+            ),
+            "h2c" => ("http", "written as http://: lb speaks HTTP/1.1 to members"),
+            "h2" => ("https", "written as https://: lb speaks HTTP/1.1 (over TLS) to members"),
+            s => {
+                let why = format!(
+                    "{s}:// members: lb speaks HTTP and HTTPS to members (and TCP on tcp listeners); left out"
+                );
+                self.note(at, label.to_owned(), why);
+                return None;
+            }
+        };
+        self.note(at, label.to_owned(), why);
+        Some(format!("{to}://{rest}"))
     }
 
     pub(super) fn member_param(&mut self, p: &str, at: &At, keys: &mut Keys) {

@@ -183,7 +183,8 @@ impl Assembler<'_> {
                 || timeout.is_some()
                 || (!tls.is_empty() && p.target.starts_with("https://"));
             if !needs_balancer {
-                return Some(p.target.clone());
+                let label = format!("ProxyPass {} {}", p.path, p.target);
+                return self.member_url(&p.target, &p.at, &label);
             }
             let (origin, path) = split_origin(&p.target);
             let name: String = origin

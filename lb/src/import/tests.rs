@@ -133,9 +133,20 @@ ProxyPass "/" "balancer://mycluster/" stickysession=JSESSIONID|jsessionid nofail
     BalancerMember "http://1.2.3.6:8009" loadfactor=5
 </Proxy>
 ProxyPass "/mirror/foo/i" "!"
+ProxyPass "/ws" "ws://127.0.0.1:9001/ws"
+ProxyPass "/fcgi" "fcgi://127.0.0.1:9000/"
 "#,
     );
     let routes = v["listener"][0]["proxy_pass"].as_array().unwrap();
+    // mod_proxy_wstunnel's ws:// is an HTTP member to lb (it passes upgrades through); fcgi is not.
+    let ws = routes.iter().find(|r| r["path"].as_str() == Some("/ws")).expect("ws route");
+    assert_eq!(ws["to"].as_str(), Some("http://127.0.0.1:9001/ws"));
+    assert!(
+        noted(&notes, "ProxyPass /ws ws://").is_some_and(|n| n.why.contains("WebSocket")),
+        "{notes:?}"
+    );
+    assert!(!routes.iter().any(|r| r["path"].as_str() == Some("/fcgi")));
+    assert_eq!(noted(&notes, "ProxyPass /fcgi").expect("fcgi reported").at.line, 12);
     let special = routes.iter().find(|r| r["path"].as_str() == Some("/special-area")).unwrap();
     let name = special["to"].as_str().unwrap().strip_prefix("balancer://").unwrap();
     let sb = &v["balancer"][name];
