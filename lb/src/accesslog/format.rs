@@ -152,29 +152,6 @@ fn number(buf: &mut Vec<u8>, key: &str, n: u64) {
     push_u64(buf, n);
 }
 
-/// The member as its URL (`http://host:port/path`), written in place.
-fn member_field(buf: &mut Vec<u8>, m: Option<&crate::balancer::Member>) {
-    buf.extend_from_slice(b" member=");
-    let Some(m) = m else {
-        buf.push(b'-');
-        return;
-    };
-    let u = &m.url;
-    buf.extend_from_slice(u.scheme.as_str().as_bytes());
-    buf.extend_from_slice(b"://");
-    let v6 = u.host.contains(':');
-    if v6 {
-        buf.push(b'[');
-    }
-    buf.extend_from_slice(u.host.as_bytes());
-    if v6 {
-        buf.push(b']');
-    }
-    buf.push(b':');
-    push_u64(buf, u64::from(u.port));
-    buf.extend_from_slice(u.path.as_bytes());
-}
-
 fn http_combined(buf: &mut Vec<u8>, r: &HttpRecord) {
     push_ip(buf, r.client.ip());
     buf.extend_from_slice(b" - - ");
@@ -202,7 +179,7 @@ fn http_combined(buf: &mut Vec<u8>, r: &HttpRecord) {
     let v = &r.balancer_values;
     field(buf, "listener", Some(&r.listener));
     field(buf, "balancer", r.balancer.as_deref());
-    member_field(buf, r.member.as_deref());
+    field(buf, "member", r.member.as_deref().map(|m| m.base()));
     number(buf, "attempts", u64::from(r.attempts));
     field(buf, "route", v.worker_route.as_deref());
     field(buf, "session_sticky", v.session_sticky.as_deref());
@@ -230,7 +207,7 @@ fn http_json(buf: &mut Vec<u8>, r: &HttpRecord) {
         "referer": text(r.text.referer()),
         "user_agent": text(r.text.user_agent()),
         "balancer": r.balancer.as_deref(),
-        "member": r.member.as_ref().map(|m| m.url.base()),
+        "member": r.member.as_deref().map(|m| m.base()),
         "attempts": r.attempts,
         "route": v.worker_route,
         "session_sticky": v.session_sticky,

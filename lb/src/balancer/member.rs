@@ -67,6 +67,8 @@ pub struct Member {
     pub id: MemberId,
     /// The URL, part of the member's identity (with its balancer).
     pub url: MemberUrl,
+    /// `url.base()`, made once: the access log writes it on every line.
+    base: Box<str>,
     settings: ArcSwap<MemberConfig>,
     /// Apache `loadfactor` ×100 and `lbset`: live-editable, read on every pick.
     lbfactor: AtomicU32,
@@ -113,6 +115,7 @@ impl Member {
         Member {
             id: MemberId::next(),
             url: config.url.clone(),
+            base: config.url.base().into(),
             lbfactor: AtomicU32::new(config.lbfactor),
             lbset: AtomicU32::new(config.lbset),
             slots: ArcSwapOption::new(config.max.map(|m| Arc::new(Semaphore::new(m as usize)))),
@@ -271,7 +274,12 @@ impl Member {
     }
 
     pub fn name(&self) -> String {
-        self.url.base()
+        self.base.to_string()
+    }
+
+    /// The URL as written back (`http://host:port/path`), without a DNS member's address.
+    pub fn base(&self) -> &str {
+        &self.base
     }
 
     pub fn flags(&self) -> StatusFlags {
