@@ -42,7 +42,17 @@ pub(super) fn apply(
         Transition::Suspected(why) => {
             tracing::debug!(%balancer, %member, why = %why, "member suspect: probing")
         }
-        Transition::Cleared => tracing::debug!(%balancer, %member, "suspicion cleared"),
+        Transition::Cleared => {
+            // Probes passed and the evidence is all but gone: what raised the suspicion was
+            // noise (a CPU hiccup on lb's host, one lost packet), not a symptom this member
+            // shares with its peers. Left in place, it would keep the member counted as
+            // symptomatic for `LOAD_WINDOW`, and hold back the ejection of a member that is
+            // really sick as "load".
+            if w.evidence.score() < super::SYMPTOM {
+                w.last_symptom = None;
+            }
+            tracing::debug!(%balancer, %member, "suspicion cleared")
+        }
         Transition::Withheld(reason) if m.health_note().is_none_or(|n| n.state != "sick") => {
             tracing::warn!(
                 %balancer, %member, reason = %reason,

@@ -367,4 +367,77 @@ mod tests {
         assert_eq!(new.members[0].health_note().unwrap().state, "probation");
         assert!(new.members[0].usable());
     }
+
+    fn probe(ok: bool) -> ProbeResult {
+        ProbeResult {
+            ok,
+            connect: ok.then_some(Duration::from_micros(50)),
+            took: Duration::from_micros(100),
+            requests: 1,
+            timed_out: !ok,
+            detail: if ok { "ok in 0.1 ms" } else { "timed out" }.into(),
+        }
+    }
+
+    /// Three members that have each answered a probe, stepped once.
+    fn answering_trio() -> (Arc<Balancer>, Monitor, Snapshot) {
+        let heartbeats = Arc::new(crate::balancer::heartbeat::Heartbeats::default());
+        let b = Arc::new(Balancer::new(&config(&[1, 2, 3]), false, heartbeats));
+        let mut monitor = Monitor::default();
+        let snap = Snapshot::default();
+        monitor.evaluate(std::slice::from_ref(&b), &snap, Instant::now());
+        for m in &b.members {
+            monitor.probed(std::slice::from_ref(&b), m.id, now_ms(), probe(true));
+        }
+        monitor.evaluate(std::slice::from_ref(&b), &snap, Instant::now());
+        (b, monitor, snap)
+    }
+
+    fn state(b: &Balancer, i: usize) -> &'static str {
+        b.members[i].health_note().map_or("-", |n| n.state)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn symptoms_most_members_share_are_load_not_sickness() {
+        let (b, mut monitor, snap) = answering_trio();
+        let bs = std::slice::from_ref(&b);
+        for i in [1, 2] {
+            for _ in 0..2 {
+                monitor.probed(bs, b.members[i].id, now_ms(), probe(false));
+            }
+        }
+        tokio::time::advance(STEP).await;
+        monitor.evaluate(bs, &snap, Instant::now());
+        assert_eq!((state(&b, 1), state(&b, 2)), ("loaded", "loaded"));
+        assert!(b.members.iter().all(|m| m.usable()), "nobody ejected");
+    }
+
+    /// A healthy member's lone failed probe (lb's host was busy for a moment) makes it suspect;
+    /// passing probes clear it. From then on it no longer counts as sharing a symptom, so a
+    /// really sick member is ejected at once instead of being held as "load" for the whole
+    /// `LOAD_WINDOW`.
+    #[tokio::test(start_paused = true)]
+    async fn a_suspicion_probes_cleared_is_not_a_shared_symptom() {
+        let (b, mut monitor, snap) = answering_trio();
+        let bs = std::slice::from_ref(&b);
+        let (noisy, sick) = (b.members[0].id, b.members[2].id);
+        monitor.probed(bs, noisy, now_ms(), probe(false));
+        for _ in 0..2 {
+            monitor.probed(bs, sick, now_ms(), probe(false));
+        }
+        tokio::time::advance(STEP).await;
+        monitor.evaluate(bs, &snap, Instant::now());
+        assert_eq!(state(&b, 0), "suspect");
+        assert_eq!(state(&b, 2), "loaded", "two of three show symptoms");
+        let start = Instant::now();
+        while state(&b, 2) != "ejected" {
+            assert!(start.elapsed() < LOAD_WINDOW / 5, "still {}", state(&b, 2));
+            monitor.probed(bs, noisy, now_ms(), probe(true));
+            monitor.probed(bs, sick, now_ms(), probe(false));
+            tokio::time::advance(BURST_GAP).await;
+            monitor.evaluate(bs, &snap, Instant::now());
+        }
+        assert_eq!(state(&b, 0), "healthy", "its suspicion was cleared");
+        assert!(!b.members[2].usable());
+    }
 }
