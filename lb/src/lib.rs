@@ -80,6 +80,7 @@ pub mod errors;
 pub mod health;
 pub mod http;
 pub mod import;
+pub mod memory;
 pub mod persist;
 pub mod routing;
 pub mod runtime;

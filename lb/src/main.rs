@@ -185,6 +185,7 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
+    lb::memory::one_arena();
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         // rustls warns about peers' protocol quirks (an IP address sent as SNI, …) once per

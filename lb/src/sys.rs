@@ -29,8 +29,10 @@ pub fn descriptors_wanted(cfg: &Config) -> u64 {
     cfg.listeners.iter().map(|l| 2 * l.max_connections as u64).sum::<u64>() + 256
 }
 
-/// Raise NOFILE and warn when the listeners' `max_connections` could still run out of it.
+/// Raise NOFILE and warn when the listeners' `max_connections` could still run out of it; start
+/// returning free memory after load ([`crate::memory`]).
 pub fn prepare(cfg: &Config) {
+    crate::memory::start();
     match raise_nofile() {
         Ok(limit) if limit < descriptors_wanted(cfg) => tracing::warn!(
             limit,

@@ -177,3 +177,94 @@ async fn lb_raises_its_open_file_limit_to_the_hard_limit() {
     drop(lb);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Anonymous resident memory of a process (its heap and stacks; not the binary's pages).
+fn rss_anon_kib(pid: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("RssAnon")
+}
+
+/// What each connection carrying 1 MiB bodies may add to lb's memory at peak (README: tested
+/// bound): the member connection's read buffer (128 KiB) and what waits to be written to the
+/// client, with room for the allocator's rounding.
+const LARGE_BODY_CONN_KIB_BOUND: u64 = 512;
+/// How close to its idle level lb's memory must come once the load is over.
+const RETURNED_KIB_BOUND: u64 = 4 * 1024;
+
+/// 50 keep-alive clients fetch 1 MiB bodies through lb: its memory grows by a bounded amount per
+/// connection, and once the load is over and its connections are closed, lb's memory goes back
+/// to the kernel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_bodies_cost_bounded_memory_that_is_returned_after_load() {
+    const CLIENTS: u64 = 50;
+    const EACH: usize = 8;
+    let mut m = Member::start_with("big", Some(1 << 20)).await;
+    let dir = std::env::temp_dir().join(format!("lb-bigmem-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("lb.toml");
+    std::fs::write(&file, config(&members(&[(&m.url(), "")]))).expect("config");
+    let lb = lb_tests::process::LbProcess::start(&file);
+    let url = format!("http://{}/", lb.addr("listening (http)"));
+    assert_eq!(get(&url).await.body.len(), 1 << 20);
+    let idle = rss_anon_kib(&lb.pid);
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (pid, done) = (lb.pid.clone(), done.clone());
+        tokio::spawn(async move {
+            let mut peak = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(rss_anon_kib(&pid));
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            peak
+        })
+    };
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..CLIENTS {
+        let url = url.clone();
+        set.spawn(async move {
+            let c = client();
+            for _ in 0..EACH {
+                let req = http::Request::get(&url).body(full(bytes::Bytes::new())).expect("req");
+                let r = send(&c, req).await.expect("GET through lb");
+                assert_eq!((r.status, r.body.len()), (200, 1 << 20));
+            }
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r.expect("client");
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak = sampler.await.expect("sampler");
+    let grown = peak.saturating_sub(idle);
+    // The member connections lb keeps for reuse hold their buffers until they close (at the
+    // member's keep-alive timeout; here the member goes away).
+    m.kill().await;
+    let returned = eventually(Duration::from_secs(10), || async {
+        let now = rss_anon_kib(&lb.pid);
+        (now <= idle + RETURNED_KIB_BOUND).then_some(now)
+    })
+    .await;
+    println!(
+        "{CLIENTS} clients x {EACH} x 1 MiB: lb anonymous RSS {idle} KiB idle, {peak} KiB at peak \
+         ({} KiB per connection), after: {returned:?} KiB",
+        grown / CLIENTS
+    );
+    assert!(
+        grown <= CLIENTS * LARGE_BODY_CONN_KIB_BOUND,
+        "{} KiB per connection at peak (bound {LARGE_BODY_CONN_KIB_BOUND} KiB)",
+        grown / CLIENTS
+    );
+    assert!(
+        returned.is_some(),
+        "lb kept {} KiB over its idle {idle} KiB after the load",
+        rss_anon_kib(&lb.pid) - idle
+    );
+    drop(lb);
+    let _ = std::fs::remove_dir_all(&dir);
+}
