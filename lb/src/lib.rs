@@ -27,7 +27,7 @@
 //! admin (/status, /health, /heartbeat, /reload) ─▶ state::Shared ─▶ status (reports)
 //! ```
 //! `import` (`lb import-apache`) stands apart: it turns Apache's config into lb's TOML text.
-//! Module layering, leaves first: `config`, `errors`, `shutdown`, `import` → `sys`, `telemetry`, `conn`,
+//! Module layering, leaves first: `config`, `errors`, `shutdown`, `import`, `memory` → `sys`, `telemetry`, `conn`,
 //! `tls`, `accesslog` → `balancer` → `health`, `upstream`, `status`, `state` → `http`, `tcp`, `admin` →
 //! `routing` → `runtime`.
 /// `AsyncWrite` for a stream wrapper that writes straight through to its `inner` field (it only
