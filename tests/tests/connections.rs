@@ -48,14 +48,19 @@ async fn at_max_connections_accepting_pauses_until_one_closes() {
     lb.stop().await;
 }
 
-fn rss_kib(pid: &str) -> u64 {
+/// A `KiB` line of `/proc/PID/status` (`VmRSS`, `RssAnon`, …).
+fn status_kib(pid: &str, key: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
-        .expect("VmRSS")
+        .unwrap_or_else(|| panic!("{key} in /proc/{pid}/status"))
+}
+
+fn rss_kib(pid: &str) -> u64 {
+    status_kib(pid, "VmRSS")
 }
 
 /// What 10,000 idle keep-alive clients may cost lb, per connection (README: tested bound).
@@ -180,13 +185,7 @@ async fn lb_raises_its_open_file_limit_to_the_hard_limit() {
 
 /// Anonymous resident memory of a process (its heap and stacks; not the binary's pages).
 fn rss_anon_kib(pid: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("RssAnon:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("RssAnon")
+    status_kib(pid, "RssAnon")
 }
 
 /// What each connection carrying 1 MiB bodies may add to lb's memory at peak (README: tested
