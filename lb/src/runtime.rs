@@ -301,12 +301,21 @@ impl Bound {
         }
         let mut answers = crate::dns::Answers::new();
         let mut draining: Vec<JoinHandle<()>> = Vec::new();
+        let mut purge = tokio::time::interval(crate::upstream::pool::PURGE_EVERY);
+        purge.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
         loop {
             // A reload (with someone waiting for its answer), or new DNS answers (the running
             // config again, members re-expanded).
             let (next, answer) = tokio::select! {
                 _ = &mut shutdown => break,
+                _ = purge.tick() => {
+                    let closed: usize = routing.upstreams.values().map(|u| u.purge_idle()).sum();
+                    if closed > 0 {
+                        tracing::debug!(closed, "idle member connections nobody needed closed");
+                    }
+                    continue;
+                }
                 Some((cfg, answer)) = apply_rx.recv() => (Ok(*cfg), Some(answer)),
                 Some(answer) = reload_rx.recv() => {
                     let next = match &config_path {

@@ -105,6 +105,8 @@ pub struct Member {
     pub hits: Arc<AtomicU64>,
     /// Connections that carried a request (not a health probe) since start (all incarnations).
     pub conns: Arc<AtomicU64>,
+    /// Of those, the ones open now.
+    pub open: Arc<AtomicU64>,
     /// lb's health probes (`OPTIONS *`) answered since start; not in `hits`.
     pub probes: Arc<AtomicU64>,
     /// TLS handshakes that completed (https members).
@@ -161,6 +163,7 @@ impl Member {
             delay,
             hits,
             conns,
+            open: Arc::default(),
             probes: Arc::default(),
             tls_ok: Arc::default(),
             tls: None,
@@ -186,6 +189,7 @@ impl Member {
         let delay = self.delay;
         let hits = Arc::clone(&self.hits);
         let conns_seen = Arc::clone(&self.conns);
+        let open = Arc::clone(&self.open);
         let probes = Arc::clone(&self.probes);
         let tls_ok = Arc::clone(&self.tls_ok);
         let tls = self.tls.clone();
@@ -201,12 +205,15 @@ impl Member {
                         // Counted once it carries a request that is not a health probe.
                         let (seen, counted) = (Arc::clone(&conns_seen), Arc::new(AtomicBool::new(false)));
                         let probes = Arc::clone(&probes);
+                        let (open, counted_at_end) = (Arc::clone(&open), Arc::clone(&counted));
                         conns.spawn(async move {
+                            let open_at_end = Arc::clone(&open);
                             let svc = service_fn(move |req: Request<Incoming>| {
                                 if is_probe(&req) {
                                     probes.fetch_add(1, Ordering::Relaxed);
                                 } else if !counted.swap(true, Ordering::Relaxed) {
                                     seen.fetch_add(1, Ordering::Relaxed);
+                                    open.fetch_add(1, Ordering::Relaxed);
                                 }
                                 let (name, hits) = (Arc::clone(&name), Arc::clone(&hits));
                                 async move { answer(req, &name, size, delay, addr, &hits).await }
@@ -221,6 +228,9 @@ impl Member {
                                     tls_ok.fetch_add(1, Ordering::Relaxed);
                                     let _ = b.serve_connection(TokioIo::new(s), svc).with_upgrades().await;
                                 }
+                            }
+                            if counted_at_end.load(Ordering::Relaxed) {
+                                open_at_end.fetch_sub(1, Ordering::Relaxed);
                             }
                         });
                     }

@@ -121,3 +121,35 @@ async fn ipv6_listener_and_member() {
     assert!(r.text().contains(&format!("host: {}", m.addr)), "{}", r.text());
     lb.stop().await;
 }
+
+/// A pool grown by a burst shrinks back once the burst is over: every 5 s lb closes half of the
+/// idle member connections that no request needed in the last 5 s.
+#[tokio::test]
+async fn idle_connections_nobody_needs_are_closed_half_at_a_time() {
+    const BURST: u64 = 8;
+    let m = Member::start("m").await;
+    let lb = Lb::start(&config(&members(&[(&m.url(), "")]))).await;
+    // Requests at once, each long enough that none can reuse another's connection.
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..BURST {
+        let url = lb.url("/sleep/300");
+        set.spawn(async move { get(&url).await.status });
+    }
+    while let Some(status) = set.join_next().await {
+        assert_eq!(status.expect("request"), 200);
+    }
+    assert_eq!(m.open.load(Relaxed), BURST, "one member connection per request, kept idle");
+    // The first purge after the burst closes half (at most one period passes with the burst
+    // in it, then one with nothing), and later ones the rest.
+    let halved = eventually(Duration::from_secs(12), || async {
+        (m.open.load(Relaxed) <= BURST / 2).then_some(())
+    })
+    .await;
+    assert!(halved.is_some(), "still {} idle member connections", m.open.load(Relaxed));
+    assert!(m.open.load(Relaxed) > 0, "halved, not all closed at once");
+    let drained =
+        eventually(Duration::from_secs(25), || async { (m.open.load(Relaxed) == 0).then_some(()) })
+            .await;
+    assert!(drained.is_some(), "still {} idle member connections", m.open.load(Relaxed));
+    lb.stop().await;
+}

@@ -52,6 +52,11 @@ impl Upstream {
         Upstream { name: Arc::from(balancer.name()), balancer, policy, conns }
     }
 
+    /// Let go of idle member connections nobody needed ([`Pool::purge`]); how many.
+    pub fn purge_idle(&self) -> usize {
+        self.conns.values().map(|c| c.pool.purge()).sum()
+    }
+
     /// The pool and Host value of a member of this balancer.
     pub fn conn(&self, member: &Member) -> Option<&MemberConn> {
         self.conns.get(&member.id)

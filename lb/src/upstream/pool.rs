@@ -4,7 +4,9 @@
 //! the protocol layer hands it back with [`Lease::release`] once the response body has been read
 //! to its end, and simply drops it otherwise (the connection then closes). With `max` set, the
 //! member's connection slots bound the leases out at once and `acquire` bounds the wait for one.
-//! A pool belongs to one member identity and survives reloads with it.
+//! A pool belongs to one member identity and survives reloads with it. Every [`PURGE_EVERY`] the
+//! control loop closes half of the idle connections no checkout needed since the last time, so
+//! that a pool grown by a burst shrinks back, and the buffers its connections hold go with it.
 use super::UpstreamError;
 use super::connect::connect;
 use crate::balancer::Member;
@@ -14,11 +16,16 @@ use hyper::body::Body;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 use tokio::sync::OwnedSemaphorePermit;
 
 /// Idle connections kept per member when `max` is not set.
 const DEFAULT_IDLE: usize = 512;
+/// How often idle connections that nobody needed are let go, half of them each time (HAProxy's
+/// `pool-purge-delay`): after a burst of load the pool shrinks back within a few periods, and
+/// with it the memory each connection holds.
+pub const PURGE_EVERY: Duration = Duration::from_secs(5);
 
 struct Idle<B> {
     sender: SendRequest<B>,
@@ -31,6 +38,9 @@ pub struct Pool<B> {
     /// For an `https://` member: how to wrap a new connection in TLS.
     tls: Option<crate::tls::Upstream>,
     idle: ArrayQueue<Idle<B>>,
+    /// The fewest idle connections left by a checkout since the last purge (`usize::MAX`:
+    /// no checkout): that many sat unused through the whole period.
+    spare: AtomicUsize,
 }
 
 /// One checked-out connection.
@@ -57,7 +67,13 @@ where
         tls: Option<crate::tls::Upstream>,
     ) -> Arc<Pool<B>> {
         let idle_cap = member.config().max.map_or(DEFAULT_IDLE, |m| m as usize).max(1);
-        Arc::new(Pool { idle: ArrayQueue::new(idle_cap), member, telemetry, tls })
+        Arc::new(Pool {
+            idle: ArrayQueue::new(idle_cap),
+            member,
+            telemetry,
+            tls,
+            spare: AtomicUsize::new(usize::MAX),
+        })
     }
 
     pub fn member(&self) -> &Arc<Member> {
@@ -85,6 +101,7 @@ where
                 if !sender.is_ready() && sender.ready().await.is_err() {
                     continue;
                 }
+                self.spare.fetch_min(self.idle.len(), Relaxed);
                 return Ok(Lease {
                     sender,
                     reused: true,
@@ -94,6 +111,7 @@ where
                 });
             }
         }
+        self.spare.store(0, Relaxed);
         let sender = self.open().await?;
         Ok(Lease { sender, reused: false, pool: Arc::clone(self), _permit: permit, spent: false })
     }
@@ -154,6 +172,14 @@ where
 }
 
 impl<B> Pool<B> {
+    /// Close half (rounded up) of the idle connections that sat unused since the last purge;
+    /// how many were closed. Called every [`PURGE_EVERY`] by the control loop.
+    pub fn purge(&self) -> usize {
+        let unused = self.spare.swap(usize::MAX, Relaxed).min(self.idle.len());
+        // The oldest go first (the queue hands out its oldest at checkout too).
+        (0..unused.div_ceil(2)).take_while(|_| self.idle.pop().is_some()).count()
+    }
+
     /// Whether this pool was made for these member TLS settings (a reload that changes them
     /// gets a new pool).
     pub fn tls_matches(&self, tls: Option<&crate::tls::Upstream>) -> bool {
