@@ -153,3 +153,60 @@ async fn idle_connections_nobody_needs_are_closed_half_at_a_time() {
     assert!(drained.is_some(), "still {} idle member connections", m.open.load(Relaxed));
     lb.stop().await;
 }
+
+/// Sockets of this process connected to `port` that the peer has closed and this side has not
+/// (CLOSE_WAIT, state 08 in /proc/net/tcp).
+fn close_wait_to(port: u16) -> usize {
+    let tcp = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    let remote = format!(":{port:04X}");
+    tcp.lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && f[2].ends_with(&remote) && f[3] == "08"
+        })
+        .count()
+}
+
+#[tokio::test]
+async fn connections_the_member_closed_while_idle_are_let_go() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A member that answers once per connection, offering keep-alive, and closes the connection
+    // a moment later (its keep-alive timeout), when lb has put it back in its pool. Nothing
+    // drives an idle pooled connection, so lb notices at its next look.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind member");
+    let addr = l.local_addr().expect("member address");
+    let _member = tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let reply =
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok";
+                let _ = s.write_all(reply).await;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            });
+        }
+    });
+    let lb = Lb::start(&config(&members(&[(&format!("http://{addr}"), "")]))).await;
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let url = lb.url("/");
+        set.spawn(async move { get(&url).await.status });
+    }
+    while let Some(status) = set.join_next().await {
+        assert_eq!(status.expect("request"), 200);
+    }
+    let closed = eventually(Duration::from_secs(2), || async {
+        (close_wait_to(addr.port()) > 0).then_some(())
+    })
+    .await;
+    assert!(closed.is_some(), "the member's close never reached lb's pooled connections");
+    // Within one purge period (5 s) and a margin, none is left half-closed.
+    let gone = eventually(Duration::from_secs(8), || async {
+        (close_wait_to(addr.port()) == 0).then_some(())
+    })
+    .await;
+    assert!(gone.is_some(), "{} member connections left in CLOSE_WAIT", close_wait_to(addr.port()));
+    lb.stop().await;
+}

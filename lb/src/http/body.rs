@@ -270,7 +270,16 @@ impl Body for ResponseBody {
         match &mut *self {
             ResponseBody::Local(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
             ResponseBody::Upstream(u) => {
-                let Poll::Ready(frame) = Pin::new(&mut u.inner).poll_frame(cx) else {
+                // The member connection is driven from here: it reads what the body is waiting
+                // for (and finishes sending the request body, if the member answered early).
+                let mut polled = Pin::new(&mut u.inner).poll_frame(cx);
+                if polled.is_pending()
+                    && let Some(l) = u.lease.as_mut()
+                {
+                    l.poll_driver(cx);
+                    polled = Pin::new(&mut u.inner).poll_frame(cx);
+                }
+                let Poll::Ready(frame) = polled else {
                     // A member that stalls midway: the client's answer is cut off (it sees an
                     // incomplete message, never a silently short one) and the connection to
                     // the member is closed.

@@ -58,7 +58,8 @@ pub async fn exchange(
         let stale_may_retry = lease.reused && !fresh;
         let wait = lease.response_timeout();
         let addr = member.url.authority();
-        let send = tokio::time::timeout(wait, lease.sender.try_send_request(req));
+        let mut spend = false;
+        let send = tokio::time::timeout(wait, lease.send(req));
         let sent = if let Some(p) = ping.as_ref().filter(|p| !p.gate.is_open()) {
             tokio::pin!(send);
             let sent = tokio::select! {
@@ -76,7 +77,7 @@ pub async fn exchange(
             // is not reused.
             if !p.gate.is_open() {
                 p.gate.open();
-                lease.spend();
+                spend = true;
             }
             sent
         } else if out.replay.is_some() {
@@ -87,6 +88,9 @@ pub async fn exchange(
         } else {
             send.await
         };
+        if spend {
+            lease.spend();
+        }
         match sent {
             Err(_) => {
                 return Err(Failed {

@@ -343,7 +343,7 @@ impl HttpProxy {
         route: &Route,
         out: &Outgoing<'_>,
         mut resp: Response<Incoming>,
-        lease: Lease<RequestBody>,
+        mut lease: Lease<RequestBody>,
         pick: Pick,
         client_upgrade: Option<hyper::upgrade::OnUpgrade>,
         mut rec: Option<Box<AccessRecord>>,
@@ -366,6 +366,8 @@ impl HttpProxy {
             let proto = parts.headers.get(header::UPGRADE).cloned();
             headers::strip_hop_by_hop(&mut parts.headers, proto.as_ref());
             headers::add_via(&mut parts.headers, Version::HTTP_11);
+            // hyper hands over the member's connection once its state machine has finished.
+            lease.detach();
             tokio::spawn(tunnel(client_up, member_up, pick, lease));
             if let Some(r) = rec {
                 r.emit(0, true);

@@ -2,7 +2,10 @@
 //!
 //! Idle connections sit in a lock-free bounded queue. A [`Lease`] is one checked-out connection;
 //! the protocol layer hands it back with [`Lease::release`] once the response body has been read
-//! to its end, and simply drops it otherwise (the connection then closes). With `max` set, the
+//! to its end, and simply drops it otherwise (the connection then closes). A connection has no
+//! task of its own: whoever holds the lease drives it ([`Lease::send`], [`Lease::poll_driver`]
+//! from the response body), so a request and its member connection run in one task, with no
+//! wakeup between tasks for the request, its response head or each piece of its body. With `max` set, the
 //! member's connection slots bound the leases out at once and `acquire` bounds the wait for one.
 //! A pool belongs to one member identity and survives reloads with it. Every [`PURGE_EVERY`] the
 //! control loop closes half of the idle connections no checkout needed since the last time, so
@@ -13,10 +16,14 @@ use crate::balancer::Member;
 use crate::telemetry::Telemetry;
 use crossbeam_queue::ArrayQueue;
 use hyper::body::Body;
+use hyper::client::conn::TrySendError;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
+use std::future::{Future, poll_fn};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -27,8 +34,33 @@ const DEFAULT_IDLE: usize = 512;
 /// with it the memory each connection holds.
 pub const PURGE_EVERY: Duration = Duration::from_secs(5);
 
-struct Idle<B> {
+/// What moves a connection's bytes: hyper's HTTP/1.1 client state machine (upgrades included).
+/// It ends when the connection closes.
+type Driver = Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>;
+
+/// One connection: the handle requests go through and the state machine that carries them.
+struct Conn<B> {
     sender: SendRequest<B>,
+    /// None once the connection has closed.
+    driver: Option<Driver>,
+}
+
+impl<B> Conn<B> {
+    /// Let the connection do what it can (send, receive, notice a close) and register the
+    /// caller's task for more; whether it is still open.
+    fn poll_driver(&mut self, cx: &mut Context<'_>) -> bool {
+        if let Some(d) = self.driver.as_mut()
+            && d.as_mut().poll(cx).is_ready()
+        {
+            // The member closed the connection, or it failed; requests on it see why.
+            self.driver = None;
+        }
+        self.driver.is_some()
+    }
+}
+
+struct Idle<B> {
+    conn: Conn<B>,
     since: Instant,
 }
 
@@ -45,7 +77,7 @@ pub struct Pool<B> {
 
 /// One checked-out connection.
 pub struct Lease<B> {
-    pub sender: SendRequest<B>,
+    conn: Conn<B>,
     /// Whether the connection had served a request before (a failure on it may be a stale
     /// keep-alive race rather than a member fault).
     pub reused: bool,
@@ -92,18 +124,26 @@ where
         let ttl = self.member.config().ttl;
         if !fresh {
             while let Some(idle) = self.idle.pop() {
-                if ttl.is_some_and(|ttl| idle.since.elapsed() > ttl) || idle.sender.is_closed() {
+                if ttl.is_some_and(|ttl| idle.since.elapsed() > ttl) {
                     continue;
                 }
-                let mut sender = idle.sender;
-                // A connection whose last response just ended may not have been marked ready yet
-                // by its driver task; waiting resolves at once either way.
-                if !sender.is_ready() && sender.ready().await.is_err() {
+                let mut conn = idle.conn;
+                // Nothing drove the connection while it sat idle: let it catch up (the end of
+                // its last response, a close by the member). Ready at once either way.
+                let ready = poll_fn(|cx| {
+                    let open = conn.poll_driver(cx);
+                    match conn.sender.poll_ready(cx) {
+                        Poll::Ready(r) => Poll::Ready(r.is_ok() && open),
+                        Poll::Pending if !open => Poll::Ready(false),
+                        Poll::Pending => Poll::Pending,
+                    }
+                });
+                if !ready.await {
                     continue;
                 }
                 self.spare.fetch_min(self.idle.len(), Relaxed);
                 return Ok(Lease {
-                    sender,
+                    conn,
                     reused: true,
                     pool: Arc::clone(self),
                     _permit: permit,
@@ -112,11 +152,11 @@ where
             }
         }
         self.spare.store(0, Relaxed);
-        let sender = self.open().await?;
-        Ok(Lease { sender, reused: false, pool: Arc::clone(self), _permit: permit, spent: false })
+        let conn = self.open().await?;
+        Ok(Lease { conn, reused: false, pool: Arc::clone(self), _permit: permit, spent: false })
     }
 
-    async fn open(&self) -> Result<SendRequest<B>, UpstreamError> {
+    async fn open(&self) -> Result<Conn<B>, UpstreamError> {
         let stream = connect(&self.member, &self.telemetry).await?;
         let addr = self.member.url.authority();
         match &self.tls {
@@ -150,8 +190,8 @@ where
 /// writes: system time per request doubled).
 pub const MEMBER_READ_BUF: usize = 128 * 1024;
 
-/// The HTTP/1.1 client handshake on a connected stream; its driver runs as its own task.
-async fn handshake<B, T>(io: TokioIo<T>, addr: String) -> Result<SendRequest<B>, UpstreamError>
+/// The HTTP/1.1 client handshake on a connected stream (no I/O yet: hyper sends nothing first).
+async fn handshake<B, T>(io: TokioIo<T>, addr: String) -> Result<Conn<B>, UpstreamError>
 where
     B: Body + Send + 'static,
     B::Data: Send,
@@ -163,12 +203,7 @@ where
         .handshake(io)
         .await
         .map_err(|source| UpstreamError::Handshake { addr, source })?;
-    tokio::spawn(async move {
-        // The connection ends when the member closes it or the last sender is dropped;
-        // either is normal, and request-level errors are reported through the sender.
-        let _ = conn.with_upgrades().await;
-    });
-    Ok(sender)
+    Ok(Conn { sender, driver: Some(Box::pin(conn.with_upgrades())) })
 }
 
 impl<B> Pool<B> {
@@ -177,7 +212,17 @@ impl<B> Pool<B> {
     pub fn purge(&self) -> usize {
         let unused = self.spare.swap(usize::MAX, Relaxed).min(self.idle.len());
         // The oldest go first (the queue hands out its oldest at checkout too).
-        (0..unused.div_ceil(2)).take_while(|_| self.idle.pop().is_some()).count()
+        let purged = (0..unused.div_ceil(2)).take_while(|_| self.idle.pop().is_some()).count();
+        // Nothing drives an idle connection, so one the member closed would wait for a checkout
+        // to notice: look at each once (in queue order), keeping those still open.
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        for _ in 0..self.idle.len() {
+            let Some(mut idle) = self.idle.pop() else { break };
+            if idle.conn.poll_driver(&mut cx) {
+                let _ = self.idle.push(idle);
+            }
+        }
+        purged
     }
 
     /// Whether this pool was made for these member TLS settings (a reload that changes them
@@ -194,11 +239,43 @@ impl<B> Pool<B> {
 impl<B> Lease<B> {
     /// Return the connection to the pool for reuse (its response must have been read to the end).
     pub fn release(self) {
-        if self.spent || self.pool.member.config().disablereuse || self.sender.is_closed() {
+        if self.spent || self.pool.member.config().disablereuse || self.conn.driver.is_none() {
             return;
         }
         // A full queue drops the connection, which closes it.
-        let _ = self.pool.idle.push(Idle { sender: self.sender, since: Instant::now() });
+        let _ = self.pool.idle.push(Idle { conn: self.conn, since: Instant::now() });
+    }
+
+    /// Send a request and drive the connection until the member's response head arrives.
+    pub async fn send(
+        &mut self,
+        req: http::Request<B>,
+    ) -> Result<http::Response<hyper::body::Incoming>, TrySendError<http::Request<B>>>
+    where
+        B: Body + 'static,
+    {
+        let mut answer = std::pin::pin!(self.conn.sender.try_send_request(req));
+        let conn = &mut self.conn;
+        poll_fn(|cx| {
+            // The connection first (it writes the request, reads the answer), then the answer.
+            // When the connection ends, hyper fails the answer with the reason.
+            conn.poll_driver(cx);
+            answer.as_mut().poll(cx)
+        })
+        .await
+    }
+
+    /// Drive the connection from the task reading the response body; see [`Conn::poll_driver`].
+    pub fn poll_driver(&mut self, cx: &mut Context<'_>) {
+        self.conn.poll_driver(cx);
+    }
+
+    /// Let the connection run as its own task from now on (an upgraded connection, whose bytes
+    /// hyper hands over only once its state machine has finished).
+    pub fn detach(&mut self) {
+        if let Some(d) = self.conn.driver.take() {
+            tokio::spawn(d);
+        }
     }
 
     /// Close the connection instead of returning it to the pool.
