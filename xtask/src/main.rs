@@ -26,7 +26,7 @@ fn main() -> Result<()> {
         "fuzz" => fuzz::fuzz(rest),
         _ => {
             eprintln!(
-                "usage: cargo xtask <task>\n\n  setup  install the eBPF toolchain (nightly rust-src, bpf-linker); quick when done\n  build-ebpf  setup, then build the eBPF object (lb's build script does the same and embeds it)\n  test   setup, fmt check, clippy, build, run every test (what CI runs)\n  demo   build lb and start `lb demo` (args are passed on)\n  bench  lb, HAProxy and nginx side by side [--duration SECS] [--connections N] [--reps N] [--variants http-100,http-64k,http-1m,h2c,tls,h2,l4-100,l4-1m] [--no-extras]\n  fuzz   every fuzz target for N seconds [--seconds N] [TARGET...]"
+                "usage: cargo xtask <task>\n\n  setup  install the eBPF toolchain (nightly rust-src, bpf-linker); quick when done\n  build-ebpf  setup, then build the eBPF object (lb's build script does the same and embeds it)\n  test   setup, fmt check, clippy, build, run every test (what CI runs)\n  demo   build lb and start `lb demo` (args are passed on)\n  bench  lb, HAProxy and nginx side by side [--duration SECS] [--connections N] [--reps N] [--variants http-100,http-64k,http-1m,h2c,tls,h2,l4-100,l4-1m] [--no-extras] [--cost] [--lb-bin PATH]\n  fuzz   every fuzz target for N seconds [--seconds N] [TARGET...]"
             );
             if cmd == "help" { Ok(()) } else { bail!("unknown task {cmd:?}") }
         }

@@ -7,6 +7,7 @@
 //! each proxy's rps to direct-to-member rps of the same rep (median and range), the proxy's
 //! user and system CPU per request, and its resident memory idle, at peak and after the load.
 //! It refuses to run on a busy machine. Tables go to `target/bench/`.
+mod cost;
 mod load;
 mod peers;
 mod procstat;
@@ -23,15 +24,15 @@ pub(crate) fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-pub(crate) fn wait_port(port: u16) -> Result<()> {
-    let end = Instant::now() + Duration::from_secs(15);
+pub(crate) fn wait_port(port: u16, within: Duration) -> Result<()> {
+    let end = Instant::now() + within;
     while Instant::now() < end {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    bail!("nothing listening on port {port} after 15 s")
+    bail!("nothing listening on port {port} after {within:?}")
 }
 
 /// One row group of the table: what is loaded, how, and through which port of a proxy.
@@ -118,6 +119,10 @@ struct Options {
     variants: Vec<&'static Variant>,
     /// Also measure lb with the access log off and with telemetry off.
     extras: bool,
+    /// Measure lb's instructions and system calls per request instead (see `cost`).
+    cost: bool,
+    /// An lb binary to measure instead of building one (to compare two builds).
+    lb_bin: Option<std::path::PathBuf>,
 }
 
 fn options(args: &[String]) -> Result<Options> {
@@ -127,6 +132,8 @@ fn options(args: &[String]) -> Result<Options> {
         reps: 3,
         variants: VARIANTS.iter().collect(),
         extras: true,
+        cost: false,
+        lb_bin: None,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -137,6 +144,8 @@ fn options(args: &[String]) -> Result<Options> {
             "--connections" => o.conns = it.next().context("--connections N")?.parse()?,
             "--reps" | "--rounds" => o.reps = it.next().context("--reps N")?.parse()?,
             "--no-extras" => o.extras = false,
+            "--cost" => o.cost = true,
+            "--lb-bin" => o.lb_bin = Some(it.next().context("--lb-bin PATH")?.into()),
             "--variants" => {
                 let names = it.next().context("--variants a,b")?;
                 o.variants = names
@@ -153,7 +162,7 @@ fn options(args: &[String]) -> Result<Options> {
                 let all: Vec<&str> = VARIANTS.iter().map(|v| v.name).collect();
                 println!(
                     "cargo xtask bench [--duration SECS] [--connections N] [--reps N] \
-                     [--variants {}] [--no-extras]",
+                     [--variants {}] [--no-extras] [--cost] [--lb-bin PATH]",
                     all.join(",")
                 );
                 std::process::exit(0);
@@ -221,9 +230,11 @@ struct Path<'a> {
 pub fn bench(args: &[String]) -> Result<()> {
     let o = options(args)?;
     install()?;
-    let mut build = cargo();
-    build.args(["build", "--release", "-q", "-p", "lb"]);
-    run(build)?;
+    if o.lb_bin.is_none() {
+        let mut build = cargo();
+        build.args(["build", "--release", "-q", "-p", "lb"]);
+        run(build)?;
+    }
     procstat::quiet(0.15)?;
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let (proxy_cpu, load_cpu) = if cpus >= 2 { ("0", "1") } else { ("0", "0") };
@@ -237,15 +248,40 @@ pub fn bench(args: &[String]) -> Result<()> {
     std::fs::write(&pem, format!("{}{}", cert.cert.pem(), cert.signing_key.serialize_pem()))?;
     let www = peers::www(&dir)?;
     let (_members, ports) = peers::members(&dir, &www, load_cpu)?;
-    let lb_bin = root().join("target/release/lb");
+    let lb_bin = o.lb_bin.clone().unwrap_or_else(|| root().join("target/release/lb"));
+    if o.cost {
+        let (cert, key, members) = (&cert_path, &key_path, &ports);
+        let s = cost::Setup { dir: &dir, lb_bin: &lb_bin, members, cert, key, proxy_cpu, load_cpu };
+        let r = cost::cost(&o.variants, &s);
+        let _ = std::fs::remove_dir_all(&dir);
+        return r;
+    }
     let mut proxies = vec![
         peers::haproxy(&dir, proxy_cpu, &ports, &pem)?,
         peers::nginx(&dir, proxy_cpu, &ports, &cert_path, &key_path)?,
-        peers::lb(&dir, &lb_bin, proxy_cpu, &ports, &cert_path, &key_path, LbVariant::Default)?,
+        peers::lb(
+            &dir,
+            &lb_bin,
+            proxy_cpu,
+            &ports,
+            &cert_path,
+            &key_path,
+            LbVariant::Default,
+            &[],
+        )?,
     ];
     if o.extras {
         for v in [LbVariant::NoAccessLog, LbVariant::NoTelemetry] {
-            proxies.push(peers::lb(&dir, &lb_bin, proxy_cpu, &ports, &cert_path, &key_path, v)?);
+            proxies.push(peers::lb(
+                &dir,
+                &lb_bin,
+                proxy_cpu,
+                &ports,
+                &cert_path,
+                &key_path,
+                v,
+                &[],
+            )?);
         }
     }
     let mut paths = vec![Path { label: "direct".into(), proxy: None }];

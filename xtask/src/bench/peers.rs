@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 /// The ports a proxy listens on, one per way in.
 #[derive(Debug, Clone, Copy)]
@@ -100,7 +101,7 @@ pub fn members(dir: &Path, www: &Path, cpu: &str) -> Result<(Vec<Guard>, Vec<u16
         std::fs::write(&file, cfg)?;
         let f = file.display().to_string();
         guards.push(spawn(cpu, "nginx", &["-c", &f], &dir.join(format!("{name}.out")))?);
-        wait_port(port)?;
+        wait_port(port, Duration::from_secs(15))?;
         ports.push(port);
     }
     Ok((guards, ports))
@@ -137,7 +138,7 @@ pub fn nginx(dir: &Path, cpu: &str, members: &[u16], cert: &Path, key: &Path) ->
     let f = file.display().to_string();
     let guard = spawn(cpu, "nginx", &["-c", &f], &dir.join("proxy-nginx.out"))?;
     for p in [ports.http, ports.h2c, ports.tls, ports.l4] {
-        wait_port(p)?;
+        wait_port(p, Duration::from_secs(15))?;
     }
     Ok(Proxy { name: "nginx".into(), ports, guard })
 }
@@ -159,7 +160,7 @@ pub fn haproxy(dir: &Path, cpu: &str, members: &[u16], pem: &Path) -> Result<Pro
     let f = file.display().to_string();
     let guard = spawn(cpu, "haproxy", &["-db", "-f", &f], &dir.join("haproxy.out"))?;
     for p in [ports.http, ports.h2c, ports.tls, ports.l4] {
-        wait_port(p)?;
+        wait_port(p, Duration::from_secs(15))?;
     }
     Ok(Proxy { name: "haproxy".into(), ports, guard })
 }
@@ -184,6 +185,8 @@ impl LbVariant {
 
 /// lb with its default configuration (or `variant`): HTTP and h2c on one port, TLS with h2 and
 /// http/1.1, and a TCP listener, each to the three members. The access log goes to a file.
+/// `wrap` runs it under another program (valgrind).
+#[allow(clippy::too_many_arguments)]
 pub fn lb(
     dir: &Path,
     bin: &Path,
@@ -192,6 +195,7 @@ pub fn lb(
     cert: &Path,
     key: &Path,
     variant: LbVariant,
+    wrap: &[&str],
 ) -> Result<Proxy> {
     let ports = Ports::new(true)?;
     let log = if variant == LbVariant::NoAccessLog { "access_log = false\n" } else { "" };
@@ -226,6 +230,7 @@ pub fn lb(
     let log = std::fs::File::create(dir.join(format!("{tag}.log")))?;
     let child = Command::new("taskset")
         .args(["-c", cpu])
+        .args(wrap)
         .arg(bin)
         .args(["run", "--config"])
         .arg(&file)
@@ -235,8 +240,10 @@ pub fn lb(
         .spawn()
         .context("start lb")?;
     let guard = Guard(child);
+    // Under valgrind lb takes a while to start (loading its eBPF programs most of all).
+    let within = Duration::from_secs(if wrap.is_empty() { 15 } else { 120 });
     for p in [ports.http, ports.tls, ports.l4] {
-        wait_port(p)?;
+        wait_port(p, within)?;
     }
     Ok(Proxy { name: variant.name().into(), ports, guard })
 }
