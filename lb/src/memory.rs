@@ -59,7 +59,7 @@ pub fn start() {
 
 /// Bytes malloc holds free in its heaps, all arenas together.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-pub fn free_in_heaps() -> usize {
+fn free_in_heaps() -> usize {
     // SAFETY: mallinfo2 takes no arguments and returns a plain struct by value; it only reads
     // malloc's own bookkeeping, under malloc's locks.
     unsafe { libc::mallinfo2() }.fordblks
@@ -67,7 +67,7 @@ pub fn free_in_heaps() -> usize {
 
 /// Return every free page of malloc's heaps to the kernel.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-pub fn trim() {
+fn trim() {
     // SAFETY: malloc_trim takes a byte count to keep at the top of the heap (0: none) and
     // only releases memory malloc holds free; no pointer lb holds is touched.
     unsafe { libc::malloc_trim(0) };

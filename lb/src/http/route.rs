@@ -108,7 +108,7 @@ pub struct ReverseMap {
 impl ReverseMap {
     pub fn new(balancer: &Balancer, target_path: &str, public_prefix: &str) -> ReverseMap {
         let member_prefixes =
-            balancer.members.iter().map(|m| format!("{}{}", m.url.base(), target_path)).collect();
+            balancer.members.iter().map(|m| format!("{}{}", m.base(), target_path)).collect();
         ReverseMap { member_prefixes, public_prefix: public_prefix.to_owned() }
     }
 
