@@ -256,32 +256,15 @@ pub fn bench(args: &[String]) -> Result<()> {
         let _ = std::fs::remove_dir_all(&dir);
         return r;
     }
+    let lb = |v| peers::lb(&dir, &lb_bin, proxy_cpu, &ports, &cert_path, &key_path, v, &[]);
     let mut proxies = vec![
         peers::haproxy(&dir, proxy_cpu, &ports, &pem)?,
         peers::nginx(&dir, proxy_cpu, &ports, &cert_path, &key_path)?,
-        peers::lb(
-            &dir,
-            &lb_bin,
-            proxy_cpu,
-            &ports,
-            &cert_path,
-            &key_path,
-            LbVariant::Default,
-            &[],
-        )?,
+        lb(LbVariant::Default)?,
     ];
     if o.extras {
         for v in [LbVariant::NoAccessLog, LbVariant::NoTelemetry] {
-            proxies.push(peers::lb(
-                &dir,
-                &lb_bin,
-                proxy_cpu,
-                &ports,
-                &cert_path,
-                &key_path,
-                v,
-                &[],
-            )?);
+            proxies.push(lb(v)?);
         }
     }
     let mut paths = vec![Path { label: "direct".into(), proxy: None }];
