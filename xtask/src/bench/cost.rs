@@ -42,13 +42,8 @@ fn load(v: &Variant, url: &str, cpu: &str, n: u64) -> Result<()> {
     };
     let out = c.arg(url).stderr(Stdio::null()).output().context("run h2load")?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let done = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("requests:"))
-        .and_then(|l| l.split(',').find_map(|p| p.trim().strip_suffix(" succeeded")))
-        .and_then(|s| s.trim().parse::<u64>().ok());
-    match done {
-        Some(d) if d == n => Ok(()),
+    match super::load::h2load(&text) {
+        Ok(r) if r.requests == n as f64 && !r.errors => Ok(()),
         _ => bail!("h2load did not complete {n} requests on {url}:\n{text}"),
     }
 }

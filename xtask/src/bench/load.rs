@@ -78,7 +78,7 @@ fn wrk(text: &str, secs: u64) -> Result<Run> {
 
 /// "finished in 10.00s, 51234.50 req/s, 7.24MB/s", "requests: … 0 failed, 0 errored",
 /// "time for request:   251us  45.12ms  1.93ms …" (min, max, mean, sd).
-fn h2load(text: &str) -> Result<Run> {
+pub fn h2load(text: &str) -> Result<Run> {
     let finished = text.lines().find(|l| l.starts_with("finished in")).context("no summary")?;
     let rps = finished
         .split(", ")
