@@ -366,6 +366,15 @@ async fn answer(
 
 /// A raw TCP "member" that answers every connection with `reply` and closes (garbage tests).
 pub async fn raw_member(reply: &'static [u8]) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    raw_member_closing_after(reply, Duration::ZERO).await
+}
+
+/// A raw TCP "member" that answers every connection with `reply` and closes it `after` that
+/// (as a keep-alive timeout would).
+pub async fn raw_member_closing_after(
+    reply: &'static [u8],
+    after: Duration,
+) -> (SocketAddr, tokio::task::JoinHandle<()>) {
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind raw member");
     let addr = l.local_addr().expect("addr");
     let t = tokio::spawn(async move {
@@ -374,6 +383,9 @@ pub async fn raw_member(reply: &'static [u8]) -> (SocketAddr, tokio::task::JoinH
                 let mut buf = [0u8; 4096];
                 let _ = s.read(&mut buf).await;
                 let _ = s.write_all(reply).await;
+                if !after.is_zero() {
+                    tokio::time::sleep(after).await;
+                }
                 let _ = s.shutdown().await;
             });
         }

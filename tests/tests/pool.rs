@@ -170,24 +170,11 @@ fn close_wait_to(port: u16) -> usize {
 
 #[tokio::test]
 async fn connections_the_member_closed_while_idle_are_let_go() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     // A member that answers once per connection, offering keep-alive, and closes the connection
     // a moment later (its keep-alive timeout), when lb has put it back in its pool. Nothing
     // drives an idle pooled connection, so lb notices at its next look.
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind member");
-    let addr = l.local_addr().expect("member address");
-    let _member = tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let _ = s.read(&mut buf).await;
-                let reply =
-                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok";
-                let _ = s.write_all(reply).await;
-                tokio::time::sleep(Duration::from_millis(300)).await;
-            });
-        }
-    });
+    let reply = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok";
+    let (addr, _member) = raw_member_closing_after(reply, Duration::from_millis(300)).await;
     let lb = Lb::start(&config(&members(&[(&format!("http://{addr}"), "")]))).await;
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..4 {
