@@ -312,3 +312,43 @@ async fn an_idle_healthy_member_is_probed_at_a_bounded_rate() {
     assert_eq!(m["evidence"]["probes"]["failed"], 0, "{m}");
     lb.stop().await;
 }
+
+/// A member that answers `OPTIONS *` with a 400 and closes the connection, as nginx does, is
+/// healthy: each probe request has a connection of its own. (When a probe's three requests
+/// shared one connection, the second found it closed, every probe failed, and such a member
+/// was marked sick.)
+#[tokio::test]
+async fn a_member_that_closes_after_refusing_options_star_stays_healthy() {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let refusing = tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let (mut buf, mut head) = ([0u8; 4096], Vec::new());
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(n @ 1..) => head.extend_from_slice(&buf[..n]),
+                        _ => return,
+                    }
+                }
+                let bad = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 3\r\nconnection: close\r\n\r\nbad";
+                let _ = s.write_all(bad).await;
+            });
+        }
+    });
+    let other = Member::start("a").await;
+    let lb =
+        Lb::start(&config(&members(&[(&format!("http://{addr}"), ""), (&other.url(), "")]))).await;
+    // Ten probes or more (one per 200 ms while idle), every one passed.
+    let seen = eventually(Duration::from_secs(10), || async {
+        let m = member_health(&lb, 0).await;
+        (m["evidence"]["probes"]["sent"].as_u64().unwrap_or(0) >= 10).then_some(m)
+    })
+    .await;
+    let m = seen.expect("the member was never probed ten times");
+    assert_eq!(m["evidence"]["probes"]["failed"], 0, "{m}");
+    assert_eq!(m["state"], "healthy", "{m}");
+    lb.stop().await;
+    refusing.abort();
+}

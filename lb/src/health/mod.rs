@@ -40,8 +40,8 @@ pub const LATENCY_NOISE_US: f64 = 100.0;
 /// [`ejection::SUSPECT_FOR`]).
 pub const BURST_GAP: Duration = Duration::from_millis(50);
 pub const BURST_IN_FLIGHT: u32 = 4;
-/// `OPTIONS *` requests per probe of an `http://` member, in a burst and otherwise: more
-/// packets per probe, so that loss shows sooner.
+/// `OPTIONS *` requests per probe of an `http://` member, in a burst and otherwise, each on
+/// its own connection: more packets per probe, so that loss shows sooner.
 pub const BURST_TRAIN: u32 = 4;
 pub const IDLE_TRAIN: u32 = 3;
 /// A probe may take this many times the member's healthy srtt (at least `probe_timeout`): two
@@ -257,8 +257,10 @@ impl Monitor {
     }
 
     /// A probe (started at `started`, in `now_ms` time) came back. Beyond its own verdict
-    /// (no connect, no answer, lost packets), a probe fails as slow when its connect, or each
-    /// answer, took `latency_factor` times the member's usual (and at least `latency_floor`).
+    /// (no connect, no answer, lost packets), a probe fails when a chunk of its first request
+    /// was not acknowledged in time by a member that usually acknowledges at once, and as slow
+    /// when its connect, or each answer, took `latency_factor` times the member's usual (and at
+    /// least `latency_floor`).
     /// A probe that connected but was answered late, or not in time, while the member answered
     /// requests meanwhile passes: the application is busy, the member is not stopped.
     pub fn probed(
@@ -282,17 +284,29 @@ impl Monitor {
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         // The connect against the member's own healthy probes, else its balancer's srtt.
         let connect_ref = w.probe_baseline_us.or(w.peers_srtt);
-        let slow = match (r.connect, connect_ref, r.per_answer(), w.answer_baseline_us) {
-            (Some(c), Some(base), ..) if outlier(c, base) => {
-                Some(format!("slow: connected in {:.1} ms against {:.3} ms", ms(c), base / 1000.0))
-            }
-            (_, _, Some(per), Some(base)) if !busy && outlier(per, base) => Some(format!(
-                "slow: answered in {:.1} ms against its usual {:.3} ms",
-                ms(per),
-                base / 1000.0
+        // More chunks acknowledged late than the member's usual (none, for most): a lost
+        // packet, lb's chunk or the member's acknowledgement.
+        let lost_ack = match (w.late_acks_baseline, r.late_acks) {
+            (Some(usual), Some(late)) if f64::from(late) > 2.0 * usual + 0.5 => Some(format!(
+                "lost packets: {late} chunk(s) not acknowledged within {} ms (usually {usual:.1})",
+                probe::ACK_WAIT.as_millis(),
             )),
             _ => None,
         };
+        let slow =
+            lost_ack.or(match (r.connect, connect_ref, r.per_answer(), w.answer_baseline_us) {
+                (Some(c), Some(base), ..) if outlier(c, base) => Some(format!(
+                    "slow: connected in {:.1} ms against {:.3} ms",
+                    ms(c),
+                    base / 1000.0
+                )),
+                (_, _, Some(per), Some(base)) if !busy && outlier(per, base) => Some(format!(
+                    "slow: answered in {:.1} ms against its usual {:.3} ms",
+                    ms(per),
+                    base / 1000.0
+                )),
+                _ => None,
+            });
         w.probed(r, slow);
     }
 }
@@ -357,7 +371,9 @@ mod tests {
             connect: Some(Duration::from_micros(50)),
             took: Duration::from_micros(100),
             requests: 1,
+            answers: Duration::from_micros(50),
             timed_out: false,
+            late_acks: None,
             detail: "ok in 0.1 ms".into(),
         };
         for _ in 0..3 {
@@ -374,7 +390,9 @@ mod tests {
             connect: ok.then_some(Duration::from_micros(50)),
             took: Duration::from_micros(100),
             requests: 1,
+            answers: Duration::from_micros(50),
             timed_out: !ok,
+            late_acks: None,
             detail: if ok { "ok in 0.1 ms" } else { "timed out" }.into(),
         }
     }
@@ -439,5 +457,29 @@ mod tests {
         }
         assert_eq!(state(&b, 0), "healthy", "its suspicion was cleared");
         assert!(!b.members[2].usable());
+    }
+
+    /// Chunks the member did not acknowledge in time fail a probe when they are more than its
+    /// usual: any, for a member that acknowledges at once; for one that delays an
+    /// acknowledgement per connection as a rule, more than twice that.
+    #[tokio::test(start_paused = true)]
+    async fn acknowledgements_late_beyond_the_usual_are_lost_packets() {
+        let (b, mut monitor, _snap) = answering_trio();
+        let bs = std::slice::from_ref(&b);
+        let late = |n: u32| ProbeResult { late_acks: Some(n), ..probe(true) };
+        let (prompt, delaying) = (b.members[0].id, b.members[1].id);
+        for _ in 0..5 {
+            monitor.probed(bs, prompt, now_ms(), late(0));
+            monitor.probed(bs, delaying, now_ms(), late(3));
+        }
+        let failed = |m: &Monitor, id| m.watches[&id].probes.failed;
+        assert_eq!((failed(&monitor, prompt), failed(&monitor, delaying)), (0, 0));
+        monitor.probed(bs, prompt, now_ms(), late(1));
+        monitor.probed(bs, delaying, now_ms(), late(4));
+        assert_eq!((failed(&monitor, prompt), failed(&monitor, delaying)), (1, 0));
+        let last = monitor.watches[&prompt].probes.last.clone().unwrap_or_default();
+        assert!(last.contains("1 chunk(s) not acknowledged within 5 ms (usually 0.0)"), "{last}");
+        monitor.probed(bs, delaying, now_ms(), late(7));
+        assert_eq!(failed(&monitor, delaying), 1);
     }
 }

@@ -1,18 +1,30 @@
 //! Active probes: a quick look at one member, off the request path.
 //!
-//! A TCP connect for `tcp://` and `https://` members; for `http://` members the connect plus
-//! one or a few `OPTIONS * HTTP/1.1` on it, where any complete answer is a pass (a stopped
-//! process still completes TCP handshakes from its listen backlog, but answers nothing).
+//! A TCP connect for `tcp://` and `https://` members; for `http://` members one or a few
+//! connections one after the other, each carrying one `OPTIONS * HTTP/1.1`, where any answer
+//! is a pass (a stopped process still completes TCP handshakes from its listen backlog, but
+//! answers nothing). A probe closes its connections with a reset, so it leaves no TIME_WAIT.
 //!
 //! A probe is also a sample of the path's packet loss, and at low traffic probes are most of
-//! the samples there are. So a probe's request, padded to a few hundred bytes, is written a
-//! small chunk at a time without Nagle, each chunk a packet; and the connection advertises the
-//! smallest MSS ([`PROBE_MSS`]), so that across a real network the member's answer travels as
-//! several segments too (on loopback the kernel passes a whole answer as one packet). Each
-//! packet is one more chance to see a loss, for the same work on the member. It fails when its connection had to retransmit
-//! (our packets were lost) or received a segment after a gap (the member's were): on a lossy
-//! path such a loss is usually repaired within the timeout and would pass unseen.
-//! Probe connections are not registered with telemetry and not counted as traffic.
+//! the samples there are. So each probe packet is made to count:
+//! - its request is padded to a kilobyte and written a small chunk at a time without Nagle,
+//!   each chunk a packet, and each chunk waits for the member's acknowledgement (at most
+//!   [`ACK_WAIT`]) before the next goes. A fresh Linux connection acknowledges its first 16
+//!   segments at once, so each chunk also draws a packet from the member, at no cost to its
+//!   application. Without the wait a lost acknowledgement is covered by the next one and
+//!   passes unseen; with it, it shows as a chunk acknowledged late
+//!   ([`ProbeResult::late_acks`]), which the monitor holds against the member's usual count
+//!   (some members delay one acknowledgement per connection as a rule; after a late one a
+//!   connection stops waiting, so that costs at most [`ACK_WAIT`] per connection). This is why each
+//!   request gets a fresh connection: a connection that has answered once acknowledges late.
+//! - the connection advertises the smallest MSS ([`PROBE_MSS`]), so that across a real
+//!   network the member's answer travels as several segments too (on loopback the kernel
+//!   passes a whole answer as one packet).
+//!
+//! A probe fails when a connection had to retransmit (our packets were lost) or received a
+//! segment after a gap (the member's were): on a lossy path such a loss is usually repaired
+//! within the timeout and would pass unseen. Probe connections are not registered with
+//! telemetry and not counted as traffic.
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -22,11 +34,20 @@ use tokio::time::Instant;
 /// The MSS probe connections advertise: Linux's minimum (`TCP_MIN_MSS`), so about 76 bytes
 /// of payload per segment once TCP timestamps are on.
 pub const PROBE_MSS: u32 = 88;
-/// A probe request is padded to about this size (a `User-Agent` a few segments long), so that
-/// a loss towards the member shows as often as one from it.
-const PROBE_REQUEST_BYTES: usize = 320;
+/// A probe request is padded to this size (a long `User-Agent`): 16 chunks, as many as a fresh
+/// Linux connection acknowledges at once (`TCP_MAX_QUICKACKS`).
+const PROBE_REQUEST_BYTES: usize = 1024;
 /// Written this many bytes at a time, each write its own segment.
 const PROBE_CHUNK: usize = 64;
+/// How long a chunk waits for its acknowledgement before the next goes anyway (and the chunk
+/// counts as acknowledged late): well above a loaded host's scheduling delay, well below
+/// Linux's delayed ACK (40 ms).
+pub const ACK_WAIT: Duration = Duration::from_millis(5);
+/// A connection waits for acknowledgements for at most this long in all: on a path with a
+/// longer round trip the rest of the request goes without waiting.
+const ACK_BUDGET: Duration = Duration::from_millis(10);
+/// How often it looks whether the acknowledgement came (on loopback it has, at once).
+const ACK_POLL: Duration = Duration::from_millis(1);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProbeKind {
@@ -41,48 +62,56 @@ pub enum ProbeKind {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProbeResult {
     pub ok: bool,
-    /// SYN to established, when the connect completed.
+    /// SYN to established, the quickest of its connects (one slow handshake on a busy host
+    /// says little; a slow path slows them all); `None` when it ended in a connect.
     pub connect: Option<Duration>,
     /// The whole probe.
     pub took: Duration,
     /// `OPTIONS *` answers it waited for (0 for a connect probe).
     pub requests: u32,
+    /// Time from each request's last chunk to its answer, summed (zero for a connect probe).
+    pub answers: Duration,
     /// It ran out of time (rather than failing outright).
     pub timed_out: bool,
+    /// Chunks of its requests the member did not acknowledge within [`ACK_WAIT`] (`None` for
+    /// a connect probe).
+    pub late_acks: Option<u32>,
     /// "ok in 0.2 ms", "timed out after 250 ms", "connect: refused".
     pub detail: String,
 }
 
 impl ProbeResult {
-    /// Time per `OPTIONS *` answer, after the connect (HTTP probes that completed).
+    /// Time per `OPTIONS *` answer, once sent (HTTP probes that completed).
     pub fn per_answer(&self) -> Option<Duration> {
-        let c = self.connect?;
-        (self.ok && self.requests > 0).then(|| self.took.saturating_sub(c) / self.requests)
+        (self.ok && self.requests > 0).then(|| self.answers / self.requests)
     }
 }
 
 /// Probe `addr`; the whole probe must finish within `timeout`.
 pub async fn probe(addr: SocketAddr, kind: &ProbeKind, timeout: Duration) -> ProbeResult {
     let start = Instant::now();
-    let mut connect = None;
+    let (mut connect, mut quickest, mut answers, mut late_acks) =
+        (None, None, Duration::ZERO, None);
     let run = async {
-        let mut s = connect_small(addr).await.map_err(|e| format!("connect: {e}"))?;
-        connect = Some(start.elapsed());
-        if let ProbeKind::Http { authority, requests } = kind {
-            for i in 1..=*requests {
-                http_options(&mut s, authority, i == *requests).await?;
+        let connections = match kind {
+            ProbeKind::Connect => 1,
+            ProbeKind::Http { requests, .. } => *requests,
+        };
+        for _ in 0..connections {
+            let t = Instant::now();
+            connect = None;
+            let mut s = connect_small(addr).await.map_err(|e| format!("connect: {e}"))?;
+            let took = t.elapsed();
+            quickest = Some(quickest.map_or(took, |q: Duration| q.min(took)));
+            connect = quickest;
+            if let ProbeKind::Http { authority, .. } = kind {
+                let (late, answer) = http_options(&mut s, authority).await?;
+                late_acks = Some(late_acks.unwrap_or(0) + late);
+                answers += answer;
             }
+            lost_packets(&s)?;
         }
-        match crate::telemetry::tcp_info::losses(&s) {
-            Ok(l) if l.retransmits > 0 => {
-                Err(format!("lost packets: {} retransmit(s)", l.retransmits))
-            }
-            Ok(l) if l.out_of_order > 0 => Err(format!(
-                "lost packets: {} segment(s) from the member after a gap",
-                l.out_of_order
-            )),
-            _ => Ok(()),
-        }
+        Ok::<(), String>(())
     };
     let outcome = tokio::time::timeout(timeout, run).await;
     let took = start.elapsed();
@@ -90,8 +119,16 @@ pub async fn probe(addr: SocketAddr, kind: &ProbeKind, timeout: Duration) -> Pro
         ProbeKind::Connect => 0,
         ProbeKind::Http { requests, .. } => *requests,
     };
-    let result =
-        |ok, timed_out, detail| ProbeResult { ok, connect, took, requests, timed_out, detail };
+    let result = |ok, timed_out, detail| ProbeResult {
+        ok,
+        connect,
+        took,
+        requests,
+        answers,
+        timed_out,
+        late_acks,
+        detail,
+    };
     match outcome {
         Ok(Ok(())) => result(true, false, format!("ok in {:.1} ms", took.as_secs_f64() * 1e3)),
         Ok(Err(e)) => result(false, false, e),
@@ -106,44 +143,69 @@ pub async fn probe(addr: SocketAddr, kind: &ProbeKind, timeout: Duration) -> Pro
     }
 }
 
+/// Whether the probe connection `s` had to repair a loss: it retransmitted (our packets were
+/// lost) or received a segment after a gap (the member's were).
+fn lost_packets(s: &TcpStream) -> Result<(), String> {
+    match crate::telemetry::tcp_info::losses(s) {
+        Ok(l) if l.retransmits > 0 => Err(format!("lost packets: {} retransmit(s)", l.retransmits)),
+        Ok(l) if l.out_of_order > 0 => {
+            Err(format!("lost packets: {} segment(s) from the member after a gap", l.out_of_order))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Connect with the probe MSS (a plain connect where the option is refused).
 async fn connect_small(addr: SocketAddr) -> std::io::Result<TcpStream> {
     let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
-    let _ = socket2::SockRef::from(&socket).set_tcp_mss(PROBE_MSS);
+    let sock = socket2::SockRef::from(&socket);
+    let _ = sock.set_tcp_mss(PROBE_MSS);
+    // Closed with a reset (linger zero: nothing blocks on drop), so a probe leaves no
+    // TIME_WAIT behind, on either side.
+    sock.set_linger(Some(Duration::ZERO))?;
     let s = socket.connect(addr).await?;
     s.set_nodelay(true)?;
     Ok(s)
 }
 
-/// `OPTIONS *` for `authority`, padded to about [`PROBE_REQUEST_BYTES`].
-fn options_request(authority: &str, last: bool) -> String {
-    let connection = if last { "close" } else { "keep-alive" };
+/// `OPTIONS *` for `authority`, padded to about `pad` bytes, asking the member to close.
+fn options_request(authority: &str, pad: usize) -> String {
     let mut req = format!(
-        "OPTIONS * HTTP/1.1\r\nHost: {authority}\r\nConnection: {connection}\r\nUser-Agent: lb-probe"
+        "OPTIONS * HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\nUser-Agent: lb-probe"
     );
-    if req.len() + 4 < PROBE_REQUEST_BYTES {
+    if req.len() + 4 < pad {
         req.push_str(" (");
-        req.extend(std::iter::repeat_n('.', PROBE_REQUEST_BYTES - req.len() - 5));
+        req.extend(std::iter::repeat_n('.', pad - req.len() - 5));
         req.push(')');
     }
     req.push_str("\r\n\r\n");
     req
 }
 
-/// Send `OPTIONS *` and read the whole answer (head, and a Content-Length body), so that the
-/// connection can carry the next one; `last` asks the member to close.
-async fn http_options(s: &mut TcpStream, authority: &str, last: bool) -> Result<(), String> {
+/// Send `OPTIONS *`, a chunk at a time, each acknowledged before the next, and read the head
+/// of the answer; returns how many chunks were acknowledged late, and how long the answer took
+/// once the request was sent.
+async fn http_options(s: &mut TcpStream, authority: &str) -> Result<(u32, Duration), String> {
     // One packet per chunk (no Nagle): a loopback or offloading NIC would otherwise carry
     // the whole request as one packet, whatever the MSS.
-    let req = options_request(authority, last);
-    for chunk in req.as_bytes().chunks(PROBE_CHUNK) {
+    let req = options_request(authority, PROBE_REQUEST_BYTES);
+    let chunks: Vec<&[u8]> = req.as_bytes().chunks(PROBE_CHUNK).collect();
+    let (start, mut late) = (Instant::now(), 0);
+    for (i, chunk) in chunks.iter().enumerate() {
         s.write_all(chunk).await.map_err(|e| format!("send: {e}"))?;
+        // The last chunk is acknowledged by the answer. After a late one the rest go without
+        // waiting: a receiver that delays one acknowledgement may delay the next ones too.
+        let wait = late == 0 && start.elapsed() < ACK_BUDGET;
+        if wait && i + 1 < chunks.len() && !acked(s).await? {
+            late += 1;
+        }
     }
+    let sent = Instant::now();
     let mut buf = Vec::with_capacity(512);
     let mut chunk = [0u8; 512];
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
+    loop {
+        if buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            break;
         }
         if buf.len() > 16 * 1024 {
             return Err("answer head too long".to_owned());
@@ -153,48 +215,57 @@ async fn http_options(s: &mut TcpStream, authority: &str, last: bool) -> Result<
             return Err("closed without an answer".to_owned());
         }
         buf.extend_from_slice(&chunk[..n]);
-    };
+    }
     if !buf.starts_with(b"HTTP/1.") {
         return Err("answered something that is not HTTP".to_owned());
     }
-    if last {
-        return Ok(());
-    }
-    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
-    let length = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .and_then(|v| v.trim().parse::<usize>().ok());
-    match length {
-        Some(len) => {
-            let mut have = buf.len() - head_end;
-            while have < len {
-                let n = s.read(&mut chunk).await.map_err(|e| format!("read: {e}"))?;
-                if n == 0 {
-                    return Err("closed in the middle of an answer".to_owned());
-                }
-                have += n;
-            }
-            Ok(())
+    Ok((late, sent.elapsed()))
+}
+
+/// Whether the member acknowledged everything sent on `s` within [`ACK_WAIT`].
+async fn acked(s: &TcpStream) -> Result<bool, String> {
+    let start = Instant::now();
+    loop {
+        let l = crate::telemetry::tcp_info::losses(s).map_err(|e| format!("TCP_INFO: {e}"))?;
+        if l.unacked == 0 {
+            return Ok(true);
         }
-        // No length: the answer cannot be delimited on a kept connection.
-        None => Err("answer to OPTIONS * without a Content-Length".to_owned()),
+        if start.elapsed() >= ACK_WAIT {
+            return Ok(false);
+        }
+        tokio::time::sleep(ACK_POLL).await;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
     use tokio::net::TcpListener;
+
+    /// Connections to or from `port` in TIME_WAIT (IPv4).
+    fn time_wait(port: u16) -> usize {
+        let port = format!(":{port:04X}");
+        std::fs::read_to_string("/proc/net/tcp")
+            .unwrap()
+            .lines()
+            .skip(1)
+            .filter(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.len() > 3 && f[3] == "06" && (f[1].ends_with(&port) || f[2].ends_with(&port))
+            })
+            .count()
+    }
 
     #[test]
     fn padded_request() {
-        let r = options_request("127.0.0.1:8080", false);
+        let r = options_request("127.0.0.1:8080", PROBE_REQUEST_BYTES);
         assert_eq!(r.len(), PROBE_REQUEST_BYTES);
         assert!(r.starts_with("OPTIONS * HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n"), "{r}");
-        assert!(r.contains("\r\nConnection: keep-alive\r\n") && r.ends_with(")\r\n\r\n"), "{r}");
-        let long = "h".repeat(400);
-        let r = options_request(&long, true);
+        assert!(r.contains("\r\nConnection: close\r\n") && r.ends_with(")\r\n\r\n"), "{r}");
+        let long = "h".repeat(PROBE_REQUEST_BYTES);
+        let r = options_request(&long, PROBE_REQUEST_BYTES);
         assert!(r.ends_with("User-Agent: lb-probe\r\n\r\n") && r.contains("close"), "{r}");
     }
 
@@ -218,27 +289,42 @@ mod tests {
         let t = Duration::from_millis(300);
         // Accepts but answers nothing: a connect probe passes, an HTTP probe does not.
         let r = probe(addr, &ProbeKind::Connect, t).await;
-        assert!(r.ok && r.connect.is_some(), "{r:?}");
+        assert!(r.ok && r.connect.is_some() && r.late_acks.is_none(), "{r:?}");
         let http = ProbeKind::Http { authority: addr.to_string(), requests: 1 };
         let r = probe(addr, &http, t).await;
         assert!(!r.ok && r.detail.contains("no answer"), "{r:?}");
-        // Answers: passes, whatever the status; three on one connection pass too.
-        // (The earlier probes' connections wait in the backlog first; they carry nothing.)
+        // Answers: passes, whatever the status; a train of three passes too, one connection
+        // each. (The earlier probes' connections wait in the backlog first; they carry nothing.)
+        let accepted = Arc::new(AtomicU32::new(0));
+        let count = accepted.clone();
         let server = tokio::spawn(async move {
             loop {
                 let (mut s, _) = l.accept().await.unwrap();
-                let mut b = [0u8; 512];
-                while matches!(s.read(&mut b).await, Ok(n) if n > 0) {
-                    let answer = b"HTTP/1.1 405 Method Not Allowed\r\ncontent-length: 2\r\n\r\nno";
-                    let _ = s.write_all(answer).await;
+                count.fetch_add(1, Ordering::Relaxed);
+                let (mut b, mut head) = ([0u8; 512], Vec::new());
+                while let Ok(n @ 1..) = s.read(&mut b).await {
+                    head.extend_from_slice(&b[..n]);
+                    if head.ends_with(b"\r\n\r\n") {
+                        head.clear();
+                        let answer =
+                            b"HTTP/1.1 405 Method Not Allowed\r\ncontent-length: 2\r\n\r\nno";
+                        let _ = s.write_all(answer).await;
+                    }
                 }
             }
         });
         let r = probe(addr, &http, t).await;
         assert!(r.ok, "{r:?}");
+        // Loopback acknowledges each chunk at once.
+        assert_eq!(r.late_acks, Some(0), "{r:?}");
+        let before = accepted.load(Ordering::Relaxed);
         let train = ProbeKind::Http { authority: addr.to_string(), requests: 3 };
         let r = probe(addr, &train, t).await;
-        assert!(r.ok, "{r:?}");
+        assert!(r.ok && r.requests == 3, "{r:?}");
+        assert_eq!(accepted.load(Ordering::Relaxed) - before, 3, "one connection per request");
+        // Closed with resets: no connection of these probes waits in TIME_WAIT, on either side
+        // (closing normally, the probe's side would, for a minute).
+        assert_eq!(time_wait(addr.port()), 0);
         server.abort();
         // Nothing listening: refused at once.
         let closed = {

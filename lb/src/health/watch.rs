@@ -94,6 +94,9 @@ pub struct Watch {
     pub probe_baseline_us: Option<f64>,
     /// Time per `OPTIONS *` answer of its passing probes while healthy (EWMA, µs).
     pub answer_baseline_us: Option<f64>,
+    /// Chunks acknowledged late per passing probe while healthy (EWMA).
+    pub late_acks_baseline: Option<f64>,
+    ack_samples: u32,
     /// Stalls and latency drift raise no new suspicion before this (a slow but healthy member
     /// is not probed over and over).
     pub quiet_until: Instant,
@@ -123,6 +126,8 @@ impl Watch {
             peers_srtt: None,
             probe_baseline_us: None,
             answer_baseline_us: None,
+            late_acks_baseline: None,
+            ack_samples: 0,
             quiet_until: now,
             check_due: None,
             check_running: false,
@@ -204,6 +209,13 @@ impl Watch {
             ewma(&mut self.probe_baseline_us, c.as_secs_f64() * 1e6, 0.1);
             if let Some(per) = r.per_answer() {
                 ewma(&mut self.answer_baseline_us, per.as_secs_f64() * 1e6, 0.1);
+            }
+            if let Some(late) = r.late_acks {
+                // A plain mean over the first ten, so that one early late chunk does not linger
+                // (a member lossy from the start would otherwise look like a late acknowledger).
+                self.ack_samples += 1;
+                let weight = (1.0 / f64::from(self.ack_samples)).max(0.1);
+                ewma(&mut self.late_acks_baseline, f64::from(late), weight);
             }
         }
         self.probes.last = Some(slow.unwrap_or(r.detail));

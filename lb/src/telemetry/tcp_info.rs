@@ -54,12 +54,17 @@ pub struct Losses {
     /// Segments that arrived after a gap: the peer's packets were lost (loopback and one
     /// rack do not reorder).
     pub out_of_order: u32,
+    /// Segments sent and not yet acknowledged.
+    pub unacked: u32,
 }
 
 /// Lost packets `stream` has noticed so far, in either direction.
 pub fn losses(stream: &TcpStream) -> io::Result<Losses> {
-    tcp_info(stream.as_raw_fd())
-        .map(|i| Losses { retransmits: i.tcpi_total_retrans, out_of_order: i.tcpi_rcv_ooopack })
+    tcp_info(stream.as_raw_fd()).map(|i| Losses {
+        retransmits: i.tcpi_total_retrans,
+        out_of_order: i.tcpi_rcv_ooopack,
+        unacked: i.tcpi_unacked,
+    })
 }
 
 /// The kernel's TCP_INFO for `fd`. A kernel older than libc's struct fills less of it and
