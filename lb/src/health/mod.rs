@@ -44,9 +44,19 @@ pub const BURST_IN_FLIGHT: u32 = 4;
 /// its own connection: more packets per probe, so that loss shows sooner.
 pub const BURST_TRAIN: u32 = 4;
 pub const IDLE_TRAIN: u32 = 3;
-/// A probe may take this many times the member's healthy srtt (at least `probe_timeout`): two
-/// round trips (connect, answer) with room to spare.
+/// A probe may take this many times the member's healthy srtt per connection (at least
+/// `probe_timeout` in all): two round trips (connect, answer) with room to spare.
 pub const PROBE_TIMEOUT_RTTS: f64 = 8.0;
+
+/// How long a probe of `kind` may take on a path of `rtt_us`: per connection, the round trips
+/// with room to spare and the time its request may spend waiting for acknowledgements.
+fn probe_time(kind: &ProbeKind, rtt_us: f64) -> Duration {
+    let rtts = Duration::from_secs_f64(PROBE_TIMEOUT_RTTS * rtt_us / 1e6);
+    match kind {
+        ProbeKind::Connect => rtts,
+        ProbeKind::Http { requests, .. } => (rtts + probe::ACK_BUDGET) * *requests,
+    }
+}
 /// The health loop steps at least this often, whatever the telemetry interval.
 pub const STEP: Duration = Duration::from_millis(100);
 /// Evidence from which a member counts as showing symptoms, when deciding whether most of a
@@ -235,9 +245,6 @@ impl Monitor {
                 continue;
             }
             let n = w.wants_probes(now, BURST_GAP, policy.probe_interval, BURST_IN_FLIGHT);
-            let rtt = w.baseline_srtt.or(median).unwrap_or(0.0);
-            let timeout =
-                policy.probe_timeout.max(Duration::from_secs_f64(PROBE_TIMEOUT_RTTS * rtt / 1e6));
             if n == 0 {
                 continue;
             }
@@ -247,6 +254,8 @@ impl Monitor {
                 Scheme::Http => ProbeKind::Http { authority: m.url.authority(), requests },
                 Scheme::Https | Scheme::Tcp => ProbeKind::Connect,
             };
+            let rtt = w.baseline_srtt.or(median).unwrap_or(0.0);
+            let timeout = policy.probe_timeout.max(probe_time(&kind, rtt));
             w.in_flight += n;
             w.last_probe = Some(now);
             for _ in 0..n {
@@ -395,6 +404,17 @@ mod tests {
             late_acks: None,
             detail: if ok { "ok in 0.1 ms" } else { "timed out" }.into(),
         }
+    }
+
+    /// On loopback the default `probe_timeout` (100 ms) bounds a probe; across a longer path
+    /// each of its connections gets its round trips and its acknowledgement budget.
+    #[test]
+    fn a_probe_has_time_for_each_of_its_connections() {
+        let http = ProbeKind::Http { authority: "m".into(), requests: 3 };
+        assert!(probe_time(&http, 50.0) < Duration::from_millis(100));
+        let secs = |kind: &ProbeKind| probe_time(kind, 20_000.0).as_secs_f64();
+        assert!((secs(&http) - 3.0 * (0.16 + 0.01)).abs() < 1e-6, "{}", secs(&http));
+        assert!((secs(&ProbeKind::Connect) - 0.16).abs() < 1e-6);
     }
 
     /// Three members that have each answered a probe, stepped once.

@@ -45,14 +45,14 @@ const PROBE_CHUNK: usize = 64;
 pub const ACK_WAIT: Duration = Duration::from_millis(5);
 /// A connection waits for acknowledgements for at most this long in all: on a path with a
 /// longer round trip the rest of the request goes without waiting.
-const ACK_BUDGET: Duration = Duration::from_millis(10);
+pub const ACK_BUDGET: Duration = Duration::from_millis(10);
 /// How often it looks whether the acknowledgement came (on loopback it has, at once).
 const ACK_POLL: Duration = Duration::from_millis(1);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProbeKind {
     Connect,
-    /// `OPTIONS *` with this Host, this many times on one connection.
+    /// `OPTIONS *` with this Host, this many times, each on a connection of its own.
     Http {
         authority: String,
         requests: u32,
