@@ -47,6 +47,15 @@ pub const IDLE_TRAIN: u32 = 3;
 /// A probe may take this many times the member's healthy srtt per connection (at least
 /// `probe_timeout` in all): two round trips (connect, answer) with room to spare.
 pub const PROBE_TIMEOUT_RTTS: f64 = 8.0;
+/// The health loop steps at least this often, whatever the telemetry interval.
+pub const STEP: Duration = Duration::from_millis(100);
+/// Evidence from which a member counts as showing symptoms, when deciding whether most of a
+/// balancer shows them at once (a lone SYN retransmit or failed probe is about 3 to 4).
+pub const SYMPTOM: f64 = 1.0;
+/// How close in time symptoms on several members count as shared.
+pub const LOAD_WINDOW: Duration = Duration::from_secs(5);
+/// After a stall or latency drift raised a suspicion, the same cause raises none for this long.
+pub const QUIET: Duration = Duration::from_secs(5);
 
 /// How long a probe of `kind` may take on a path of `rtt_us`: per connection, the round trips
 /// with room to spare and the time its request may spend waiting for acknowledgements.
@@ -57,15 +66,6 @@ fn probe_time(kind: &ProbeKind, rtt_us: f64) -> Duration {
         ProbeKind::Http { requests, .. } => (rtts + probe::ACK_BUDGET) * *requests,
     }
 }
-/// The health loop steps at least this often, whatever the telemetry interval.
-pub const STEP: Duration = Duration::from_millis(100);
-/// Evidence from which a member counts as showing symptoms, when deciding whether most of a
-/// balancer shows them at once (a lone SYN retransmit or failed probe is about 3 to 4).
-pub const SYMPTOM: f64 = 1.0;
-/// How close in time symptoms on several members count as shared.
-pub const LOAD_WINDOW: Duration = Duration::from_secs(5);
-/// After a stall or latency drift raised a suspicion, the same cause raises none for this long.
-pub const QUIET: Duration = Duration::from_secs(5);
 
 /// A probe or health check the control loop should start.
 #[derive(Debug, Clone)]
@@ -266,10 +266,10 @@ impl Monitor {
     }
 
     /// A probe (started at `started`, in `now_ms` time) came back. Beyond its own verdict
-    /// (no connect, no answer, lost packets), a probe fails when a chunk of its first request
-    /// was not acknowledged in time by a member that usually acknowledges at once, and as slow
-    /// when its connect, or each answer, took `latency_factor` times the member's usual (and at
-    /// least `latency_floor`).
+    /// (no connect, no answer, lost packets), a probe fails when more of its chunks were
+    /// acknowledged late than the member's usual (none, for most members), and as slow when
+    /// its connect, or each answer, took `latency_factor` times the member's usual (and at least
+    /// `latency_floor`).
     /// A probe that connected but was answered late, or not in time, while the member answered
     /// requests meanwhile passes: the application is busy, the member is not stopped.
     pub fn probed(
@@ -302,7 +302,7 @@ impl Monitor {
             )),
             _ => None,
         };
-        let slow =
+        let failed_as =
             lost_ack.or(match (r.connect, connect_ref, r.per_answer(), w.answer_baseline_us) {
                 (Some(c), Some(base), ..) if outlier(c, base) => Some(format!(
                     "slow: connected in {:.1} ms against {:.3} ms",
@@ -316,7 +316,7 @@ impl Monitor {
                 )),
                 _ => None,
             });
-        w.probed(r, slow);
+        w.probed(r, failed_as);
     }
 }
 

@@ -194,11 +194,12 @@ impl Watch {
         }
     }
 
-    /// A probe came back; `slow` names why a completed probe still counts as failed.
-    pub fn probed(&mut self, r: ProbeResult, slow: Option<String>) {
+    /// A probe came back; `failed_as` names why a completed probe still counts as failed (late
+    /// acknowledgements, slowness).
+    pub fn probed(&mut self, r: ProbeResult, failed_as: Option<String>) {
         self.in_flight = self.in_flight.saturating_sub(1);
         self.probes.sent += 1;
-        let ok = r.ok && slow.is_none();
+        let ok = r.ok && failed_as.is_none();
         if !ok {
             self.probes.failed += 1;
         }
@@ -218,7 +219,7 @@ impl Watch {
                 ewma(&mut self.late_acks_baseline, f64::from(late), weight);
             }
         }
-        self.probes.last = Some(slow.unwrap_or(r.detail));
+        self.probes.last = Some(failed_as.unwrap_or(r.detail));
         self.pending.push(ok);
     }
 
