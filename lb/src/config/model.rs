@@ -280,8 +280,8 @@ pub struct EjectionPolicy {
     pub enabled: bool,
     /// A member with no traffic for this long is probed (zero: never probe idle members).
     pub probe_interval: Duration,
-    /// A probe that has not finished within this (or, if longer, 8 × the member's srtt plus
-    /// 10 ms per probe connection) fails.
+    /// A probe that has not finished within this (or, if longer, per probe connection 8 × the
+    /// member's srtt plus 10 ms and one acknowledgement wait) fails.
     pub probe_timeout: Duration,
     /// Requests waiting this long on a member that answers nothing make it suspect.
     pub stall_after: Duration,

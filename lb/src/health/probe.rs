@@ -9,13 +9,15 @@
 //! the samples there are. So each probe packet is made to count:
 //! - its request is padded to a kilobyte and written a small chunk at a time without Nagle,
 //!   each chunk a packet, and each chunk waits for the member's acknowledgement (at most
-//!   [`ACK_WAIT`]) before the next goes. A fresh Linux connection acknowledges its first 16
+//!   [`ACK_WAIT_PROMPT`] for a member known to acknowledge at once, else [`ACK_WAIT`]) before
+//!   the next goes. A fresh Linux connection acknowledges its first 16
 //!   segments at once, so each chunk also draws a packet from the member, at no cost to its
 //!   application. Without the wait a lost acknowledgement is covered by the next one and
 //!   passes unseen; with it, it shows as a chunk acknowledged late
 //!   ([`ProbeResult::late_acks`]), which the monitor holds against the member's usual count
 //!   (some members delay one acknowledgement per connection as a rule; after a late one a
-//!   connection stops waiting, so that costs at most [`ACK_WAIT`] per connection). This is why each
+//!   connection stops waiting, so that costs at most [`ACK_WAIT`] per connection). Where lb's
+//!   own timer wakes late, its host is busy and the connection stops waiting without judging. This is why each
 //!   request gets a fresh connection: a connection that has answered once acknowledges late.
 //! - the connection advertises the smallest MSS ([`PROBE_MSS`]), so that across a real
 //!   network the member's answer travels as several segments too (on loopback the kernel
@@ -40,9 +42,15 @@ const PROBE_REQUEST_BYTES: usize = 1024;
 /// Written this many bytes at a time, each write its own segment.
 const PROBE_CHUNK: usize = 64;
 /// How long a chunk waits for its acknowledgement before the next goes anyway (and the chunk
-/// counts as acknowledged late): well above a loaded host's scheduling delay, well below
-/// Linux's delayed ACK (40 ms).
+/// counts as acknowledged late), for a member not known to acknowledge at once: well below
+/// Linux's delayed ACK (40 ms), so a member that delays acknowledgements costs little.
 pub const ACK_WAIT: Duration = Duration::from_millis(5);
+/// The same for a member whose healthy probes had no late chunk: long enough that a busy host
+/// (lb's or the member's softirq work waiting for a CPU) does not read as a lost packet.
+pub const ACK_WAIT_PROMPT: Duration = Duration::from_millis(30);
+/// lb's own poll woke this much later than asked: its host is too busy to judge the member's
+/// timing, and the connection stops waiting without counting anything late.
+const HOST_BUSY: Duration = Duration::from_millis(5);
 /// A connection waits for acknowledgements for at most this long in all: on a path with a
 /// longer round trip the rest of the request goes without waiting.
 pub const ACK_BUDGET: Duration = Duration::from_millis(10);
@@ -52,10 +60,12 @@ const ACK_POLL: Duration = Duration::from_millis(1);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProbeKind {
     Connect,
-    /// `OPTIONS *` with this Host, this many times, each on a connection of its own.
+    /// `OPTIONS *` with this Host, this many times, each on a connection of its own; each
+    /// chunk waits up to `ack_wait` for its acknowledgement.
     Http {
         authority: String,
         requests: u32,
+        ack_wait: Duration,
     },
 }
 
@@ -73,8 +83,8 @@ pub struct ProbeResult {
     pub answers: Duration,
     /// It ran out of time (rather than failing outright).
     pub timed_out: bool,
-    /// Chunks of its requests the member did not acknowledge within [`ACK_WAIT`] (`None` for
-    /// a connect probe).
+    /// Chunks of its requests the member did not acknowledge within the probe's `ack_wait`
+    /// (`None` for a connect probe).
     pub late_acks: Option<u32>,
     /// "ok in 0.2 ms", "timed out after 250 ms", "connect: refused".
     pub detail: String,
@@ -104,8 +114,8 @@ pub async fn probe(addr: SocketAddr, kind: &ProbeKind, timeout: Duration) -> Pro
             let took = t.elapsed();
             quickest = Some(quickest.map_or(took, |q: Duration| q.min(took)));
             connect = quickest;
-            if let ProbeKind::Http { authority, .. } = kind {
-                let (late, answer) = http_options(&mut s, authority).await?;
+            if let ProbeKind::Http { authority, ack_wait, .. } = kind {
+                let (late, answer) = http_options(&mut s, authority, *ack_wait).await?;
                 late_acks = Some(late_acks.unwrap_or(0) + late);
                 answers += answer;
             }
@@ -185,19 +195,26 @@ fn options_request(authority: &str, pad: usize) -> String {
 /// Send `OPTIONS *`, a chunk at a time, each acknowledged before the next, and read the head
 /// of the answer; returns how many chunks were acknowledged late, and how long the answer took
 /// once the request was sent.
-async fn http_options(s: &mut TcpStream, authority: &str) -> Result<(u32, Duration), String> {
+async fn http_options(
+    s: &mut TcpStream,
+    authority: &str,
+    ack_wait: Duration,
+) -> Result<(u32, Duration), String> {
     // One packet per chunk (no Nagle): a loopback or offloading NIC would otherwise carry
     // the whole request as one packet, whatever the MSS.
     let req = options_request(authority, PROBE_REQUEST_BYTES);
     let chunks: Vec<&[u8]> = req.as_bytes().chunks(PROBE_CHUNK).collect();
-    let (start, mut late) = (Instant::now(), 0);
+    let (start, mut late, mut waiting) = (Instant::now(), 0, true);
     for (i, chunk) in chunks.iter().enumerate() {
         s.write_all(chunk).await.map_err(|e| format!("send: {e}"))?;
         // The last chunk is acknowledged by the answer. After a late one the rest go without
         // waiting: a receiver that delays one acknowledgement may delay the next ones too.
-        let wait = late == 0 && start.elapsed() < ACK_BUDGET;
-        if wait && i + 1 < chunks.len() && !acked(s).await? {
-            late += 1;
+        if waiting && i + 1 < chunks.len() && start.elapsed() < ACK_BUDGET {
+            match acked(s, ack_wait).await? {
+                Ack::InTime => {}
+                Ack::Late => (late, waiting) = (late + 1, false),
+                Ack::HostBusy => waiting = false,
+            }
         }
     }
     let sent = Instant::now();
@@ -222,18 +239,29 @@ async fn http_options(s: &mut TcpStream, authority: &str) -> Result<(u32, Durati
     Ok((late, sent.elapsed()))
 }
 
-/// Whether the member acknowledged everything sent on `s` within [`ACK_WAIT`].
-async fn acked(s: &TcpStream) -> Result<bool, String> {
+enum Ack {
+    InTime,
+    Late,
+    /// lb's own timer was late: nothing to judge.
+    HostBusy,
+}
+
+/// Whether the member acknowledged everything sent on `s` within `wait`.
+async fn acked(s: &TcpStream, wait: Duration) -> Result<Ack, String> {
     let start = Instant::now();
     loop {
         let l = crate::telemetry::tcp_info::losses(s).map_err(|e| format!("TCP_INFO: {e}"))?;
         if l.unacked == 0 {
-            return Ok(true);
+            return Ok(Ack::InTime);
         }
-        if start.elapsed() >= ACK_WAIT {
-            return Ok(false);
+        if start.elapsed() >= wait {
+            return Ok(Ack::Late);
         }
+        let asleep = Instant::now();
         tokio::time::sleep(ACK_POLL).await;
+        if asleep.elapsed() > ACK_POLL + HOST_BUSY {
+            return Ok(Ack::HostBusy);
+        }
     }
 }
 
@@ -290,7 +318,7 @@ mod tests {
         // Accepts but answers nothing: a connect probe passes, an HTTP probe does not.
         let r = probe(addr, &ProbeKind::Connect, t).await;
         assert!(r.ok && r.connect.is_some() && r.late_acks.is_none(), "{r:?}");
-        let http = ProbeKind::Http { authority: addr.to_string(), requests: 1 };
+        let http = ProbeKind::Http { authority: addr.to_string(), requests: 1, ack_wait: ACK_WAIT };
         let r = probe(addr, &http, t).await;
         assert!(!r.ok && r.detail.contains("no answer"), "{r:?}");
         // Answers: passes, whatever the status; a train of three passes too, one connection
@@ -318,7 +346,8 @@ mod tests {
         // Loopback acknowledges each chunk at once.
         assert_eq!(r.late_acks, Some(0), "{r:?}");
         let before = accepted.load(Ordering::Relaxed);
-        let train = ProbeKind::Http { authority: addr.to_string(), requests: 3 };
+        let train =
+            ProbeKind::Http { authority: addr.to_string(), requests: 3, ack_wait: ACK_WAIT };
         let r = probe(addr, &train, t).await;
         assert!(r.ok && r.requests == 3, "{r:?}");
         assert_eq!(accepted.load(Ordering::Relaxed) - before, 3, "one connection per request");
