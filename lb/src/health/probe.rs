@@ -10,15 +10,15 @@
 //! - its request is padded to a kilobyte and written a small chunk at a time without Nagle,
 //!   each chunk a packet, and each chunk waits for the member's acknowledgement (at most
 //!   [`ACK_WAIT_PROMPT`] for a member known to acknowledge at once, else [`ACK_WAIT`]) before
-//!   the next goes. A fresh Linux connection acknowledges its first 16
-//!   segments at once, so each chunk also draws a packet from the member, at no cost to its
-//!   application. Without the wait a lost acknowledgement is covered by the next one and
-//!   passes unseen; with it, it shows as a chunk acknowledged late
-//!   ([`ProbeResult::late_acks`]), which the monitor holds against the member's usual count
+//!   the next goes. A fresh Linux connection acknowledges its first segments at once, so each
+//!   chunk also draws a packet from the member, at no cost to its application. Without the
+//!   wait a lost acknowledgement is covered by the next one and passes unseen; with it, it
+//!   shows as a chunk acknowledged late ([`ProbeResult::late_acks`]), which the monitor holds against the member's usual count
 //!   (some members delay one acknowledgement per connection as a rule; after a late one a
 //!   connection stops waiting, so that costs at most [`ACK_WAIT`] per connection). Where lb's
-//!   own timer wakes late, its host is busy and the connection stops waiting without judging. This is why each
-//!   request gets a fresh connection: a connection that has answered once acknowledges late.
+//!   own timer wakes late, its host is busy and the connection stops waiting without judging.
+//!   This is why each request gets a fresh connection: a connection that has answered once
+//!   acknowledges late.
 //! - the connection advertises the smallest MSS ([`PROBE_MSS`]), so that across a real
 //!   network the member's answer travels as several segments too (on loopback the kernel
 //!   passes a whole answer as one packet).
@@ -100,14 +100,15 @@ impl ProbeResult {
 /// Probe `addr`; the whole probe must finish within `timeout`.
 pub async fn probe(addr: SocketAddr, kind: &ProbeKind, timeout: Duration) -> ProbeResult {
     let start = Instant::now();
+    let requests = match kind {
+        ProbeKind::Connect => 0,
+        ProbeKind::Http { requests, .. } => *requests,
+    };
     let (mut connect, mut quickest, mut answers, mut late_acks) =
         (None, None, Duration::ZERO, None);
     let run = async {
-        let connections = match kind {
-            ProbeKind::Connect => 1,
-            ProbeKind::Http { requests, .. } => *requests,
-        };
-        for _ in 0..connections {
+        // A connect probe is one connection; an HTTP probe one per request.
+        for _ in 0..requests.max(1) {
             let t = Instant::now();
             connect = None;
             let mut s = connect_small(addr).await.map_err(|e| format!("connect: {e}"))?;
@@ -125,10 +126,6 @@ pub async fn probe(addr: SocketAddr, kind: &ProbeKind, timeout: Duration) -> Pro
     };
     let outcome = tokio::time::timeout(timeout, run).await;
     let took = start.elapsed();
-    let requests = match kind {
-        ProbeKind::Connect => 0,
-        ProbeKind::Http { requests, .. } => *requests,
-    };
     let result = |ok, timed_out, detail| ProbeResult {
         ok,
         connect,
@@ -178,14 +175,15 @@ async fn connect_small(addr: SocketAddr) -> std::io::Result<TcpStream> {
     Ok(s)
 }
 
-/// `OPTIONS *` for `authority`, padded to about `pad` bytes, asking the member to close.
-fn options_request(authority: &str, pad: usize) -> String {
+/// `OPTIONS *` for `authority`, padded to about [`PROBE_REQUEST_BYTES`], asking the member to
+/// close.
+fn options_request(authority: &str) -> String {
     let mut req = format!(
         "OPTIONS * HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\nUser-Agent: lb-probe"
     );
-    if req.len() + 4 < pad {
+    if req.len() + 4 < PROBE_REQUEST_BYTES {
         req.push_str(" (");
-        req.extend(std::iter::repeat_n('.', pad - req.len() - 5));
+        req.extend(std::iter::repeat_n('.', PROBE_REQUEST_BYTES - req.len() - 5));
         req.push(')');
     }
     req.push_str("\r\n\r\n");
@@ -202,14 +200,15 @@ async fn http_options(
 ) -> Result<(u32, Duration), String> {
     // One packet per chunk (no Nagle): a loopback or offloading NIC would otherwise carry
     // the whole request as one packet, whatever the MSS.
-    let req = options_request(authority, PROBE_REQUEST_BYTES);
-    let chunks: Vec<&[u8]> = req.as_bytes().chunks(PROBE_CHUNK).collect();
+    let req = options_request(authority);
+    let chunks = req.as_bytes().chunks(PROBE_CHUNK);
+    let last = chunks.len() - 1;
     let (start, mut late, mut waiting) = (Instant::now(), 0, true);
-    for (i, chunk) in chunks.iter().enumerate() {
+    for (i, chunk) in chunks.enumerate() {
         s.write_all(chunk).await.map_err(|e| format!("send: {e}"))?;
         // The last chunk is acknowledged by the answer. After a late one the rest go without
         // waiting: a receiver that delays one acknowledgement may delay the next ones too.
-        if waiting && i + 1 < chunks.len() && start.elapsed() < ACK_BUDGET {
+        if waiting && i < last && start.elapsed() < ACK_BUDGET {
             match acked(s, ack_wait).await? {
                 Ack::InTime => {}
                 Ack::Late => (late, waiting) = (late + 1, false),
@@ -288,12 +287,12 @@ mod tests {
 
     #[test]
     fn padded_request() {
-        let r = options_request("127.0.0.1:8080", PROBE_REQUEST_BYTES);
+        let r = options_request("127.0.0.1:8080");
         assert_eq!(r.len(), PROBE_REQUEST_BYTES);
         assert!(r.starts_with("OPTIONS * HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n"), "{r}");
         assert!(r.contains("\r\nConnection: close\r\n") && r.ends_with(")\r\n\r\n"), "{r}");
         let long = "h".repeat(PROBE_REQUEST_BYTES);
-        let r = options_request(&long, PROBE_REQUEST_BYTES);
+        let r = options_request(&long);
         assert!(r.ends_with("User-Agent: lb-probe\r\n\r\n") && r.contains("close"), "{r}");
     }
 
