@@ -59,34 +59,38 @@ pub async fn exchange(
         let wait = lease.response_timeout();
         let addr = member.url.authority();
         let mut spend = false;
-        let send = tokio::time::timeout(wait, lease.send(req));
-        let sent = if let Some(p) = ping.as_ref().filter(|p| !p.gate.is_open()) {
-            tokio::pin!(send);
-            let sent = tokio::select! {
-                r = &mut send => r,
-                _ = p.gate.continued.notified() => send.await,
-                _ = tokio::time::sleep(p.after) => match p.take_back() {
-                    Some(back) => {
-                        let error = UpstreamError::NoContinue { addr, after: p.after };
-                        return Err(Failed { error, back: Some(back) });
-                    }
-                    None => send.await,
-                },
-            };
-            // A final answer without `100 Continue`: the body follows, and the connection
-            // is not reused.
-            if !p.gate.is_open() {
-                p.gate.open();
-                spend = true;
+        // Pinned where it is made and polled through `&mut` in every branch, so that the
+        // exchange's state holds one copy of the send (each move into a `select!` or a
+        // `pin!` of its own took another).
+        let sent = {
+            let mut send = std::pin::pin!(tokio::time::timeout(wait, lease.send(req)));
+            if let Some(p) = ping.as_ref().filter(|p| !p.gate.is_open()) {
+                let sent = tokio::select! {
+                    r = &mut send => r,
+                    _ = p.gate.continued.notified() => send.await,
+                    _ = tokio::time::sleep(p.after) => match p.take_back() {
+                        Some(back) => {
+                            let error = UpstreamError::NoContinue { addr, after: p.after };
+                            return Err(Failed { error, back: Some(back) });
+                        }
+                        None => send.await,
+                    },
+                };
+                // A final answer without `100 Continue`: the body follows, and the connection
+                // is not reused.
+                if !p.gate.is_open() {
+                    p.gate.open();
+                    spend = true;
+                }
+                sent
+            } else if out.replay.is_some() {
+                tokio::select! {
+                    r = &mut send => r,
+                    _ = &mut ejected => return Err(Failed { error: gone(addr), back: None }),
+                }
+            } else {
+                send.await
             }
-            sent
-        } else if out.replay.is_some() {
-            tokio::select! {
-                r = send => r,
-                _ = &mut ejected => return Err(Failed { error: gone(addr), back: None }),
-            }
-        } else {
-            send.await
         };
         if spend {
             lease.spend();

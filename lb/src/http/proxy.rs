@@ -271,7 +271,9 @@ impl HttpProxy {
                 let sticky = upstream.policy.sticky.as_ref();
                 r.balancer_values = sticky::values(sticky, out.session.as_ref(), &member);
             }
-            match exchange(&out, &member, conn, req).await {
+            // Pinned where it is made: awaited by value, rustc lays the exchange's state out
+            // twice in this future (once as the call's result, once as the awaited future).
+            match std::pin::pin!(exchange(&out, &member, conn, req)).await {
                 Ok((resp, lease)) => {
                     member.report(Outcome::Success);
                     return self.respond(route, &out, resp, lease, pick, client_upgrade, rec);

@@ -152,7 +152,10 @@ where
             }
         }
         self.spare.store(0, Relaxed);
-        let conn = self.open().await?;
+        // Boxed: opening a connection (connect, TLS handshake) is a large future that most
+        // checkouts, served from the idle queue, never run; inline, every request's future
+        // carried its size.
+        let conn = Box::pin(self.open()).await?;
         Ok(Lease { conn, reused: false, pool: Arc::clone(self), _permit: permit, spent: false })
     }
 
