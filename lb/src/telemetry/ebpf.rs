@@ -66,12 +66,15 @@ impl Kernel {
         let object = OBJECT.ok_or_else(|| {
             TelemetryError::NotBuilt(missing_reason().unwrap_or("unknown reason").to_owned())
         })?;
+        // The kernel's BTF, parsed, takes about 9 MiB for a moment. The loader parses its own
+        // copy (no constructor skips that) and frees it with itself; ours, which the tracepoint
+        // needs, is parsed only after that, so that startup's peak holds one copy, not two.
+        let mut ebpf = EbpfLoader::new().load(object).map_err(|e| match Btf::from_sys_fs() {
+            Err(b) => TelemetryError::Load(format!("kernel BTF: {b}")),
+            Ok(_) => TelemetryError::Load(crate::errors::chain(&e)),
+        })?;
         let btf =
             Btf::from_sys_fs().map_err(|e| TelemetryError::Load(format!("kernel BTF: {e}")))?;
-        let mut ebpf = EbpfLoader::new()
-            .btf(Some(&btf))
-            .load(object)
-            .map_err(|e| TelemetryError::Load(crate::errors::chain(&e)))?;
         let logger = aya_log::EbpfLogger::init(&mut ebpf).ok();
         let cgroup = own_cgroup2()?;
         let cg = std::fs::File::open(&cgroup)
