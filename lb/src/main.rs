@@ -397,6 +397,7 @@ async fn run(cfg: &Config, path: &Path) -> Result<()> {
         format!("cannot open the access log {to}")
     })?;
     let bound = Lb::build(cfg)?.with_config_path(path.to_owned()).bind().await?;
+    lb::memory::drop_startup_pages();
     // SIGHUP re-reads the config file, like `lb reload`.
     let handle = bound.handle();
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())

@@ -85,3 +85,72 @@ fn cpu_time() -> Option<Duration> {
     let t = |v: libc::timeval| Duration::new(v.tv_sec as u64, v.tv_usec as u32 * 1000);
     Some(t(u.ru_utime) + t(u.ru_stime))
 }
+
+/// Hand back the pages of lb's own code and constants that startup read. Start-up runs code
+/// that serving never does again (config parsing, the eBPF loader, the command line), and the
+/// kernel maps each page of the binary it touches along with its neighbours; those pages stay
+/// resident, counted in lb's RSS, until memory runs short. Paged out once serving starts, only
+/// what serving runs comes back. Best effort: nothing changes where the kernel refuses.
+pub fn drop_startup_pages() {
+    #[cfg(target_os = "linux")]
+    {
+        let Ok(exe) = std::fs::read_link("/proc/self/exe") else { return };
+        let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else { return };
+        for line in maps.lines() {
+            let mut f = line.split_whitespace();
+            let (Some(range), Some(perms)) = (f.next(), f.next()) else { continue };
+            if f.nth(3).map(std::path::Path::new) != Some(exe.as_path()) || perms.contains('w') {
+                continue;
+            }
+            let Some((a, b)) = range.split_once('-') else { continue };
+            let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
+            else {
+                continue;
+            };
+            // SAFETY: MADV_PAGEOUT on a read-only mapping of the executable drops clean
+            // file-backed pages; their contents are unchanged and fault back in on next use.
+            unsafe { libc::madvise(a as *mut libc::c_void, b - a, libc::MADV_PAGEOUT) };
+        }
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::drop_startup_pages;
+
+    /// KiB of this process's executable that are resident, read-only mappings only.
+    fn resident_code_kib() -> u64 {
+        let exe = std::fs::read_link("/proc/self/exe").unwrap();
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let mut ours = false;
+        let mut kib = 0;
+        for line in smaps.lines() {
+            let mut f = line.split_whitespace();
+            match f.next() {
+                Some(field) if field.ends_with(':') => {
+                    if ours && field == "Rss:" {
+                        kib += f.next().and_then(|v| v.parse::<u64>().ok()).unwrap();
+                    }
+                }
+                _ => {
+                    let perms = f.next().unwrap_or("");
+                    let path = f.nth(3).map(std::path::Path::new);
+                    ours = path == Some(exe.as_path()) && !perms.contains('w');
+                }
+            }
+        }
+        kib
+    }
+
+    #[test]
+    fn startup_pages_of_the_executable_are_given_back() {
+        let before = resident_code_kib();
+        drop_startup_pages();
+        let after = resident_code_kib();
+        // The test binary has run the harness and other tests by now: megabytes of its code
+        // are resident. Paged out, only what runs meanwhile (this test, tests in parallel)
+        // comes back.
+        assert!(before > 1024, "only {before} KiB of code resident to begin with");
+        assert!(after < before / 2, "{before} KiB of code resident before, {after} KiB after");
+    }
+}
