@@ -299,6 +299,19 @@ impl Monitor {
             r.detail =
                 format!("{} (but it answered requests meanwhile: busy, not stopped)", r.detail);
         }
+        // lb's own thread waited for a CPU during the probe: its timings are the host's, not the
+        // member's. Only what the kernel saw (a refused connect, a retransmission) still counts.
+        let starved = r.starved >= probe::HOST_BUSY;
+        if starved && r.timed_out && r.connect.is_some() {
+            r.ok = true;
+        }
+        if starved {
+            r.detail = format!(
+                "{} (lb waited {:.1} ms for a CPU meanwhile: its timings were not judged)",
+                r.detail,
+                r.starved.as_secs_f64() * 1e3
+            );
+        }
         let Some(w) = self.watches.get_mut(&id) else { return };
         let outlier =
             |took: Duration, base: f64| policy.latency_outlier(took.as_micros() as f64, base);
@@ -313,7 +326,9 @@ impl Monitor {
             )),
             _ => None,
         };
-        let failed_as =
+        let failed_as = if starved {
+            None
+        } else {
             lost_ack.or(match (r.connect, connect_ref, r.per_answer(), w.answer_baseline_us) {
                 (Some(c), Some(base), ..) if outlier(c, base) => Some(format!(
                     "slow: connected in {:.1} ms against {:.3} ms",
@@ -326,7 +341,8 @@ impl Monitor {
                     base / 1000.0
                 )),
                 _ => None,
-            });
+            })
+        };
         w.probed(r, failed_as);
     }
 }
@@ -394,6 +410,7 @@ mod tests {
             answers: Duration::from_micros(50),
             timed_out: false,
             late_acks: None,
+            starved: Duration::ZERO,
             detail: "ok in 0.1 ms".into(),
         };
         for _ in 0..3 {
@@ -413,6 +430,7 @@ mod tests {
             answers: Duration::from_micros(50),
             timed_out: !ok,
             late_acks: None,
+            starved: Duration::ZERO,
             detail: if ok { "ok in 0.1 ms" } else { "timed out" }.into(),
         }
     }
@@ -513,5 +531,39 @@ mod tests {
         assert!(last.contains("1 chunk(s) acknowledged late (usually 0.0)"), "{last}");
         monitor.probed(bs, delaying, now_ms(), late(7));
         assert_eq!(failed(&monitor, delaying), 1);
+    }
+
+    /// While lb's own thread waited for a CPU, a probe's timings are the host's: late chunks, a
+    /// slow connect or a timeout after connecting judge nothing. What the kernel said (a
+    /// refused connect) still fails it.
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_that_waited_for_a_cpu_judges_no_timing() {
+        let (b, mut monitor, _snap) = answering_trio();
+        let bs = std::slice::from_ref(&b);
+        let id = b.members[0].id;
+        for _ in 0..5 {
+            monitor.probed(bs, id, now_ms(), ProbeResult { late_acks: Some(0), ..probe(true) });
+        }
+        let failed = |m: &Monitor| m.watches[&id].probes.failed;
+        let starved = probe::HOST_BUSY;
+        let slow = ProbeResult {
+            connect: Some(Duration::from_millis(40)),
+            late_acks: Some(3),
+            starved,
+            ..probe(true)
+        };
+        let stalled =
+            ProbeResult { connect: Some(Duration::from_micros(50)), starved, ..probe(false) };
+        monitor.probed(bs, id, now_ms(), slow.clone());
+        monitor.probed(bs, id, now_ms(), stalled);
+        assert_eq!(failed(&monitor), 0, "{:?}", monitor.watches[&id].probes.last);
+        let last = monitor.watches[&id].probes.last.clone().unwrap_or_default();
+        assert!(last.contains("for a CPU meanwhile"), "{last}");
+        let refused = ProbeResult { connect: None, timed_out: false, starved, ..probe(false) };
+        monitor.probed(bs, id, now_ms(), refused);
+        assert_eq!(failed(&monitor), 1);
+        // The same probe with lb on a CPU throughout fails.
+        monitor.probed(bs, id, now_ms(), ProbeResult { starved: Duration::ZERO, ..slow });
+        assert_eq!(failed(&monitor), 2);
     }
 }

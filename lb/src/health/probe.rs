@@ -27,6 +27,10 @@
 //! segment after a gap (the member's were): on a lossy path such a loss is usually repaired
 //! within the timeout and would pass unseen. Probe connections are not registered with
 //! telemetry and not counted as traffic.
+//!
+//! Its timings are lb's own clock readings, so they are only the member's when lb ran: each probe
+//! also says how long lb's thread waited for a CPU while it ran ([`ProbeResult::starved`], from
+//! the kernel's scheduler statistics), and the monitor judges no timing of a starved probe.
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -50,7 +54,7 @@ pub const ACK_WAIT: Duration = Duration::from_millis(5);
 pub const ACK_WAIT_PROMPT: Duration = Duration::from_millis(30);
 /// lb's own poll woke this much later than asked: its host is too busy to judge the member's
 /// timing, and the connection stops waiting without counting anything late.
-const HOST_BUSY: Duration = Duration::from_millis(5);
+pub const HOST_BUSY: Duration = Duration::from_millis(5);
 /// A connection waits for acknowledgements for at most this long in all: on a path with a
 /// longer round trip the rest of the request goes without waiting.
 pub const ACK_BUDGET: Duration = Duration::from_millis(10);
@@ -86,6 +90,9 @@ pub struct ProbeResult {
     /// Chunks of its requests the member did not acknowledge within the probe's `ack_wait`
     /// (`None` for a connect probe).
     pub late_acks: Option<u32>,
+    /// How long lb's probing thread waited for a CPU while the probe ran (zero where the kernel
+    /// does not say, or the probe moved between threads): lb's host was busy, not the member.
+    pub starved: Duration,
     /// "ok in 0.2 ms", "timed out after 250 ms", "connect: refused".
     pub detail: String,
 }
@@ -100,6 +107,7 @@ impl ProbeResult {
 /// Probe `addr`; the whole probe must finish within `timeout`.
 pub async fn probe(addr: SocketAddr, kind: &ProbeKind, timeout: Duration) -> ProbeResult {
     let start = Instant::now();
+    let waited = run_delay();
     let requests = match kind {
         ProbeKind::Connect => 0,
         ProbeKind::Http { requests, .. } => *requests,
@@ -126,6 +134,10 @@ pub async fn probe(addr: SocketAddr, kind: &ProbeKind, timeout: Duration) -> Pro
     };
     let outcome = tokio::time::timeout(timeout, run).await;
     let took = start.elapsed();
+    let starved = match (waited, run_delay()) {
+        (Some((t0, w0)), Some((t1, w1))) if t0 == t1 => w1.saturating_sub(w0),
+        _ => Duration::ZERO,
+    };
     let result = |ok, timed_out, detail| ProbeResult {
         ok,
         connect,
@@ -134,6 +146,7 @@ pub async fn probe(addr: SocketAddr, kind: &ProbeKind, timeout: Duration) -> Pro
         answers,
         timed_out,
         late_acks,
+        starved,
         detail,
     };
     match outcome {
@@ -148,6 +161,14 @@ pub async fn probe(addr: SocketAddr, kind: &ProbeKind, timeout: Duration) -> Pro
             },
         ),
     }
+}
+
+/// This thread, and how long it has waited for a CPU so far (the second field of
+/// `/proc/thread-self/schedstat`: time runnable but not running, in nanoseconds).
+fn run_delay() -> Option<(std::thread::ThreadId, Duration)> {
+    let text = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let ns = text.split_whitespace().nth(1)?.parse().ok()?;
+    Some((std::thread::current().id(), Duration::from_nanos(ns)))
 }
 
 /// Whether the probe connection `s` had to repair a loss: it retransmitted (our packets were
