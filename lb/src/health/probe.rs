@@ -30,7 +30,8 @@
 //!
 //! Its timings are lb's own clock readings, so they are only the member's when lb ran: each probe
 //! also says how long lb's thread waited for a CPU while it ran ([`ProbeResult::starved`], from
-//! the kernel's scheduler statistics), and the monitor judges no timing of a starved probe.
+//! the kernel's scheduler statistics), and the monitor judges no timing of a probe that was
+//! mostly lb's waiting.
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
