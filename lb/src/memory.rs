@@ -86,6 +86,19 @@ fn cpu_time() -> Option<Duration> {
     Some(t(u.ru_utime) + t(u.ru_stime))
 }
 
+/// The address range of a `/proc/self/maps` (or `smaps` header) line that maps `exe`
+/// read-only: its code and constants, not its writable data.
+#[cfg(target_os = "linux")]
+fn read_only_code(line: &str, exe: &std::path::Path) -> Option<(usize, usize)> {
+    let mut f = line.split_whitespace();
+    let (range, perms) = (f.next()?, f.next()?);
+    if f.nth(3).map(std::path::Path::new) != Some(exe) || perms.contains('w') {
+        return None;
+    }
+    let (a, b) = range.split_once('-')?;
+    Some((usize::from_str_radix(a, 16).ok()?, usize::from_str_radix(b, 16).ok()?))
+}
+
 /// Hand back the pages of lb's own code and constants that startup read. Start-up runs code
 /// that serving never does again (config parsing, the eBPF loader, the command line), and the
 /// kernel maps each page of the binary it touches along with its neighbours; those pages stay
@@ -96,17 +109,7 @@ pub fn drop_startup_pages() {
     {
         let Ok(exe) = std::fs::read_link("/proc/self/exe") else { return };
         let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else { return };
-        for line in maps.lines() {
-            let mut f = line.split_whitespace();
-            let (Some(range), Some(perms)) = (f.next(), f.next()) else { continue };
-            if f.nth(3).map(std::path::Path::new) != Some(exe.as_path()) || perms.contains('w') {
-                continue;
-            }
-            let Some((a, b)) = range.split_once('-') else { continue };
-            let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
-            else {
-                continue;
-            };
+        for (a, b) in maps.lines().filter_map(|l| read_only_code(l, &exe)) {
             // SAFETY: MADV_PAGEOUT on a read-only mapping of the executable drops clean
             // file-backed pages; their contents are unchanged and fault back in on next use.
             unsafe { libc::madvise(a as *mut libc::c_void, b - a, libc::MADV_PAGEOUT) };
@@ -132,11 +135,7 @@ mod tests {
                         kib += f.next().and_then(|v| v.parse::<u64>().ok()).unwrap();
                     }
                 }
-                _ => {
-                    let perms = f.next().unwrap_or("");
-                    let path = f.nth(3).map(std::path::Path::new);
-                    ours = path == Some(exe.as_path()) && !perms.contains('w');
-                }
+                _ => ours = super::read_only_code(line, &exe).is_some(),
             }
         }
         kib

@@ -305,10 +305,10 @@ impl Monitor {
         // as ever. A probe that was mostly lb's waiting, not one lb waited a little in: a mildly
         // congested path slows a probe well beyond the few ms a loaded host takes from it.
         let host_busy = r.starved >= probe::HOST_BUSY && r.starved * 2 >= r.took;
-        if host_busy && r.timed_out && r.connect.is_some() {
-            r.ok = true;
-        }
         if host_busy {
+            if r.timed_out && r.connect.is_some() {
+                r.ok = true;
+            }
             r.detail = format!(
                 "{} (lb waited {:.1} ms of it for a CPU: its timings were not judged)",
                 r.detail,
