@@ -18,7 +18,9 @@
 //!   connection stops waiting, so that costs at most [`ACK_WAIT`] per connection). Where lb's
 //!   own timer wakes late, its host is busy and the connection stops waiting without judging.
 //!   This is why each request gets a fresh connection: a connection that has answered once
-//!   acknowledges late.
+//!   acknowledges late. For the same reason a probe stops sending once the member has
+//!   answered, even before the request's end (nginx answers `OPTIONS *` with a 400 as soon as
+//!   it has the request line): such a member's probes sample loss on fewer packets.
 //! - the connection advertises the smallest MSS ([`PROBE_MSS`]), so that across a real
 //!   network the member's answer travels as several segments too (on loopback the kernel
 //!   passes a whole answer as one packet).
@@ -227,12 +229,19 @@ async fn http_options(
     let last = chunks.len() - 1;
     let (start, mut late, mut waiting) = (Instant::now(), 0, true);
     for (i, chunk) in chunks.enumerate() {
+        // The member answered before the request's end (nginx answers `OPTIONS *` with a 400
+        // once it has the request line, then closes): the rest is not needed. A connection
+        // that has sent data delays its acknowledgements, so from here they say nothing
+        // about lost packets.
+        if i > 0 && losses(s)?.received > 0 {
+            break;
+        }
         s.write_all(chunk).await.map_err(|e| format!("send: {e}"))?;
         // The last chunk is acknowledged by the answer. After a late one the rest go without
         // waiting: a receiver that delays one acknowledgement may delay the next ones too.
         if waiting && i < last && start.elapsed() < ACK_BUDGET {
             match acked(s, ack_wait).await? {
-                Ack::InTime => {}
+                Ack::InTime | Ack::Answered => {}
                 Ack::Late => (late, waiting) = (late + 1, false),
                 Ack::HostBusy => waiting = false,
             }
@@ -263,17 +272,27 @@ async fn http_options(
 enum Ack {
     InTime,
     Late,
+    /// The member's answer came first: its acknowledgements are delayed from now on.
+    Answered,
     /// lb's own timer was late: nothing to judge.
     HostBusy,
+}
+
+/// What the kernel knows of `s`'s packets.
+fn losses(s: &TcpStream) -> Result<crate::telemetry::tcp_info::Losses, String> {
+    crate::telemetry::tcp_info::losses(s).map_err(|e| format!("TCP_INFO: {e}"))
 }
 
 /// Whether the member acknowledged everything sent on `s` within `wait`.
 async fn acked(s: &TcpStream, wait: Duration) -> Result<Ack, String> {
     let start = Instant::now();
     loop {
-        let l = crate::telemetry::tcp_info::losses(s).map_err(|e| format!("TCP_INFO: {e}"))?;
+        let l = losses(s)?;
         if l.unacked == 0 {
             return Ok(Ack::InTime);
+        }
+        if l.received > 0 {
+            return Ok(Ack::Answered);
         }
         if start.elapsed() >= wait {
             return Ok(Ack::Late);
@@ -329,6 +348,42 @@ mod tests {
         // The member's send MSS follows what the probe advertised (less TCP options).
         let mss = socket2::SockRef::from(&s).tcp_mss().unwrap();
         assert!(mss <= PROBE_MSS, "member sends segments of {mss} bytes");
+    }
+
+    /// nginx answers `OPTIONS *` with a 400 as soon as it has read the request line, then reads
+    /// and drops the rest of the request before it closes (lingering close). Once a connection
+    /// has sent data, the member's kernel delays its acknowledgements: chunks sent after the
+    /// answer would be acknowledged late and read as lost packets. The probe stops sending when
+    /// the answer has come, and the member is healthy.
+    #[tokio::test]
+    async fn a_member_that_answers_after_the_request_line_is_healthy() {
+        use std::io::{Read, Write};
+        // On a thread of its own, so that it answers while the probe is still sending.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { return };
+                let (mut b, mut head) = ([0u8; 512], Vec::new());
+                while !head.windows(2).any(|w| w == b"\r\n") {
+                    match s.read(&mut b) {
+                        Ok(n @ 1..) => head.extend_from_slice(&b[..n]),
+                        _ => break,
+                    }
+                }
+                let answer =
+                    b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+                let _ = s.write_all(answer);
+                let _ = s.shutdown(std::net::Shutdown::Write);
+                while let Ok(1..) = s.read(&mut b) {}
+            }
+        });
+        for ack_wait in [ACK_WAIT, ACK_WAIT_PROMPT] {
+            let kind = ProbeKind::Http { authority: addr.to_string(), requests: 3, ack_wait };
+            let r = probe(addr, &kind, Duration::from_secs(2)).await;
+            assert!(r.ok, "{r:?}");
+            assert_eq!(r.late_acks, Some(0), "{r:?}");
+        }
     }
 
     #[tokio::test]

@@ -56,6 +56,8 @@ pub struct Losses {
     pub out_of_order: u32,
     /// Segments sent and not yet acknowledged.
     pub unacked: u32,
+    /// Bytes of data received from the peer.
+    pub received: u64,
 }
 
 /// Lost packets `stream` has noticed so far, in either direction.
@@ -64,6 +66,7 @@ pub fn losses(stream: &TcpStream) -> io::Result<Losses> {
         retransmits: i.tcpi_total_retrans,
         out_of_order: i.tcpi_rcv_ooopack,
         unacked: i.tcpi_unacked,
+        received: i.tcpi_bytes_received,
     })
 }
 
