@@ -44,38 +44,62 @@ pub fn ambiguous_framing(h: &HeaderMap) -> Option<String> {
     }
 }
 
+/// The hop-by-hop headers removed whatever `Connection` says.
+static HOP_BY_HOP: [&HeaderName; 9] = [
+    // First: `strip_hop_by_hop` reads its bit.
+    &header::CONNECTION,
+    &KEEP_ALIVE,
+    &header::PROXY_AUTHENTICATE,
+    &header::PROXY_AUTHORIZATION,
+    &header::TE,
+    &header::TRAILER,
+    &header::TRANSFER_ENCODING,
+    &header::UPGRADE,
+    &PROXY_CONNECTION,
+];
+
 /// Remove hop-by-hop headers: the fixed set plus every header named in `Connection`. With
 /// `upgrade` (a WebSocket or other upgrade being passed through), `Connection: upgrade` and the
 /// `Upgrade` header are kept.
+///
+/// Every request and response passes here, and most carry none of these headers or only
+/// `Connection: keep-alive`: one pass over the distinct names (a name comparison each, no
+/// hashing) finds which are there, and only those are removed.
 pub fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: Option<&HeaderValue>) {
-    if h.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = h
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .collect();
-        for n in named {
-            h.remove(n);
+    let mut present = 0u16;
+    for k in h.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|n| *n == k) {
+            present |= 1 << i;
         }
-        h.remove(header::CONNECTION);
     }
-    for n in [
-        &KEEP_ALIVE,
-        &header::PROXY_AUTHENTICATE,
-        &header::PROXY_AUTHORIZATION,
-        &header::TE,
-        &header::TRAILER,
-        &header::TRANSFER_ENCODING,
-        &header::UPGRADE,
-        &PROXY_CONNECTION,
-    ] {
-        h.remove(n);
+    if present & 1 != 0 {
+        remove_connection_named(h);
+    }
+    for (i, n) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            h.remove(*n);
+        }
     }
     if let Some(u) = upgrade {
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         h.insert(header::UPGRADE, u.clone());
+    }
+}
+
+/// Remove the headers `Connection` names (RFC 9110 §7.6.1).
+fn remove_connection_named(h: &mut HeaderMap) {
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        // The usual token, and one of the fixed set: no name to build.
+        .filter(|t| !t.eq_ignore_ascii_case("keep-alive"))
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .collect();
+    for n in named {
+        h.remove(n);
     }
 }
 
@@ -148,6 +172,36 @@ mod tests {
         assert!(h.get("x-secret").is_none() && h.get("keep-alive").is_none());
         assert!(h.get(header::CONNECTION).is_none() && h.get(header::TE).is_none());
         assert!(h.get("x-kept").is_some());
+        // Each of the fixed set, alone among other headers, is found and removed.
+        for name in [
+            "connection",
+            "keep-alive",
+            "proxy-authenticate",
+            "proxy-authorization",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+            "proxy-connection",
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(header::HOST, HeaderValue::from_static("a"));
+            h.insert(HeaderName::from_static(name), HeaderValue::from_static("1"));
+            h.insert("x-kept", HeaderValue::from_static("1"));
+            strip_hop_by_hop(&mut h, None);
+            assert!(h.get(name).is_none(), "{name} kept");
+            assert_eq!(h.len(), 2, "{name}: {h:?}");
+        }
+        // An upgrade passed through keeps its two headers.
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        let ws = HeaderValue::from_static("websocket");
+        strip_hop_by_hop(&mut h, Some(&ws));
+        assert_eq!(
+            (&h[header::CONNECTION], &h[header::UPGRADE]),
+            (&"upgrade".parse::<HeaderValue>().unwrap(), &ws)
+        );
     }
 
     #[test]
