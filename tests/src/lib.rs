@@ -20,6 +20,7 @@ pub mod certs;
 pub mod dns;
 pub mod faults;
 pub mod l4;
+pub mod nginx;
 pub mod process;
 pub mod webdriver;
 

@@ -316,6 +316,31 @@ async fn an_idle_healthy_member_is_probed_at_a_bounded_rate() {
     lb.stop().await;
 }
 
+/// A real nginx member passes lb's probes. nginx answers `OPTIONS *` with a 400 as soon as it
+/// has the request line; the probe's chunks after that answer were acknowledged late (a
+/// connection that has sent data delays its acknowledgements), most probes of a healthy nginx
+/// failed, and nginx members were held suspect and probed in bursts, or ejected.
+#[tokio::test]
+async fn a_real_nginx_member_passes_every_probe() {
+    let nginx = lb_tests::nginx::Nginx::start("nginx");
+    let other = Member::start("a").await;
+    let lb = Lb::start(&config(&members(&[(&nginx.url(), ""), (&other.url(), "")]))).await;
+    let answers = [get(&lb.url("/")).await.text(), get(&lb.url("/")).await.text()];
+    assert!(answers.contains(&"nginx".to_owned()), "nginx serves through lb: {answers:?}");
+    let seen = eventually(Duration::from_secs(10), || async {
+        let m = member_health(&lb, 0).await;
+        (m["evidence"]["probes"]["sent"].as_u64().unwrap_or(0) >= 10).then_some(m)
+    })
+    .await;
+    let m = seen.expect("the member was never probed ten times");
+    assert_eq!(m["evidence"]["probes"]["failed"], 0, "{m}");
+    assert_eq!(m["state"], "healthy", "{m}");
+    // Every chunk a probe sent before nginx's answer was acknowledged in time: nginx gets the
+    // prompt acknowledgement wait, and one late chunk is a loss.
+    assert_eq!(m["evidence"]["probes"]["late_chunks_usual"], 0.0, "{m}");
+    lb.stop().await;
+}
+
 /// A member that answers `OPTIONS *` with a 400 and closes the connection, as nginx does, is
 /// healthy: each probe request has a connection of its own. (When a probe's three requests
 /// shared one connection, the second found it closed, every probe failed, and such a member

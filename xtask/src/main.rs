@@ -151,6 +151,8 @@ fn test(extra: &[String]) -> Result<()> {
     ensure_tool("nft", "nftables")?;
     ensure_tool("curl", "curl")?;
     ensure_tool("ip", "iproute2")?;
+    // Probes are tested against a real nginx member.
+    ensure_tool("nginx", "nginx")?;
     // `lb health --watch` is tested in a real terminal, the balancer-manager page in Chromium.
     ensure_tool("tmux", "tmux")?;
     ensure_tool("chromium", "chromium")?;

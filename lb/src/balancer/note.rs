@@ -67,4 +67,8 @@ pub struct ProbeStats {
     pub failed: u64,
     /// The last probe's result: "ok in 0.2 ms", "timed out after 250 ms", "refused".
     pub last: Option<String>,
+    /// How many chunks of a probe the member usually acknowledges late (learnt from its
+    /// healthy probes; 0 for most members): a probe fails on more than twice that.
+    #[serde(default)]
+    pub late_chunks_usual: Option<f64>,
 }

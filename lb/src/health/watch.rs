@@ -253,7 +253,10 @@ impl Watch {
             baseline_srtt_us: self.baseline_srtt.map(|v| v.round()),
             peers_srtt_us: self.peers_srtt.map(|v| v.round()),
             stalled_ms,
-            probes: self.probes.clone(),
+            probes: ProbeStats {
+                late_chunks_usual: self.late_acks_baseline.map(|u| (u * 10.0).round() / 10.0),
+                ..self.probes.clone()
+            },
             ..self.evidence.report()
         }
     }
