@@ -316,6 +316,20 @@ async fn an_idle_healthy_member_is_probed_at_a_bounded_rate() {
     lb.stop().await;
 }
 
+/// Member 0 once probed ten times or more (one probe per `probe_interval` while idle): every
+/// probe passed and it is healthy; its health entry.
+async fn passed_ten_probes(lb: &Lb) -> serde_json::Value {
+    let seen = eventually(Duration::from_secs(10), || async {
+        let m = member_health(lb, 0).await;
+        (m["evidence"]["probes"]["sent"].as_u64().unwrap_or(0) >= 10).then_some(m)
+    })
+    .await;
+    let m = seen.expect("the member was never probed ten times");
+    assert_eq!(m["evidence"]["probes"]["failed"], 0, "{m}");
+    assert_eq!(m["state"], "healthy", "{m}");
+    m
+}
+
 /// A real nginx member passes lb's probes. nginx answers `OPTIONS *` with a 400 as soon as it
 /// has the request line; the probe's chunks after that answer were acknowledged late (a
 /// connection that has sent data delays its acknowledgements), most probes of a healthy nginx
@@ -327,14 +341,7 @@ async fn a_real_nginx_member_passes_every_probe() {
     let lb = Lb::start(&config(&members(&[(&nginx.url(), ""), (&other.url(), "")]))).await;
     let answers = [get(&lb.url("/")).await.text(), get(&lb.url("/")).await.text()];
     assert!(answers.contains(&"nginx".to_owned()), "nginx serves through lb: {answers:?}");
-    let seen = eventually(Duration::from_secs(10), || async {
-        let m = member_health(&lb, 0).await;
-        (m["evidence"]["probes"]["sent"].as_u64().unwrap_or(0) >= 10).then_some(m)
-    })
-    .await;
-    let m = seen.expect("the member was never probed ten times");
-    assert_eq!(m["evidence"]["probes"]["failed"], 0, "{m}");
-    assert_eq!(m["state"], "healthy", "{m}");
+    let m = passed_ten_probes(&lb).await;
     // Every chunk a probe sent before nginx's answer was acknowledged in time: nginx gets the
     // prompt acknowledgement wait, and one late chunk is a loss.
     assert_eq!(m["evidence"]["probes"]["late_chunks_usual"], 0.0, "{m}");
@@ -368,15 +375,7 @@ async fn a_member_that_closes_after_refusing_options_star_stays_healthy() {
     let other = Member::start("a").await;
     let lb =
         Lb::start(&config(&members(&[(&format!("http://{addr}"), ""), (&other.url(), "")]))).await;
-    // Ten probes or more (one per 200 ms while idle), every one passed.
-    let seen = eventually(Duration::from_secs(10), || async {
-        let m = member_health(&lb, 0).await;
-        (m["evidence"]["probes"]["sent"].as_u64().unwrap_or(0) >= 10).then_some(m)
-    })
-    .await;
-    let m = seen.expect("the member was never probed ten times");
-    assert_eq!(m["evidence"]["probes"]["failed"], 0, "{m}");
-    assert_eq!(m["state"], "healthy", "{m}");
+    passed_ten_probes(&lb).await;
     lb.stop().await;
     refusing.abort();
 }
