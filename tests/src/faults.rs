@@ -138,8 +138,26 @@ impl Process {
         assert!(ok.success(), "kill {sig} {pid}");
     }
 
+    /// SIGSTOP, and wait until every thread of the process has stopped: a signal is delivered
+    /// to each thread as it next runs, which on a busy host can be after the next request.
     pub fn stop(&self) {
         self.signal("-STOP");
+        let tasks = format!("/proc/{}/task", self.child.0.id());
+        let stopped = || {
+            std::fs::read_dir(&tasks).is_ok_and(|d| {
+                d.filter_map(Result::ok).all(|t| {
+                    std::fs::read_to_string(t.path().join("stat"))
+                        .ok()
+                        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.starts_with('T')))
+                        .unwrap_or(true)
+                })
+            })
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !stopped() {
+            assert!(std::time::Instant::now() < deadline, "{tasks}: not stopped after 5 s");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
     }
 
     pub fn resume(&self) {
