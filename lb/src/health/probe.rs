@@ -241,7 +241,8 @@ async fn http_options(
         // waiting: a receiver that delays one acknowledgement may delay the next ones too.
         if waiting && i < last && start.elapsed() < ACK_BUDGET {
             match acked(s, ack_wait).await? {
-                Ack::InTime | Ack::Answered => {}
+                Ack::InTime => {}
+                Ack::Answered => break,
                 Ack::Late => (late, waiting) = (late + 1, false),
                 Ack::HostBusy => waiting = false,
             }
