@@ -58,6 +58,9 @@ pub struct Losses {
     pub unacked: u32,
     /// Bytes of data received from the peer.
     pub received: u64,
+    /// The kernel's smoothed round-trip time, µs (0: no sample yet). On a fresh connection it
+    /// is its one sample so far: SYN to SYN-ACK.
+    pub rtt_us: u32,
 }
 
 /// Lost packets `stream` has noticed so far, in either direction.
@@ -67,6 +70,7 @@ pub fn losses(stream: &TcpStream) -> io::Result<Losses> {
         out_of_order: i.tcpi_rcv_ooopack,
         unacked: i.tcpi_unacked,
         received: i.tcpi_bytes_received,
+        rtt_us: i.tcpi_rtt,
     })
 }
 
