@@ -30,10 +30,13 @@
 //! within the timeout and would pass unseen. Probe connections are not registered with
 //! telemetry and not counted as traffic.
 //!
-//! Its timings are lb's own clock readings, so they are only the member's when lb ran: each probe
-//! also says how long lb's thread waited for a CPU while it ran ([`ProbeResult::starved`], from
-//! the kernel's scheduler statistics), and the monitor judges no timing of a probe that was
-//! mostly lb's waiting.
+//! Its two timings are the kernel's where it has them: the connect is the handshake's round trip
+//! as TCP measured it, and an answer ends at the kernel's arrival stamp on the segment that
+//! completed its head. lb's own clock also counts the time lb took to come back to the probe,
+//! which under load is lb's, not the member's. The acknowledgement waits are lb's clock; each
+//! probe also says how long lb's thread waited for a CPU while it ran
+//! ([`ProbeResult::starved`], from the kernel's scheduler statistics), and the monitor judges
+//! no timing of a probe that was mostly lb's waiting.
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -243,6 +246,8 @@ async fn http_options(
     // One packet per chunk (no Nagle): a loopback or offloading NIC would otherwise carry
     // the whole request as one packet, whatever the MSS.
     let req = options_request(authority);
+    // The answer's arrival as the kernel timed it (see `answer_time`); without it, lb's clock.
+    let stamped = crate::telemetry::tcp_info::stamp_arrivals(s).is_ok();
     let chunks = req.as_bytes().chunks(PROBE_CHUNK);
     let last = chunks.len() - 1;
     let (start, mut late, mut waiting) = (Instant::now(), 0, true);
@@ -266,9 +271,10 @@ async fn http_options(
             }
         }
     }
-    let sent = Instant::now();
+    let (sent, sent_at) = (Instant::now(), std::time::SystemTime::now());
     let mut buf = Vec::with_capacity(512);
     let mut chunk = [0u8; 512];
+    let mut arrived = None;
     loop {
         if buf.windows(4).any(|w| w == b"\r\n\r\n") {
             break;
@@ -276,16 +282,56 @@ async fn http_options(
         if buf.len() > 16 * 1024 {
             return Err("answer head too long".to_owned());
         }
-        let n = s.read(&mut chunk).await.map_err(|e| format!("read: {e}"))?;
+        let (n, at) = if stamped {
+            read_timed(s, &mut chunk).await
+        } else {
+            s.read(&mut chunk).await.map(|n| (n, None))
+        }
+        .map_err(|e| format!("read: {e}"))?;
         if n == 0 {
             return Err("closed without an answer".to_owned());
         }
+        arrived = at.or(arrived);
         buf.extend_from_slice(&chunk[..n]);
     }
     if !buf.starts_with(b"HTTP/1.") {
         return Err("answered something that is not HTTP".to_owned());
     }
-    Ok((late, sent.elapsed()))
+    Ok((late, answer_time(sent.elapsed(), sent_at, arrived)))
+}
+
+/// How long the member took to answer: from lb's clock just after the request's last chunk went
+/// to the kernel's stamp on the segment that completed the answer's head, where there is one.
+/// lb's clock alone says when lb got round to reading the answer, which under load is later:
+/// with one balancer's members loading lb's core, an idle member of another balancer failed
+/// most probes as "slow: answered in 3.9 ms against its usual 0.039 ms", and with no peer to
+/// share the symptom it was found sick. An answer that came before the request's end (see
+/// above) took no time.
+fn answer_time(
+    measured: Duration,
+    sent_at: std::time::SystemTime,
+    arrived: Option<std::time::SystemTime>,
+) -> Duration {
+    match arrived {
+        Some(at) => at.duration_since(sent_at).unwrap_or(Duration::ZERO).min(measured),
+        None => measured,
+    }
+}
+
+/// Read what `s` has, with the kernel's stamp of its arrival.
+async fn read_timed(
+    s: &TcpStream,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, Option<std::time::SystemTime>)> {
+    loop {
+        s.readable().await?;
+        match s.try_io(tokio::io::Interest::READABLE, || {
+            crate::telemetry::tcp_info::recv_timed(s, buf)
+        }) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            r => return r,
+        }
+    }
 }
 
 enum Ack {
@@ -431,6 +477,48 @@ mod tests {
         let connect = r.connect.unwrap();
         assert!(connect < Duration::from_millis(5), "{r:?}");
         drop(l);
+    }
+
+    /// The same for the answer: a task holds the probe's thread for 20 ms from just before the
+    /// member answers, so lb reads the answer 20 ms late; the probe's answer time is still the
+    /// member's. The member, on a thread of its own, says when it has the whole request, and
+    /// answers only once the busy task has started.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_busy_event_loop_does_not_slow_the_probes_answer() {
+        use std::io::{Read, Write};
+        const HOLD: Duration = Duration::from_millis(20);
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let (have_request, request_in) = tokio::sync::oneshot::channel::<()>();
+        let (go, go_rx) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let (mut b, mut head) = ([0u8; 512], Vec::new());
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut b) {
+                    Ok(n @ 1..) => head.extend_from_slice(&b[..n]),
+                    _ => return,
+                }
+            }
+            let _ = have_request.send(());
+            let _ = go_rx.recv();
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+            while let Ok(1..) = s.read(&mut b) {}
+        });
+        let busy = tokio::spawn(async move {
+            let _ = request_in.await;
+            let _ = go.send(());
+            let t = std::time::Instant::now();
+            while t.elapsed() < HOLD {
+                std::hint::spin_loop();
+            }
+        });
+        let kind = ProbeKind::Http { authority: addr.to_string(), requests: 1, ack_wait: ACK_WAIT };
+        let r = probe(addr, &kind, Duration::from_secs(5)).await;
+        busy.await.unwrap();
+        assert!(r.ok, "{r:?}");
+        assert!(r.took >= HOLD, "the busy task did not run inside the probe: {r:?}");
+        assert!(r.answers < Duration::from_millis(5), "{r:?}");
     }
 
     #[tokio::test]

@@ -74,6 +74,68 @@ pub fn losses(stream: &TcpStream) -> io::Result<Losses> {
     })
 }
 
+/// Have the kernel stamp the time each segment `stream` receives arrived (`SO_TIMESTAMPNS`),
+/// for [`recv_timed`].
+pub fn stamp_arrivals(stream: &TcpStream) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: `stream` owns an open socket; the option value is one c_int that lives for the
+    // call, and its size is passed with it.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            (&raw const on).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// Read from `stream` as `read` does (non-blocking: `WouldBlock` when nothing is there), and
+/// say when the kernel received what was read, on the real-time clock: lb's own clock says
+/// when lb got round to reading it, which under load is later. `None` without a stamp (see
+/// [`stamp_arrivals`]).
+pub fn recv_timed(
+    stream: &TcpStream,
+    buf: &mut [u8],
+) -> io::Result<(usize, Option<std::time::SystemTime>)> {
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    // Room for one control message carrying a timespec, aligned as cmsghdr needs.
+    let mut control = [0u64; 8];
+    // SAFETY: all-zero bytes are a valid msghdr (null pointers, zero lengths).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &raw mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    // SAFETY: `msg` points at one iovec over `buf` (valid for writes of its length) and at
+    // `control` (valid for writes of `msg_controllen` bytes); both outlive the call.
+    let n = unsafe { libc::recvmsg(stream.as_raw_fd(), &raw mut msg, libc::MSG_DONTWAIT) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut at = None;
+    // SAFETY: `msg` was filled by recvmsg above: CMSG_FIRSTHDR/CMSG_NXTHDR walk the control
+    // messages within `msg_controllen` of `control` and return null at the end.
+    let mut c = unsafe { libc::CMSG_FIRSTHDR(&raw const msg) };
+    while !c.is_null() {
+        // SAFETY: `c` is non-null and points at a cmsghdr inside `control`.
+        let h = unsafe { &*c };
+        if h.cmsg_level == libc::SOL_SOCKET && h.cmsg_type == libc::SCM_TIMESTAMPNS {
+            // SAFETY: an SCM_TIMESTAMPNS message carries one timespec as its data; it may be
+            // unaligned for timespec, so it is read unaligned.
+            let ts: libc::timespec = unsafe { std::ptr::read_unaligned(libc::CMSG_DATA(c).cast()) };
+            let since_epoch =
+                Duration::new(ts.tv_sec.max(0) as u64, ts.tv_nsec.clamp(0, 999_999_999) as u32);
+            at = Some(std::time::UNIX_EPOCH + since_epoch);
+        }
+        // SAFETY: as for CMSG_FIRSTHDR; `c` is a header of `msg`.
+        c = unsafe { libc::CMSG_NXTHDR(&raw const msg, c) };
+    }
+    Ok((n as usize, at))
+}
+
 /// The kernel's TCP_INFO for `fd`. A kernel older than libc's struct fills less of it and
 /// leaves the rest zero (the segment counters need Linux 4.6, `rcv_ooopack` 5.4).
 fn tcp_info(fd: RawFd) -> io::Result<libc::tcp_info> {
