@@ -39,7 +39,7 @@
 //! no timing of a probe that was mostly lb's waiting.
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
 
@@ -182,8 +182,8 @@ fn run_delay() -> Option<(std::thread::ThreadId, Duration)> {
 /// `measured`, lb's clock from the connect call to the task seeing it done. lb's clock also
 /// counts the time its event loop took to come back to the probe, which under load is lb's
 /// own (4–5 ms against a handshake of 0.1 ms, with lb's core saturated by h2c load): judged as
-/// the member's, every probe failed as "slow", every member turned suspect, and bursts of
-/// probes ran for as long as the load did. A fresh connection's first round-trip sample is its
+/// the member's, over 90 % of probes failed as "slow", every member was held `loaded`, and
+/// bursts of probes ran for as long as the load did. A fresh connection's first round-trip sample is its
 /// SYN to SYN-ACK, taken by the kernel as the SYN-ACK arrives. When a SYN was retransmitted
 /// the kernel takes no sample from it (and the probe fails on the retransmission anyway).
 fn handshake_time(s: &TcpStream, measured: Duration) -> Duration {
@@ -246,8 +246,9 @@ async fn http_options(
     // One packet per chunk (no Nagle): a loopback or offloading NIC would otherwise carry
     // the whole request as one packet, whatever the MSS.
     let req = options_request(authority);
-    // The answer's arrival as the kernel timed it (see `answer_time`); without it, lb's clock.
-    let stamped = crate::telemetry::tcp_info::stamp_arrivals(s).is_ok();
+    // The answer's arrival as the kernel timed it (see `answer_time`); where the kernel refuses
+    // the stamps, reads carry none and lb's clock counts.
+    let _ = crate::telemetry::tcp_info::stamp_arrivals(s);
     let chunks = req.as_bytes().chunks(PROBE_CHUNK);
     let last = chunks.len() - 1;
     let (start, mut late, mut waiting) = (Instant::now(), 0, true);
@@ -282,12 +283,7 @@ async fn http_options(
         if buf.len() > 16 * 1024 {
             return Err("answer head too long".to_owned());
         }
-        let (n, at) = if stamped {
-            read_timed(s, &mut chunk).await
-        } else {
-            s.read(&mut chunk).await.map(|n| (n, None))
-        }
-        .map_err(|e| format!("read: {e}"))?;
+        let (n, at) = read_timed(s, &mut chunk).await.map_err(|e| format!("read: {e}"))?;
         if n == 0 {
             return Err("closed without an answer".to_owned());
         }

@@ -2,6 +2,7 @@
 use super::*;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 
 /// Connections to or from `port` in TIME_WAIT (IPv4).
