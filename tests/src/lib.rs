@@ -394,10 +394,40 @@ pub async fn raw_member_closing_after(
     (addr, t)
 }
 
-/// A port with nothing listening (bound, then released).
-pub async fn dead_port() -> SocketAddr {
+/// An address where nothing listens, for a member that refuses connections. The port stays
+/// bound (without `listen`, without `SO_REUSEADDR`) for as long as the value lives, so a connect
+/// to it is refused, and neither another test's bind nor the kernel's choice of a source port
+/// can take it meanwhile. Keep it alive for the whole test.
+pub struct DeadPort {
+    addr: SocketAddr,
+    _held: tokio::net::TcpSocket,
+}
+
+impl std::ops::Deref for DeadPort {
+    type Target = SocketAddr;
+    fn deref(&self) -> &SocketAddr {
+        &self.addr
+    }
+}
+
+impl std::fmt::Display for DeadPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.addr.fmt(f)
+    }
+}
+
+/// A port that refuses connections for as long as the returned value lives.
+pub async fn dead_port() -> DeadPort {
+    let held = tokio::net::TcpSocket::new_v4().expect("socket");
+    held.bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+    DeadPort { addr: held.local_addr().expect("addr"), _held: held }
+}
+
+/// A port free now, for lb to bind later (bound, then released: another process could take it
+/// first, which makes lb's bind fail loudly rather than a test pass wrongly).
+pub async fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    l.local_addr().expect("addr")
+    l.local_addr().expect("addr").port()
 }
 
 /// lb running in this process.

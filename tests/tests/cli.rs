@@ -43,8 +43,8 @@ async fn status_shows_the_balancer_like_apache() {
     lb.stop().await;
 
     // No lb at that address: a clear error, exit 1.
-    let gone = dead_port().await.to_string();
-    let out = lb_cmd(&["status", "--admin", &gone]);
+    let gone = dead_port().await;
+    let out = lb_cmd(&["status", "--admin", &gone.to_string()]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach lb's admin listener"));
 }

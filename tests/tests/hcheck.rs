@@ -155,7 +155,8 @@ async fn failing_checks_set_c_and_stop_traffic_passing_ones_bring_it_back() {
 #[tokio::test]
 async fn a_tcp_check_of_a_closed_port_sets_c() {
     let b = Member::start("b").await;
-    let dead = format!("http://{}", dead_port().await);
+    let refusing = dead_port().await;
+    let dead = format!("http://{refusing}");
     let hc = "hcmethod = \"TCP\"\nhcinterval = \"100ms\"";
     let body = format!("{}{NO_IDLE_PROBES}", members(&[(&dead, hc), (&b.url(), "")]));
     let lb = Lb::start(&config(&body)).await;
@@ -269,7 +270,8 @@ async fn a_slow_check_is_never_doubled() {
 async fn a_tcp_member_is_checked_with_a_connect() {
     use lb_tests::l4::{Mode, TcpMember, tcp_config};
     let up = TcpMember::start("up", Mode::Echo, false).await;
-    let dead = format!("tcp://{}", dead_port().await);
+    let refusing = dead_port().await;
+    let dead = format!("tcp://{refusing}");
     let hc = "hcmethod = \"TCP\"\nhcinterval = \"100ms\"";
     let body = format!(
         "[[balancer.b.member]]\nurl = \"{}\"\n{hc}\n[[balancer.b.member]]\nurl = \"{dead}\"\n{hc}\n",
