@@ -76,13 +76,38 @@ pub fn losses(stream: &TcpStream) -> io::Result<Losses> {
 
 /// Have the kernel stamp the time each segment `stream` receives arrived (`SO_TIMESTAMPNS`),
 /// for [`recv_timed`].
+///
+/// The kernel stamps received packets only while some socket on the host asks for stamps: the
+/// first one to ask turns a host-wide switch on, the last one to close turns it off, and each
+/// turn is a static key the kernel flips by rewriting its own code, with an interrupt to every
+/// CPU. A probe's socket asking on its own flipped it twice per probe (about 18 times a second
+/// with three idle members). So lb first asks on one socket of its own that stays open while lb
+/// runs ([`hold_stamps_on`]): the switch turns on once, and a probe's socket only counts up and
+/// down. The cost is the stamp itself, one clock read per packet the host receives, as when
+/// chrony or tcpdump runs.
 pub fn stamp_arrivals(stream: &TcpStream) -> io::Result<()> {
+    hold_stamps_on();
+    set_stamps(stream.as_raw_fd())
+}
+
+/// Ask for arrival stamps on one socket of lb's own (UDP, never bound: no port, no traffic)
+/// that stays open for the life of the process; best effort, at the first probe.
+fn hold_stamps_on() {
+    static HELD: std::sync::OnceLock<Option<socket2::Socket>> = std::sync::OnceLock::new();
+    HELD.get_or_init(|| {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).ok()?;
+        set_stamps(s.as_raw_fd()).ok()?;
+        Some(s)
+    });
+}
+
+fn set_stamps(fd: RawFd) -> io::Result<()> {
     let on: libc::c_int = 1;
-    // SAFETY: `stream` owns an open socket; the option value is one c_int that lives for the
-    // call, and its size is passed with it.
+    // SAFETY: `fd` is an open socket its caller owns; the option value is one c_int that lives
+    // for the call, and its size is passed with it.
     let rc = unsafe {
         libc::setsockopt(
-            stream.as_raw_fd(),
+            fd,
             libc::SOL_SOCKET,
             libc::SO_TIMESTAMPNS,
             (&raw const on).cast(),

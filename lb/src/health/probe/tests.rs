@@ -200,11 +200,77 @@ async fn connect_http_and_silent_members() {
     // (closing normally, the probe's side would, for a minute).
     assert_eq!(time_wait(addr.port()), 0);
     server.abort();
-    // Nothing listening: refused at once.
-    let closed = {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        l.local_addr().unwrap()
-    };
+    // Nothing listening: refused at once. The port stays bound (without listening) through
+    // the probe, so nothing else can take it meanwhile.
+    let held = tokio::net::TcpSocket::new_v4().unwrap();
+    held.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let closed = held.local_addr().unwrap();
     let r = probe(closed, &ProbeKind::Connect, t).await;
     assert!(!r.ok && r.detail.starts_with("connect:"), "{r:?}");
+}
+
+/// The kernel's workqueue events, traced in a tracefs instance of the test's own (root), so
+/// that the host's own tracing is left alone. Removed on drop.
+struct WorkTrace(std::path::PathBuf);
+
+impl WorkTrace {
+    fn start() -> WorkTrace {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let name = format!("lb-test-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
+        let dir = std::path::Path::new("/sys/kernel/tracing/instances").join(name);
+        std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("tracefs instance {dir:?}: {e}"));
+        let t = WorkTrace(dir);
+        std::fs::write(t.enable(), "1").unwrap();
+        t
+    }
+    fn enable(&self) -> std::path::PathBuf {
+        self.0.join("events/workqueue/workqueue_execute_start/enable")
+    }
+    fn read(&self) -> String {
+        std::fs::read_to_string(self.0.join("trace")).unwrap()
+    }
+}
+
+impl Drop for WorkTrace {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.enable(), "0");
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// Probes ask the kernel for arrival stamps, but do not flip its host-wide switch for them
+/// each time (see `tcp_info::stamp_arrivals`): each flip runs the kernel's `netstamp_clear`
+/// work item, and 20 probes after the first run it at most twice (other processes on the host
+/// may flip it too). A probe socket that asked on its own ran it about twice per probe.
+#[tokio::test]
+async fn probes_do_not_flip_the_kernels_timestamp_switch() {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        loop {
+            let (mut s, _) = l.accept().await.unwrap();
+            tokio::spawn(async move {
+                let (mut b, mut head) = ([0u8; 512], Vec::new());
+                while let Ok(n @ 1..) = s.read(&mut b).await {
+                    head.extend_from_slice(&b[..n]);
+                    if head.ends_with(b"\r\n\r\n") {
+                        let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").await;
+                    }
+                }
+            });
+        }
+    });
+    let http = ProbeKind::Http { authority: addr.to_string(), requests: 1, ack_wait: ACK_WAIT };
+    let t = Duration::from_secs(2);
+    // The first probe may turn the switch on: from then on lb holds it.
+    assert!(probe(addr, &http, t).await.ok);
+    let trace = WorkTrace::start();
+    for _ in 0..20 {
+        let r = probe(addr, &http, t).await;
+        assert!(r.ok, "{r:?}");
+    }
+    let events = trace.read();
+    let flips = events.matches("netstamp_clear").count();
+    assert!(flips <= 2, "{flips} flips of the kernel's timestamp switch for 20 probes:\n{events}");
+    server.abort();
 }
