@@ -62,7 +62,22 @@ pub fn acceptor(
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(resolver));
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    if let Some(t) = tickets() {
+        cfg.ticketer = t;
+    }
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
+}
+
+/// Session tickets (TLS 1.3, and TLS 1.2 for clients that ask), sealed with keys lb makes at
+/// start; rustls rotates them every 6 hours and still accepts the previous one. One ticketer
+/// for the process, so a ticket stays good across reloads, which build every listener's TLS
+/// configuration anew: without it rustls resumed only from a session cache of 256 per
+/// configuration, which a reload emptied. None if the system gives no randomness for keys:
+/// lb then falls back to that cache.
+fn tickets() -> Option<Arc<dyn rustls::server::ProducesTickets>> {
+    static TICKETS: std::sync::OnceLock<Option<Arc<dyn rustls::server::ProducesTickets>>> =
+        std::sync::OnceLock::new();
+    TICKETS.get_or_init(|| rustls::crypto::ring::Ticketer::new().ok()).clone()
 }
 
 /// Terminate TLS on a client connection within `wait`. A failed or timed-out handshake is logged

@@ -368,3 +368,40 @@ async fn half_sent_handshakes_delay_no_one_and_are_closed_at_the_handshake_timeo
     }
     lb.stop().await;
 }
+
+/// How the handshake of a new connection went, after one request on it (which also reads the
+/// TLS 1.3 tickets lb sends once the handshake is done).
+async fn handshake_kind(
+    addr: SocketAddr,
+    connector: &tokio_rustls::TlsConnector,
+) -> rustls::HandshakeKind {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let tls = connector.connect(ServerName::try_from("a.test").unwrap(), tcp).await.unwrap();
+    let kind = tls.get_ref().1.handshake_kind().expect("handshake done");
+    let (mut s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get("/").header("host", "a.test").body(Empty::<Bytes>::new()).unwrap();
+    let resp = s.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.into_body().collect().await.unwrap();
+    kind
+}
+
+/// A client that comes back resumes its TLS session (TLS 1.3 tickets, TLS 1.2 tickets), also
+/// after a reload: the ticket keys are lb's, not one configuration's.
+#[tokio::test]
+async fn sessions_resume_also_after_a_reload() {
+    use rustls::HandshakeKind::{Full, Resumed};
+    let pki = Pki::new("resume");
+    let a = pki.leaf("a", &["a.test"]);
+    let m = Member::start("m1").await;
+    let cfg = tls_config(&[&a], &lb_tests::members(&[(&m.url(), "")]));
+    let lb = Lb::start(&cfg).await;
+    for (versions, name) in [(TLS13, "TLS 1.3"), (TLS12, "TLS 1.2")] {
+        let c = pki.client(&[b"http/1.1"], versions, None);
+        assert_eq!(handshake_kind(lb.addr, &c).await, Full, "{name}: first connection");
+        assert_eq!(handshake_kind(lb.addr, &c).await, Resumed, "{name}: second connection");
+        lb.handle.reload(lb_tests::parse_config(&cfg)).await.expect("reload");
+        assert_eq!(handshake_kind(lb.addr, &c).await, Resumed, "{name}: after a reload");
+    }
+}
