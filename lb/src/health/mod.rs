@@ -54,6 +54,13 @@ pub const STEP: Duration = Duration::from_millis(100);
 pub const SYMPTOM: f64 = 1.0;
 /// How close in time symptoms on several members count as shared.
 pub const LOAD_WINDOW: Duration = Duration::from_secs(5);
+/// Once most of a balancer has shown symptoms this long (see [`LOAD_WINDOW`]), its suspect
+/// members are probed one at a time, once per [`LOADED_GAP`], instead of in bursts: the
+/// verdict is load either way, and bursts (20 a second per member, over and over, since the
+/// symptom lasts) only add to the members' load. A short shared symptom still gets bursts, so
+/// that a lone noisy member is cleared quickly and a really sick one found.
+pub const LASTING_LOAD: Duration = Duration::from_secs(5);
+pub const LOADED_GAP: Duration = Duration::from_millis(500);
 /// After a stall or latency drift raised a suspicion, the same cause raises none for this long.
 pub const QUIET: Duration = Duration::from_secs(5);
 
@@ -224,6 +231,7 @@ impl Monitor {
             b.members.iter().filter(|m| self.watches[&m.id].tracker.is_ejected()).count();
         for (m, step) in b.members.iter().zip(steps) {
             let Some(w) = self.watches.get_mut(&m.id) else { continue };
+            w.loaded_since = if loaded { Some(w.loaded_since.unwrap_or(now)) } else { None };
             let input = Input {
                 sick: step.sick,
                 suspect: step.suspect,
@@ -246,7 +254,10 @@ impl Monitor {
             if !policy.enabled || m.flags().contains(flags::DISABLED | flags::STOPPED) {
                 continue;
             }
-            let n = w.wants_probes(now, BURST_GAP, policy.probe_interval, BURST_IN_FLIGHT);
+            let lasting = w.loaded_since.is_some_and(|t| now.duration_since(t) >= LASTING_LOAD);
+            let (gap, at_once) =
+                if lasting { (LOADED_GAP, 1) } else { (BURST_GAP, BURST_IN_FLIGHT) };
+            let n = w.wants_probes(now, gap, policy.probe_interval, at_once);
             if n == 0 {
                 continue;
             }
@@ -481,6 +492,41 @@ mod tests {
         monitor.evaluate(bs, &snap, Instant::now());
         assert_eq!((state(&b, 1), state(&b, 2)), ("loaded", "loaded"));
         assert!(b.members.iter().all(|m| m.usable()), "nobody ejected");
+    }
+
+    /// Two members of three fail every probe for 12 s while still answering: load, so nobody
+    /// is ejected. Their bursts run for the first [`LASTING_LOAD`]; from then on each is probed
+    /// once per [`LOADED_GAP`] (a burst alone sends 20 a second).
+    #[tokio::test(start_paused = true)]
+    async fn a_lasting_shared_symptom_is_probed_slowly() {
+        // The balancer counts as loaded from a step or two in, once the first probes failed.
+        let late_from = LASTING_LOAD + 3 * STEP;
+        let (b, mut monitor, snap) = answering_trio();
+        let bs = std::slice::from_ref(&b);
+        let start = Instant::now();
+        let (mut early, mut late) = (0u32, 0u32);
+        while start.elapsed() < Duration::from_secs(12) {
+            for o in monitor.evaluate(bs, &snap, Instant::now()) {
+                let i = b.members.iter().position(|m| m.id == o.id).unwrap();
+                if i == 1 {
+                    match start.elapsed() {
+                        t if t < LASTING_LOAD => early += 1,
+                        t if t >= late_from => late += 1,
+                        _ => {}
+                    }
+                }
+                // Each member still answers requests: what fails is the probes.
+                b.members[i].vitals.count(true);
+                monitor.probed(bs, o.id, now_ms(), probe(i == 0));
+            }
+            assert!(b.members.iter().all(|m| m.usable()), "ejected under a shared symptom");
+            tokio::time::advance(STEP).await;
+        }
+        assert_eq!((state(&b, 1), state(&b, 2)), ("loaded", "loaded"));
+        let late_secs = 12.0 - late_from.as_secs_f64();
+        let allowed = (late_secs / LOADED_GAP.as_secs_f64()).ceil() as u32 + 1;
+        assert!(late <= allowed, "{late} probes in the last {late_secs} s, allowed {allowed}");
+        assert!(early > 2 * allowed, "no bursts at first: {early} probes in {LASTING_LOAD:?}");
     }
 
     /// A healthy member's lone failed probe (lb's host was busy for a moment) makes it suspect;

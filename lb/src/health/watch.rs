@@ -83,6 +83,8 @@ pub struct Watch {
     /// Last time the member answered anything (a request or a probe).
     pub last_answer: Option<Instant>,
     pub last_probe: Option<Instant>,
+    /// Since when most of its balancer has shown symptoms, without a break (None: not now).
+    pub loaded_since: Option<Instant>,
     pub in_flight: u32,
     pub probes: ProbeStats,
     pending: Vec<bool>,
@@ -119,6 +121,7 @@ impl Watch {
             last_answer: None,
             last_symptom: None,
             last_probe: None,
+            loaded_since: None,
             in_flight: 0,
             probes: ProbeStats::default(),
             pending: Vec::new(),
@@ -224,7 +227,7 @@ impl Watch {
     }
 
     /// How many probes to start now: while suspect or recovering a burst (three at once, then
-    /// one every `gap`, at most `max_in_flight` at once); else one per `idle_every` while lb
+    /// one every `gap`, at most `max_in_flight` at once, which also caps the three); else one per `idle_every` while lb
     /// opens no connection to the member.
     pub fn wants_probes(
         &self,
@@ -237,7 +240,7 @@ impl Watch {
         let due = |every: Duration| since_probe.is_none_or(|d| d >= every);
         if self.tracker.probing() {
             return match self.in_flight {
-                0 if due(gap) => 3,
+                0 if due(gap) => 3.min(max_in_flight),
                 n if n < max_in_flight && due(gap) => 1,
                 _ => 0,
             };
