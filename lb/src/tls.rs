@@ -62,23 +62,43 @@ pub fn acceptor(
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(resolver));
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    if let Some(t) = tickets() {
+    if let Some(t) = tickets(certs) {
         cfg.ticketer = t;
     }
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
 }
 
-/// Session tickets (TLS 1.3, and TLS 1.2 for clients that ask), sealed with keys lb makes at
-/// start; rustls rotates them every 6 hours and still accepts the previous one. One ticketer
-/// for the process, so a ticket stays good across reloads, which build every listener's TLS
-/// configuration anew: without it rustls resumed only from a session cache of 256 per
-/// configuration, which a reload emptied. None if the system gives no randomness for keys:
-/// lb then falls back to that cache.
-fn tickets() -> Option<Arc<dyn rustls::server::ProducesTickets>> {
-    static TICKETS: std::sync::OnceLock<Option<Arc<dyn rustls::server::ProducesTickets>>> =
-        std::sync::OnceLock::new();
-    TICKETS.get_or_init(|| rustls::crypto::ring::Ticketer::new().ok()).clone()
+type Ticketer = Arc<dyn rustls::server::ProducesTickets>;
+
+/// Session tickets (TLS 1.3, and TLS 1.2 for clients that ask), sealed with keys lb makes; rustls
+/// rotates them every 6 hours and still accepts the previous one. A reload builds every
+/// listener's TLS configuration anew, and without this rustls resumed only from a session cache
+/// of 256 per configuration, which a reload emptied. So the ticketer outlives a configuration:
+/// one per set of certificates, kept while lb runs (the last [`TICKETERS_KEPT`] sets). A reload
+/// that keeps a listener's certificates keeps its sessions; one that changes them (a rotated
+/// certificate) starts with new keys, so that every client sees the new certificate at once
+/// rather than resuming a session the old one authenticated. None if the system gives no
+/// randomness for keys: lb then falls back to that cache.
+fn tickets(certs: &[Arc<ServerCert>]) -> Option<Ticketer> {
+    type Kept = Vec<(Vec<Vec<u8>>, Ticketer)>;
+    static KEPT: std::sync::Mutex<Kept> = std::sync::Mutex::new(Vec::new());
+    let names: Vec<Vec<u8>> =
+        certs.iter().flat_map(|c| c.key.cert.iter().map(|d| d.as_ref().to_vec())).collect();
+    // Only configuration builds come here; a poisoned lock still holds a usable list.
+    let mut kept = KEPT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, t)) = kept.iter().find(|(n, _)| *n == names) {
+        return Some(Arc::clone(t));
+    }
+    let t = rustls::crypto::ring::Ticketer::new().ok()?;
+    if kept.len() >= TICKETERS_KEPT {
+        kept.remove(0);
+    }
+    kept.push((names, Arc::clone(&t)));
+    Some(t)
 }
+
+/// Sets of certificates whose ticket keys lb keeps (a few per listener, over reloads).
+const TICKETERS_KEPT: usize = 64;
 
 /// Terminate TLS on a client connection within `wait`. A failed or timed-out handshake is logged
 /// with the client and the reason, and gives None: only that connection is closed.
