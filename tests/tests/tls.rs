@@ -34,6 +34,8 @@ struct Answer {
     status: u16,
     body: String,
     version: http::Version,
+    /// Full, or resumed from an earlier session.
+    handshake: Option<rustls::HandshakeKind>,
 }
 
 /// GET `path` over TLS with SNI `name`, speaking whatever ALPN chose.
@@ -47,6 +49,7 @@ async fn get_tls(
     let sn = ServerName::try_from(name.to_owned()).map_err(|e| e.to_string())?;
     let tls = connector.connect(sn, tcp).await.map_err(|e| format!("handshake: {e}"))?;
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let handshake = tls.get_ref().1.handshake_kind();
     let req = http::Request::get(path).header("host", name).body(Empty::<Bytes>::new()).unwrap();
     let resp = if h2 {
         let (mut s, conn) =
@@ -64,7 +67,7 @@ async fn get_tls(
     };
     let (status, version) = (resp.status().as_u16(), resp.version());
     let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
-    Ok(Answer { status, body: String::from_utf8_lossy(&body).into_owned(), version })
+    Ok(Answer { status, body: String::from_utf8_lossy(&body).into_owned(), version, handshake })
 }
 
 /// Accepts any server certificate and remembers the one it was shown.
@@ -369,29 +372,17 @@ async fn half_sent_handshakes_delay_no_one_and_are_closed_at_the_handshake_timeo
     lb.stop().await;
 }
 
-/// How the handshake of a new connection went, after one request on it (which also reads the
-/// TLS 1.3 tickets lb sends once the handshake is done).
-async fn handshake_kind(
-    addr: SocketAddr,
-    connector: &tokio_rustls::TlsConnector,
-) -> rustls::HandshakeKind {
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let tls = connector.connect(ServerName::try_from("a.test").unwrap(), tcp).await.unwrap();
-    let kind = tls.get_ref().1.handshake_kind().expect("handshake done");
-    let (mut s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
-    tokio::spawn(conn);
-    let req = http::Request::get("/").header("host", "a.test").body(Empty::<Bytes>::new()).unwrap();
-    let resp = s.send_request(req).await.unwrap();
-    assert_eq!(resp.status(), 200);
-    resp.into_body().collect().await.unwrap();
-    kind
-}
-
 /// A client that comes back resumes its TLS session (TLS 1.3 tickets, TLS 1.2 tickets), also
 /// after a reload: the ticket keys are lb's, not one configuration's.
 #[tokio::test]
 async fn sessions_resume_also_after_a_reload() {
     use rustls::HandshakeKind::{Full, Resumed};
+    // A request on each connection also reads the TLS 1.3 tickets lb sends after the handshake.
+    async fn handshake(addr: SocketAddr, c: &tokio_rustls::TlsConnector) -> rustls::HandshakeKind {
+        let r = get_tls(addr, c, "a.test", "/").await.expect("answer over TLS");
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.handshake.expect("handshake done")
+    }
     let pki = Pki::new("resume");
     let a = pki.leaf("a", &["a.test"]);
     let m = Member::start("m1").await;
@@ -399,9 +390,9 @@ async fn sessions_resume_also_after_a_reload() {
     let lb = Lb::start(&cfg).await;
     for (versions, name) in [(TLS13, "TLS 1.3"), (TLS12, "TLS 1.2")] {
         let c = pki.client(&[b"http/1.1"], versions, None);
-        assert_eq!(handshake_kind(lb.addr, &c).await, Full, "{name}: first connection");
-        assert_eq!(handshake_kind(lb.addr, &c).await, Resumed, "{name}: second connection");
+        assert_eq!(handshake(lb.addr, &c).await, Full, "{name}: first connection");
+        assert_eq!(handshake(lb.addr, &c).await, Resumed, "{name}: second connection");
         lb.handle.reload(lb_tests::parse_config(&cfg)).await.expect("reload");
-        assert_eq!(handshake_kind(lb.addr, &c).await, Resumed, "{name}: after a reload");
+        assert_eq!(handshake(lb.addr, &c).await, Resumed, "{name}: after a reload");
     }
 }

@@ -19,6 +19,18 @@ fn time_wait(port: u16) -> usize {
         .count()
 }
 
+/// A member's side of one connection: `answer` to each request head, until the probe closes.
+async fn answer_heads(mut s: tokio::net::TcpStream, answer: &[u8]) {
+    let (mut b, mut head) = ([0u8; 512], Vec::new());
+    while let Ok(n @ 1..) = s.read(&mut b).await {
+        head.extend_from_slice(&b[..n]);
+        if head.ends_with(b"\r\n\r\n") {
+            head.clear();
+            let _ = s.write_all(answer).await;
+        }
+    }
+}
+
 #[test]
 fn padded_request() {
     let r = options_request("127.0.0.1:8080");
@@ -174,17 +186,10 @@ async fn connect_http_and_silent_members() {
     let count = accepted.clone();
     let server = tokio::spawn(async move {
         loop {
-            let (mut s, _) = l.accept().await.unwrap();
+            let (s, _) = l.accept().await.unwrap();
             count.fetch_add(1, Ordering::Relaxed);
-            let (mut b, mut head) = ([0u8; 512], Vec::new());
-            while let Ok(n @ 1..) = s.read(&mut b).await {
-                head.extend_from_slice(&b[..n]);
-                if head.ends_with(b"\r\n\r\n") {
-                    head.clear();
-                    let answer = b"HTTP/1.1 405 Method Not Allowed\r\ncontent-length: 2\r\n\r\nno";
-                    let _ = s.write_all(answer).await;
-                }
-            }
+            answer_heads(s, b"HTTP/1.1 405 Method Not Allowed\r\ncontent-length: 2\r\n\r\nno")
+                .await;
         }
     });
     let r = probe(addr, &http, t).await;
@@ -248,16 +253,8 @@ async fn probes_do_not_flip_the_kernels_timestamp_switch() {
     let addr = l.local_addr().unwrap();
     let server = tokio::spawn(async move {
         loop {
-            let (mut s, _) = l.accept().await.unwrap();
-            tokio::spawn(async move {
-                let (mut b, mut head) = ([0u8; 512], Vec::new());
-                while let Ok(n @ 1..) = s.read(&mut b).await {
-                    head.extend_from_slice(&b[..n]);
-                    if head.ends_with(b"\r\n\r\n") {
-                        let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").await;
-                    }
-                }
-            });
+            let (s, _) = l.accept().await.unwrap();
+            tokio::spawn(answer_heads(s, b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"));
         }
     });
     let http = ProbeKind::Http { authority: addr.to_string(), requests: 1, ack_wait: ACK_WAIT };
