@@ -227,8 +227,8 @@ impl Watch {
     }
 
     /// How many probes to start now: while suspect or recovering a burst (three at once, then
-    /// one every `gap`, at most `max_in_flight` at once, which also caps the three); else one per `idle_every` while lb
-    /// opens no connection to the member.
+    /// one every `gap`, at most `max_in_flight` at once, which also caps the three); else one
+    /// per `idle_every` while lb opens no connection to the member.
     pub fn wants_probes(
         &self,
         now: Instant,

@@ -183,9 +183,10 @@ fn run_delay() -> Option<(std::thread::ThreadId, Duration)> {
 /// counts the time its event loop took to come back to the probe, which under load is lb's
 /// own (4–5 ms against a handshake of 0.1 ms, with lb's core saturated by h2c load): judged as
 /// the member's, over 90 % of probes failed as "slow", every member was held `loaded`, and
-/// bursts of probes ran for as long as the load did. A fresh connection's first round-trip sample is its
-/// SYN to SYN-ACK, taken by the kernel as the SYN-ACK arrives. When a SYN was retransmitted
-/// the kernel takes no sample from it (and the probe fails on the retransmission anyway).
+/// bursts of probes ran for as long as the load did. A fresh connection's first round-trip
+/// sample is its SYN to SYN-ACK, taken by the kernel as the SYN-ACK arrives. When a SYN was
+/// retransmitted the kernel takes no sample from it (and the probe fails on the retransmission
+/// anyway).
 fn handshake_time(s: &TcpStream, measured: Duration) -> Duration {
     match losses(s) {
         Ok(l) if l.retransmits == 0 && l.rtt_us > 0 => {
