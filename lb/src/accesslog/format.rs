@@ -107,16 +107,20 @@ fn quoted(buf: &mut Vec<u8>, v: &[u8]) {
     buf.push(b'"');
 }
 
-fn escaped(buf: &mut Vec<u8>, v: &[u8]) {
-    for &b in v {
-        match b {
-            b'"' | b'\\' => buf.extend_from_slice(&[b'\\', b]),
-            0x20..=0x7e => buf.push(b),
-            _ => {
+fn escaped(buf: &mut Vec<u8>, mut v: &[u8]) {
+    // Runs of bytes that need no escape (all of most values) are copied whole.
+    let plain = |b: u8| matches!(b, 0x20..=0x7e) && b != b'"' && b != b'\\';
+    while let Some(i) = v.iter().position(|&b| !plain(b)) {
+        buf.extend_from_slice(&v[..i]);
+        match v[i] {
+            b @ (b'"' | b'\\') => buf.extend_from_slice(&[b'\\', b]),
+            b => {
                 let _ = write!(buf, "\\x{b:02x}");
             }
         }
+        v = &v[i + 1..];
     }
+    buf.extend_from_slice(v);
 }
 
 fn or_dash(v: Option<&str>) -> &str {

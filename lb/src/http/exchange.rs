@@ -36,7 +36,9 @@ pub async fn exchange(
     let _waiting = member.vitals.wait();
     let ejected = member.vitals.ejected();
     tokio::pin!(ejected);
-    let gone = |addr: String| UpstreamError::Ejected { addr };
+    // The member's `host:port`, formatted only when an error needs it (never on success).
+    let addr = || member.url.authority();
+    let gone = || UpstreamError::Ejected { addr: addr() };
     // Apache's `ping`: the body waits for the member's `100 Continue`.
     let ping = match member.config().ping {
         Some(after) if !req.body().is_end_stream() => super::ping::prepare(&mut req, after),
@@ -46,7 +48,7 @@ pub async fn exchange(
         let checkout = tokio::select! {
             r = pool.checkout(fresh) => r,
             _ = &mut ejected => {
-                return Err(Failed { error: gone(member.url.authority()), back: Some(req) });
+                return Err(Failed { error: gone(), back: Some(req) });
             }
         };
         let mut lease = match checkout {
@@ -57,7 +59,6 @@ pub async fn exchange(
         };
         let stale_may_retry = lease.reused && !fresh;
         let wait = lease.response_timeout();
-        let addr = member.url.authority();
         let mut spend = false;
         // Pinned where it is made and polled through `&mut` in every branch, so that the
         // exchange's state holds one copy of the send (each move into a `select!` or a
@@ -70,7 +71,7 @@ pub async fn exchange(
                     _ = p.gate.continued.notified() => send.await,
                     _ = tokio::time::sleep(p.after) => match p.take_back() {
                         Some(back) => {
-                            let error = UpstreamError::NoContinue { addr, after: p.after };
+                            let error = UpstreamError::NoContinue { addr: addr(), after: p.after };
                             return Err(Failed { error, back: Some(back) });
                         }
                         None => send.await,
@@ -86,7 +87,7 @@ pub async fn exchange(
             } else if out.replay.is_some() {
                 tokio::select! {
                     r = &mut send => r,
-                    _ = &mut ejected => return Err(Failed { error: gone(addr), back: None }),
+                    _ = &mut ejected => return Err(Failed { error: gone(), back: None }),
                 }
             } else {
                 send.await
@@ -98,14 +99,14 @@ pub async fn exchange(
         match sent {
             Err(_) => {
                 return Err(Failed {
-                    error: UpstreamError::ResponseTimeout { addr, after: wait },
+                    error: UpstreamError::ResponseTimeout { addr: addr(), after: wait },
                     back: None,
                 });
             }
             Ok(Ok(resp)) => {
                 // Never forwarded; dropping the lease closes the connection.
                 if let Some(why) = headers::ambiguous_framing(resp.headers()) {
-                    let error = UpstreamError::Framing { addr, why };
+                    let error = UpstreamError::Framing { addr: addr(), why };
                     return Err(Failed { error, back: None });
                 }
                 return Ok((resp, lease));
@@ -117,7 +118,7 @@ pub async fn exchange(
                     Some(r) if stale_may_retry => req = r,
                     back @ Some(_) => {
                         return Err(Failed {
-                            error: UpstreamError::Exchange { addr, source },
+                            error: UpstreamError::Exchange { addr: addr(), source },
                             back,
                         });
                     }
@@ -125,7 +126,7 @@ pub async fn exchange(
                         Some(r) if stale_may_retry && !source.is_parse() => req = r,
                         _ => {
                             return Err(Failed {
-                                error: UpstreamError::Exchange { addr, source },
+                                error: UpstreamError::Exchange { addr: addr(), source },
                                 back: None,
                             });
                         }

@@ -8,7 +8,7 @@
 //! Transfer-Encoding, repeated or malformed Content-Length, any Transfer-Encoding but one exact
 //! `chunked` (501 for real codings lb cannot forward), CONNECT (405), and the limits: request line
 //! (414), header line size, count and head size (431), a declared body over the limit (413).
-use super::{Limits, Rejection, is_tchar, is_token, shown};
+use super::{ByteSet, Limits, Rejection, is_tchar, is_token, shown};
 use http::StatusCode;
 
 /// How the body after a head is framed.
@@ -70,7 +70,7 @@ impl HeadParser {
     /// Read on in `buf` (the head so far): `Ok(None)` wants more bytes.
     pub fn feed(&mut self, buf: &[u8], lim: &Limits) -> Result<Option<Head>, Rejection> {
         loop {
-            let Some(lf) = buf[self.searched..].iter().position(|&b| b == b'\n') else {
+            let Some(lf) = memchr::memchr(b'\n', &buf[self.searched..]) else {
                 self.searched = buf.len();
                 self.check_partial(buf.len() - self.done, buf.len(), lim)?;
                 return Ok(None);
@@ -153,7 +153,7 @@ impl HeadParser {
             return Err(Rejection::bad("a header line has an empty name"));
         }
         let value = trim_ows(&line[colon + 1..]);
-        if let Some(&b) = value.iter().find(|&&b| !(b == b'\t' || b >= b' ') || b == 0x7f) {
+        if let Some(&b) = value.iter().find(|&&b| !VALUE.has(b)) {
             return Err(Rejection::bad(format!(
                 "byte {} in the value of header {}",
                 shown(b),
@@ -296,14 +296,31 @@ fn check_target(method: &[u8], t: &[u8]) -> Result<(), Rejection> {
 }
 
 /// RFC 3986 characters (unreserved, reserved but `#`, and `%`).
+static URI: ByteSet = ByteSet::alnum_and(b"-._~:/?[]@!$&'()*+,;=%");
+
 fn is_uri_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"-._~:/?[]@!$&'()*+,;=%".contains(&b)
+    URI.has(b)
 }
 
 /// The bytes of `host[:port]`: a reg-name, an IPv4 address or an IP literal in brackets.
+static HOST: ByteSet = ByteSet::alnum_and(b"-._~!$&'()*+,;=%:[]");
+
 fn is_host_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%:[]".contains(&b)
+    HOST.has(b)
 }
+
+/// The bytes of a header value: tab, visible ASCII and space, and obs-text (0x80 and up); no
+/// other control byte, no DEL.
+static VALUE: ByteSet = {
+    let mut t = [true; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        t[b] = b == 0x09;
+        b += 1;
+    }
+    t[0x7f] = false;
+    ByteSet(t)
+};
 
 /// A Transfer-Encoding value lb forwards: exactly `chunked`. A list of real codings ending in
 /// `chunked` is valid HTTP that lb cannot pass on unchanged (501); anything else is refused.

@@ -44,9 +44,37 @@ fn shown(b: u8) -> String {
     if b.is_ascii_graphic() { format!("{:?}", b as char) } else { format!("0x{b:02x}") }
 }
 
+/// A set of bytes as a table of 256 flags, built at compile time: asking whether a byte is in
+/// it is one load. The parsers ask for every byte of every request head.
+struct ByteSet([bool; 256]);
+
+impl ByteSet {
+    /// ASCII letters and digits, and `extra`.
+    const fn alnum_and(extra: &[u8]) -> ByteSet {
+        let mut t = [false; 256];
+        let mut b = 0;
+        while b < 256 {
+            t[b] = (b as u8).is_ascii_alphanumeric();
+            b += 1;
+        }
+        let mut i = 0;
+        while i < extra.len() {
+            t[extra[i] as usize] = true;
+            i += 1;
+        }
+        ByteSet(t)
+    }
+
+    fn has(&self, b: u8) -> bool {
+        self.0[b as usize]
+    }
+}
+
 /// RFC 9110 `tchar`: the bytes of a token (method, header name, coding name).
+static TCHAR: ByteSet = ByteSet::alnum_and(b"!#$%&'*+-.^_`|~");
+
 fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+    TCHAR.has(b)
 }
 
 /// Whether `s` is a non-empty token.

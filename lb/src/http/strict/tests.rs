@@ -96,3 +96,19 @@ fn malformed_chunks_are_refused_and_the_size_limit_holds() {
     let lim = Limits { body: 5, ..Limits::default() };
     assert_eq!(chunked(b"3\r\nabc\r\n3\r\n", &lim).unwrap_err().status, 413);
 }
+
+/// The byte tables hold exactly the sets the RFCs name, written out here as ranges.
+#[test]
+fn byte_tables_are_the_rfc_sets() {
+    let alnum = |b: u8| matches!(b, b'0'..=b'9' | b'a'..=b'z' | b'A'..=b'Z');
+    for b in 0..=255u8 {
+        // RFC 9110 §5.6.2.
+        let tchar = alnum(b) || b"!#$%&'*+-.^_`|~".contains(&b);
+        assert_eq!(is_tchar(b), tchar, "tchar {b:#04x}");
+        // RFC 9110 §5.5: field-vchar (VCHAR / obs-text), SP and HTAB.
+        let value = b == b'\t' || b == b' ' || (0x21..=0x7e).contains(&b) || b >= 0x80;
+        let line = [b"GET / HTTP/1.1\r\nHost: a\r\nX-V: a".as_slice(), &[b], b"a\r\n\r\n"].concat();
+        let accepted = whole(&line).is_ok();
+        assert_eq!(accepted, value, "value byte {b:#04x}");
+    }
+}
