@@ -423,11 +423,34 @@ pub async fn dead_port() -> DeadPort {
     DeadPort { addr: held.local_addr().expect("addr"), _held: held }
 }
 
-/// A port free now, for lb to bind later (bound, then released: another process could take it
-/// first, which makes lb's bind fail loudly rather than a test pass wrongly).
+/// A port free now, for lb to bind later.
 pub async fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    l.local_addr().expect("addr").port()
+    free_port_blocking()
+}
+
+/// [`free_port`] outside a runtime. The port is taken below the kernel's ephemeral range
+/// (`ip_local_port_range`): a port that bind(0) handed out and the test released could be taken
+/// as the source port of any connection the parallel tests open before lb binds it; below that
+/// range only an explicit bind can take it. Each call in a test process hands out another one,
+/// and one that something else holds is skipped.
+pub fn free_port_blocking() -> u16 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    const FLOOR: u32 = 10_000;
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    let span = low.saturating_sub(FLOOR).max(1_000);
+    // Test binaries run one after another, but spread their ports apart all the same.
+    let start = std::process::id().wrapping_mul(7_919);
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = u16::try_from(FLOOR + start.wrapping_add(n) % span).expect("port");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {FLOOR}..{}", FLOOR + span)
 }
 
 /// lb running in this process.

@@ -8,13 +8,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// A free loopback port: Apache configs name fixed ports, so the test picks one the kernel just
-/// handed out and writes it into the config.
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
-
 struct Site {
     dir: PathBuf,
     http: u16,
@@ -40,7 +33,8 @@ fn write(dir: &Path, rel: &str, text: &str) {
 fn debian_site(members: &[String; 3], pki: &Pki, leaf: &lb_tests::certs::Leaf) -> Site {
     let dir = std::env::temp_dir().join(format!("lb-import-debian-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let (http, https, gnutls) = (free_port(), free_port(), free_port());
+    // Apache configs name fixed ports: free ones are written into the config.
+    let (http, https, gnutls) = (free_port_blocking(), free_port_blocking(), free_port_blocking());
     write(
         &dir,
         "apache2.conf",

@@ -36,7 +36,7 @@ fn first_line(path: &std::path::Path) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn combined_lines_carry_what_apache_logs_and_lbs_fields() {
     let m = Member::start("m").await;
-    let (dir, _) = write_config("c0", "");
+    let (dir, _) = write_config("c", "");
     let log = dir.join("access.log");
     let (_, file) =
         write_config("c", &logged(&m.url(), &format!("path = {:?}", log.display().to_string())));
@@ -72,7 +72,7 @@ async fn combined_lines_carry_what_apache_logs_and_lbs_fields() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_lines_have_the_same_fields() {
     let m = Member::start("m").await;
-    let (dir, _) = write_config("j0", "");
+    let (dir, _) = write_config("j", "");
     let log = dir.join("access.json");
     let access = format!("path = {:?}\nformat = \"json\"", log.display().to_string());
     let (_, file) = write_config("j", &logged(&m.url(), &access));
