@@ -265,3 +265,75 @@ async fn an_ambiguous_member_answer_is_a_502_and_never_forwarded() {
     assert!(r.text().contains("Content-Length"), "{}", r.text());
     lb.stop().await;
 }
+
+/// One answer on a kept-alive raw connection: its head and a body of its Content-Length.
+async fn read_answer(s: &mut TcpStream) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = String::from_utf8_lossy(&got).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase().strip_prefix("content-length:")?.trim().parse().ok()
+                })
+                .unwrap_or(0usize);
+            if body.len() >= len {
+                return text;
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, s.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+            other => panic!("no whole answer ({other:?}): {text:?}"),
+        }
+    }
+}
+
+/// A member that refuses an upgrade leaves an HTTP/1.1 connection: the heads that follow on it
+/// are checked and timed like any other's.
+#[tokio::test]
+async fn after_a_refused_upgrade_heads_are_checked_and_timed_again() {
+    let (m, lb) = setup("request_read_timeout = \"header=1\"").await;
+    let upgrade =
+        format!("GET /status/404 HTTP/1.1\r\n{H}Connection: upgrade\r\nUpgrade: websocket\r\n\r\n");
+    // A head lb refuses (hyper alone would take it): two Host headers.
+    let mut s = TcpStream::connect(lb.addr).await.expect("connect");
+    s.write_all(upgrade.as_bytes()).await.expect("write");
+    let answer = read_answer(&mut s).await;
+    assert_eq!(status_and_body(&answer).0, 404, "{answer}");
+    s.write_all(b"GET /again HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n").await.expect("write");
+    let answer = read_answer(&mut s).await;
+    let (status, body) = status_and_body(&answer);
+    assert_eq!(status, 400, "{answer}");
+    assert!(body.contains("more than one Host header"), "{body}");
+    assert_eq!(m.hits.load(Relaxed), 1, "only the upgrade request reached the member");
+    // A head that stops midway gets 408 once its time (1 s) is up.
+    let mut s = TcpStream::connect(lb.addr).await.expect("connect");
+    s.write_all(upgrade.as_bytes()).await.expect("write");
+    let answer = read_answer(&mut s).await;
+    assert_eq!(status_and_body(&answer).0, 404, "{answer}");
+    s.write_all(format!("GET / HTTP/1.1\r\n{H}X-Slow: ").as_bytes()).await.expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    let answer = String::from_utf8_lossy(&out);
+    assert_eq!(status_and_body(&answer).0, 408, "{answer}");
+    lb.stop().await;
+}
+
+/// With no header time in `request_read_timeout`, a head still has the listener's `timeout`.
+#[tokio::test]
+async fn without_a_header_time_a_head_has_the_listener_timeout() {
+    let (_m, lb) = setup("request_read_timeout = \"header=0\"\ntimeout = 1").await;
+    let mut s = TcpStream::connect(lb.addr).await.expect("connect");
+    s.write_all(format!("GET / HTTP/1.1\r\n{H}X-Slow: ").as_bytes()).await.expect("write");
+    let started = Instant::now();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    let answer = String::from_utf8_lossy(&out);
+    assert_eq!(status_and_body(&answer).0, 408, "{answer}");
+    assert!(started.elapsed() >= Duration::from_millis(900), "not before the timeout");
+    lb.stop().await;
+}

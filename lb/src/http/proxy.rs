@@ -78,6 +78,7 @@ impl HttpProxy {
             }
             None => self.forward(req, conn).await,
         };
+        conn.shared.upgrade_answered(n, resp.status());
         let last = !self.keepalive
             || (self.max_keepalive_requests > 0 && n >= self.max_keepalive_requests)
             || resp.extensions().get::<CloseAfter>().is_some();

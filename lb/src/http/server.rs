@@ -62,6 +62,7 @@ impl HttpService {
                 limits: cfg.limits,
                 timeouts: cfg.read_timeouts,
                 keepalive: cfg.keepalive_timeout,
+                head: cfg.timeout,
             },
         }
     }
@@ -69,15 +70,13 @@ impl HttpService {
 
 fn builder(cfg: &ListenerConfig) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
-    // The guard times the keep-alive wait and the head (RequestReadTimeout); hyper's one timer
-    // for both stays as a backstop for connections the guard no longer follows (an upgrade
-    // request the member refused), at the longest the two could take.
-    let t = cfg.read_timeouts.header.map_or(Duration::ZERO, |h| h.max.unwrap_or(h.initial));
-    let backstop = cfg.timeout.max(cfg.keepalive_timeout + t);
+    // The guard times the keep-alive wait and the head (RequestReadTimeout) of every HTTP/1
+    // request, a refused upgrade's next ones included, so hyper's own timer for both is off:
+    // it was a timer made and dropped for every request.
     b.http1()
         .timer(TokioTimer::new())
         .keep_alive(cfg.keepalive)
-        .header_read_timeout(backstop)
+        .header_read_timeout(None)
         .max_headers(cfg.limits.fields)
         .max_buf_size(cfg.limits.head.max(8192));
     b.http2()

@@ -27,7 +27,7 @@ use http::StatusCode;
 use std::io;
 use std::pin::Pin;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -41,6 +41,11 @@ pub struct Shared {
     rejected: OnceLock<(u64, Rejection)>,
     /// Responses whose bodies have ended or been dropped.
     answered: AtomicU64,
+    /// The last request (1-based) that asked to upgrade the connection; 0 for none.
+    upgrade_asked: AtomicU64,
+    /// That request got an answer other than `101 Switching Protocols`: the connection stays
+    /// HTTP/1.1, and the guard reads heads again.
+    upgrade_refused: AtomicBool,
 }
 
 impl Shared {
@@ -51,6 +56,13 @@ impl Shared {
     /// A response on this connection has ended.
     pub fn answered(&self) {
         self.answered.fetch_add(1, Relaxed);
+    }
+    /// Request number `n` has been answered with `status`: if it asked to upgrade and the
+    /// answer is not `101`, the guard goes back to reading heads.
+    pub fn upgrade_answered(&self, n: u64, status: StatusCode) {
+        if status != StatusCode::SWITCHING_PROTOCOLS && self.upgrade_asked.load(Relaxed) == n {
+            self.upgrade_refused.store(true, Relaxed);
+        }
     }
 }
 
@@ -66,6 +78,9 @@ pub struct Rules {
     pub timeouts: ReadTimeouts,
     /// Apache `KeepAliveTimeout`: the wait for the next request.
     pub keepalive: Duration,
+    /// Apache `Timeout` (the listener's `timeout`): the time a head has from its first byte
+    /// when `request_read_timeout` gives heads none.
+    pub head: Duration,
 }
 
 enum Phase {
@@ -74,7 +89,8 @@ enum Phase {
     Head(HeadParser),
     Length(u64),
     Chunked(Chunked),
-    /// An upgraded connection: bytes pass untouched.
+    /// A connection asked to upgrade: bytes pass untouched, until the answer turns out not to
+    /// be `101` ([`Shared::upgrade_answered`]): then heads are read again.
     Stream,
     /// HTTP/2: bytes pass untouched, control frames are rationed.
     H2(Box<Watch>),
@@ -109,6 +125,8 @@ pub struct Guarded<S> {
     goaway_out: bool,
     /// Heads handed to hyper.
     heads: u64,
+    /// The message being read asked to upgrade: after its body comes [`Phase::Stream`].
+    upgrade_next: bool,
     clock: Clock,
     idle_since: Option<Instant>,
     head_since: Option<Instant>,
@@ -139,6 +157,7 @@ impl<S> Guarded<S> {
             out: Frames::default(),
             goaway_out: false,
             heads: 0,
+            upgrade_next: false,
             clock: Clock::default(),
             idle_since: None,
             head_since: None,
@@ -172,9 +191,13 @@ impl<S> Guarded<S> {
                         self.head_since = None;
                         (self.body_bytes, self.body_waited, self.body_wait) =
                             (0, Duration::ZERO, None);
+                        self.upgrade_next = head.upgrade;
+                        if head.upgrade {
+                            self.shared.upgrade_asked.store(self.heads, Relaxed);
+                        }
+                        // An upgrade takes effect after the request's body, if it has one.
                         self.phase = match head.framing {
-                            _ if head.upgrade => Phase::Stream,
-                            Framing::Empty => Phase::Head(HeadParser::default()),
+                            Framing::Empty => self.after_message(),
                             Framing::Length(n) => Phase::Length(n),
                             Framing::Chunked => Phase::Chunked(Chunked::default()),
                         };
@@ -186,13 +209,13 @@ impl<S> Guarded<S> {
                     *left -= n as u64;
                     pos += n;
                     if *left == 0 {
-                        self.phase = Phase::Head(HeadParser::default());
+                        self.phase = self.after_message();
                     }
                 }
                 Phase::Chunked(c) => match c.feed(rest, &self.rules.limits) {
                     Ok(Some(n)) => {
                         pos += n;
-                        self.phase = Phase::Head(HeadParser::default());
+                        self.phase = self.after_message();
                     }
                     Ok(None) => pos = data.len(),
                     Err(r) => return Scan::Rejected(pos, r),
@@ -208,6 +231,11 @@ impl<S> Guarded<S> {
             }
         }
         Scan::Passed(pos)
+    }
+
+    /// What follows a whole request: the next head, or the upgraded stream.
+    fn after_message(&self) -> Phase {
+        if self.upgrade_next { Phase::Stream } else { Phase::Head(HeadParser::default()) }
     }
 
     fn in_body(&self) -> bool {
@@ -264,9 +292,10 @@ impl<S> Guarded<S> {
                 (since + wait, Expiry::Close)
             }
             Phase::Sniff | Phase::Head(_) => {
-                let Some(rule) = t.header else { return Poll::Pending };
+                let allowed =
+                    t.header.map_or(self.rules.head, |r| r.allowed(self.held.len() as u64));
                 let since = *self.head_since.get_or_insert(now);
-                (since + rule.allowed(self.held.len() as u64), Expiry::Head)
+                (since + allowed, Expiry::Head)
             }
             Phase::Length(_) | Phase::Chunked(_) => {
                 let Some(rule) = t.body else { return Poll::Pending };
@@ -319,6 +348,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<S> {
                 return Poll::Ready(Ok(()));
             }
             match this.phase {
+                Phase::Stream if this.shared.upgrade_refused.swap(false, Relaxed) => {
+                    this.upgrade_next = false;
+                    this.phase = Phase::Head(HeadParser::default());
+                }
                 Phase::Stream if this.held.is_empty() => {
                     return Pin::new(&mut this.inner).poll_read(cx, buf);
                 }

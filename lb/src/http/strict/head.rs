@@ -25,7 +25,8 @@ pub struct Head {
     /// Its length in bytes, final CRLF included.
     pub len: usize,
     pub framing: Framing,
-    /// The connection becomes a byte stream if the member agrees (`Connection: upgrade`).
+    /// The connection becomes a byte stream if the member agrees (`Connection: upgrade` with
+    /// `Upgrade`, in HTTP/1.1: an HTTP/1.0 request's `Upgrade` is ignored, RFC 9110 §7.8).
     pub upgrade: bool,
 }
 
@@ -222,7 +223,7 @@ impl HeadParser {
         Ok(Head {
             len: self.done,
             framing,
-            upgrade: self.upgrade_header && self.connection_upgrade,
+            upgrade: http11 && self.upgrade_header && self.connection_upgrade,
         })
     }
 }
