@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 /// What every attempt of one request shares.
 pub(super) struct Outgoing<'a> {
-    /// Path and query after the member's own path prefix.
-    pub path_and_query: String,
+    /// Path and query after the member's own path prefix ([`member_target`]).
+    pub target: Uri,
     pub client_host: Option<HeaderValue>,
     pub route: &'a Route,
     /// The client's scheme, for ProxyPassReverse.
@@ -33,9 +33,9 @@ impl Outgoing<'_> {
     ) -> Result<(), String> {
         let mp = &member.url.path;
         let uri = if mp.is_empty() {
-            Uri::try_from(self.path_and_query.as_str())
+            Ok(self.target.clone())
         } else {
-            Uri::try_from(format!("{mp}{}", self.path_and_query))
+            Uri::try_from(format!("{mp}{}", self.target))
         };
         *req.uri_mut() = uri.map_err(|e| format!("cannot form the member URI: {e}"))?;
         let host = match (&self.client_host, self.route.preserve_host) {
@@ -84,6 +84,36 @@ impl Outgoing<'_> {
     }
 }
 
+/// The path and query a request goes to members with (before a member's own path prefix):
+/// the route's target path, then what follows the route's prefix in the client's path, then the
+/// query. A route that maps its prefix onto itself (`/` to `balancer://b/`) sends the client's
+/// own path and query, which costs no copy: the URI shares the bytes the client sent.
+/// `rest` is what follows `prefix` in the client's path.
+pub(super) fn member_target(
+    prefix: &str,
+    target_path: &str,
+    rest: &str,
+    client: &Uri,
+) -> Result<Uri, http::uri::InvalidUri> {
+    if prefix == target_path
+        && target_path.starts_with('/')
+        && let Some(pq) = client.path_and_query()
+    {
+        return Ok(Uri::from(pq.clone()));
+    }
+    let mut s = String::with_capacity(target_path.len() + rest.len() + 32);
+    if !target_path.starts_with('/') && !rest.starts_with('/') {
+        s.push('/');
+    }
+    s.push_str(target_path);
+    s.push_str(rest);
+    if let Some(q) = client.query() {
+        s.push('?');
+        s.push_str(q);
+    }
+    Uri::try_from(s)
+}
+
 pub(super) fn lossy(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -93,4 +123,33 @@ pub(super) fn is_idempotent(m: &Method) -> bool {
         *m,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::route::prefix_match;
+
+    /// Whether or not the client's own bytes are reused, the target is the target path, the
+    /// rest of the client's path, and its query.
+    #[test]
+    fn member_targets_join_target_path_rest_and_query() {
+        let cases = [
+            ("/", "/", "/a/b?x=1&y", "/a/b?x=1&y"),
+            ("/", "/", "/", "/"),
+            ("/", "/", "/%41b", "/%41b"),
+            ("/app/", "/app/", "/app/x", "/app/x"),
+            ("/app", "/", "/app/x?q", "//x?q"),
+            ("/app/", "/", "/app/x?q", "/x?q"),
+            ("/app", "/srv", "/app/x", "/srv/x"),
+            ("/app", "", "/app", "/"),
+            ("/", "/v1/", "/x", "/v1/x"),
+        ];
+        for (prefix, target_path, client, want) in cases {
+            let uri: Uri = client.parse().expect("client URI");
+            let rest = prefix_match(prefix, uri.path()).expect("route matches");
+            let got = member_target(prefix, target_path, rest, &uri).expect("target");
+            assert_eq!(got.to_string(), want, "{prefix} -> {target_path}: {client}");
+        }
+    }
 }

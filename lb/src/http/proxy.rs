@@ -11,7 +11,7 @@ use super::body::{ClientBodyError, RequestBody, ResponseBody, UpstreamBody};
 use super::exchange::{Failed, exchange};
 use super::guard::Shared;
 use super::headers;
-use super::outgoing::{Outgoing, is_idempotent, lossy};
+use super::outgoing::{Outgoing, is_idempotent, lossy, member_target};
 use super::route::{Route, RouteTable};
 use super::sticky;
 use super::strict::Rejection;
@@ -169,16 +169,13 @@ impl HttpProxy {
             let msg = format!("no proxy_pass path matches {}", req.uri().path());
             return self.local(rec, StatusCode::NOT_FOUND, &msg);
         };
-        let mut path_and_query = String::with_capacity(route.target_path.len() + rest.len() + 32);
-        if !route.target_path.starts_with('/') && !rest.starts_with('/') {
-            path_and_query.push('/');
-        }
-        path_and_query.push_str(&route.target_path);
-        path_and_query.push_str(rest);
-        if let Some(q) = req.uri().query() {
-            path_and_query.push('?');
-            path_and_query.push_str(q);
-        }
+        let target = match member_target(&route.prefix, &route.target_path, rest, req.uri()) {
+            Ok(t) => t,
+            Err(e) => {
+                let msg = format!("cannot form the member URI: {e}");
+                return self.local(rec, StatusCode::BAD_GATEWAY, &msg);
+            }
+        };
 
         let session = route.upstream.policy.sticky.as_ref().and_then(|s| {
             let target = req.uri().path_and_query().map_or("", |p| p.as_str());
@@ -203,7 +200,7 @@ impl HttpProxy {
         parts.version = Version::HTTP_11;
         let replayable = upgrade.is_none() && is_idempotent(&parts.method) && body.is_end_stream();
         let out = Outgoing {
-            path_and_query,
+            target,
             client_host,
             route,
             scheme: conn.scheme,
