@@ -143,6 +143,13 @@ async fn a_refused_request_in_a_pipeline_is_answered_in_order() {
     lb.stop().await;
 }
 
+/// What lb sends until it closes the connection (waiting at most 10 s), as text.
+async fn until_closed(s: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Send a chunked upload whose body goes bad after `good` chunks; the answer.
 async fn broken_upload(lb: &Lb, good: usize, bad: &str) -> String {
     let mut s = TcpStream::connect(lb.addr).await.expect("connect");
@@ -152,9 +159,7 @@ async fn broken_upload(lb: &Lb, good: usize, bad: &str) -> String {
         s.write_all(b"4\r\nabcd\r\n").await.expect("write chunk");
     }
     s.write_all(bad.as_bytes()).await.expect("write bad chunk");
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
-    String::from_utf8_lossy(&out).into_owned()
+    until_closed(&mut s).await
 }
 
 #[tokio::test]
@@ -209,9 +214,7 @@ async fn slow_heads_are_cut_off_without_delaying_other_clients() {
     }
     // Each slow client gets 408 with a reason once its head time is up.
     for mut s in slow {
-        let mut out = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
-        let answer = String::from_utf8_lossy(&out);
+        let answer = until_closed(&mut s).await;
         let (status, body) = status_and_body(&answer);
         assert_eq!(status, 408, "{answer}");
         assert!(body.contains("request_read_timeout"), "{body}");
@@ -221,9 +224,7 @@ async fn slow_heads_are_cut_off_without_delaying_other_clients() {
     s.write_all(format!("POST /upload HTTP/1.1\r\n{H}Content-Length: 10\r\n\r\nabc").as_bytes())
         .await
         .expect("write");
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
-    let answer = String::from_utf8_lossy(&out);
+    let answer = until_closed(&mut s).await;
     assert_eq!(status_and_body(&answer).0, 408, "{answer}");
     assert_eq!(m.hits.load(Relaxed), 2, "the normal request, and the stalled upload's head");
     lb.stop().await;
@@ -316,9 +317,7 @@ async fn after_a_refused_upgrade_heads_are_checked_and_timed_again() {
     let answer = read_answer(&mut s).await;
     assert_eq!(status_and_body(&answer).0, 404, "{answer}");
     s.write_all(format!("GET / HTTP/1.1\r\n{H}X-Slow: ").as_bytes()).await.expect("write");
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
-    let answer = String::from_utf8_lossy(&out);
+    let answer = until_closed(&mut s).await;
     assert_eq!(status_and_body(&answer).0, 408, "{answer}");
     lb.stop().await;
 }
@@ -330,9 +329,7 @@ async fn without_a_header_time_a_head_has_the_listener_timeout() {
     let mut s = TcpStream::connect(lb.addr).await.expect("connect");
     s.write_all(format!("GET / HTTP/1.1\r\n{H}X-Slow: ").as_bytes()).await.expect("write");
     let started = Instant::now();
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
-    let answer = String::from_utf8_lossy(&out);
+    let answer = until_closed(&mut s).await;
     assert_eq!(status_and_body(&answer).0, 408, "{answer}");
     assert!(started.elapsed() >= Duration::from_millis(900), "not before the timeout");
     lb.stop().await;
