@@ -125,8 +125,6 @@ pub struct Guarded<S> {
     goaway_out: bool,
     /// Heads handed to hyper.
     heads: u64,
-    /// The message being read asked to upgrade: after its body comes [`Phase::Stream`].
-    upgrade_next: bool,
     clock: Clock,
     idle_since: Option<Instant>,
     head_since: Option<Instant>,
@@ -157,7 +155,6 @@ impl<S> Guarded<S> {
             out: Frames::default(),
             goaway_out: false,
             heads: 0,
-            upgrade_next: false,
             clock: Clock::default(),
             idle_since: None,
             head_since: None,
@@ -191,7 +188,6 @@ impl<S> Guarded<S> {
                         self.head_since = None;
                         (self.body_bytes, self.body_waited, self.body_wait) =
                             (0, Duration::ZERO, None);
-                        self.upgrade_next = head.upgrade;
                         if head.upgrade {
                             self.shared.upgrade_asked.store(self.heads, Relaxed);
                         }
@@ -233,9 +229,14 @@ impl<S> Guarded<S> {
         Scan::Passed(pos)
     }
 
-    /// What follows a whole request: the next head, or the upgraded stream.
+    /// What follows a whole request: the upgraded stream if it asked to upgrade (it is the
+    /// last head handed on), else the next head.
     fn after_message(&self) -> Phase {
-        if self.upgrade_next { Phase::Stream } else { Phase::Head(HeadParser::default()) }
+        if self.shared.upgrade_asked.load(Relaxed) == self.heads {
+            Phase::Stream
+        } else {
+            Phase::Head(HeadParser::default())
+        }
     }
 
     fn in_body(&self) -> bool {
@@ -349,7 +350,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<S> {
             }
             match this.phase {
                 Phase::Stream if this.shared.upgrade_refused.swap(false, Relaxed) => {
-                    this.upgrade_next = false;
                     this.phase = Phase::Head(HeadParser::default());
                 }
                 Phase::Stream if this.held.is_empty() => {
