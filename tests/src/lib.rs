@@ -423,17 +423,12 @@ pub async fn dead_port() -> DeadPort {
     DeadPort { addr: held.local_addr().expect("addr"), _held: held }
 }
 
-/// A port free now, for lb to bind later.
-pub async fn free_port() -> u16 {
-    free_port_blocking()
-}
-
-/// [`free_port`] outside a runtime. The port is taken below the kernel's ephemeral range
+/// A port free now, for lb to bind later. It is taken below the kernel's ephemeral range
 /// (`ip_local_port_range`): a port that bind(0) handed out and the test released could be taken
 /// as the source port of any connection the parallel tests open before lb binds it; below that
 /// range only an explicit bind can take it. Each call in a test process hands out another one,
 /// and one that something else holds is skipped.
-pub fn free_port_blocking() -> u16 {
+pub fn free_port() -> u16 {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     const FLOOR: u32 = 10_000;
     let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")

@@ -201,8 +201,8 @@ fn vm_hwm_kib(pid: u32) -> u64 {
 async fn hundred_mib_each_way_with_bounded_memory() {
     const SIZE: u64 = 100 * 1024 * 1024;
     let m = Member::start("m").await;
-    let port = free_port().await;
-    let admin = free_port().await;
+    let port = free_port();
+    let admin = free_port();
     let dir = std::env::temp_dir().join(format!("lb-big-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("lb.toml");

@@ -34,7 +34,7 @@ fn debian_site(members: &[String; 3], pki: &Pki, leaf: &lb_tests::certs::Leaf) -
     let dir = std::env::temp_dir().join(format!("lb-import-debian-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     // Apache configs name fixed ports: free ones are written into the config.
-    let (http, https, gnutls) = (free_port_blocking(), free_port_blocking(), free_port_blocking());
+    let (http, https, gnutls) = (free_port(), free_port(), free_port());
     write(
         &dir,
         "apache2.conf",

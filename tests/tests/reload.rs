@@ -211,7 +211,7 @@ async fn listeners_are_added_removed_and_rebound() {
     let mut open = TcpStream::connect(a_old).await.unwrap();
     open.write_all(b"GET /sleep/300 HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
     let moved_to: std::net::SocketAddr =
-        format!("127.0.0.1:{}", lb_tests::free_port().await).parse().unwrap();
+        format!("127.0.0.1:{}", lb_tests::free_port()).parse().unwrap();
     let next =
         format!("{base}{}{}", listener("a", &moved_to.to_string()), listener("c", "127.0.0.1:0"));
     let summary = lb.handle.reload(parse_config(&next)).await.expect("reload");

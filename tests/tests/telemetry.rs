@@ -261,8 +261,8 @@ async fn ebpf_warnings_reach_lbs_log() {
     use std::io::{BufRead, BufReader};
     let dead = dead_port().await;
     let b = Member::start("b").await;
-    let admin = free_port().await;
-    let port = free_port().await;
+    let admin = free_port();
+    let port = free_port();
     let dir = std::env::temp_dir().join(format!("lb-ayalog-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("lb.toml");
@@ -310,7 +310,7 @@ async fn ebpf_warnings_reach_lbs_log() {
 #[tokio::test]
 async fn without_bpf_privilege_lb_falls_back_to_tcp_info_and_says_why() {
     let m = Member::start("m").await;
-    let (admin, port) = (free_port().await, free_port().await);
+    let (admin, port) = (free_port(), free_port());
     let dir = std::env::temp_dir().join(format!("lb-nopriv-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("lb.toml");
