@@ -6,7 +6,9 @@
 //! runs `reps` times in an order that rotates each rep; the table gives medians, the ratio of
 //! each proxy's rps to direct-to-member rps of the same rep (median and range), the proxy's
 //! user and system CPU per request, and its resident memory idle, at peak and after the load.
-//! It refuses to run on a busy machine. Tables go to `target/bench/`.
+//! It refuses to run on a busy machine. The report names the kernel's TCP congestion control,
+//! which `--congestion` sets for the run alone. Tables go to `target/bench/`.
+mod congestion;
 mod cost;
 mod load;
 mod peers;
@@ -123,6 +125,8 @@ struct Options {
     cost: bool,
     /// An lb binary to measure instead of building one (to compare two builds).
     lb_bin: Option<std::path::PathBuf>,
+    /// The TCP congestion control for the run (None: the kernel's default).
+    congestion: Option<String>,
 }
 
 fn options(args: &[String]) -> Result<Options> {
@@ -134,6 +138,7 @@ fn options(args: &[String]) -> Result<Options> {
         extras: true,
         cost: false,
         lb_bin: None,
+        congestion: None,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -146,6 +151,9 @@ fn options(args: &[String]) -> Result<Options> {
             "--no-extras" => o.extras = false,
             "--cost" => o.cost = true,
             "--lb-bin" => o.lb_bin = Some(it.next().context("--lb-bin PATH")?.into()),
+            "--congestion" => {
+                o.congestion = Some(it.next().context("--congestion ALGORITHM")?.clone())
+            }
             "--variants" => {
                 let names = it.next().context("--variants a,b")?;
                 o.variants = names
@@ -162,7 +170,8 @@ fn options(args: &[String]) -> Result<Options> {
                 let all: Vec<&str> = VARIANTS.iter().map(|v| v.name).collect();
                 println!(
                     "cargo xtask bench [--duration SECS] [--connections N] [--reps N] \
-                     [--variants {}] [--no-extras] [--cost] [--lb-bin PATH]",
+                     [--variants {}] [--no-extras] [--cost] [--lb-bin PATH] \
+                     [--congestion ALGORITHM]",
                     all.join(",")
                 );
                 std::process::exit(0);
@@ -236,6 +245,8 @@ pub fn bench(args: &[String]) -> Result<()> {
         run(build)?;
     }
     procstat::quiet(0.15)?;
+    // Before any socket of the run exists; put back when this function returns.
+    let congestion = congestion::Congestion::set(o.congestion.as_deref())?;
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let (proxy_cpu, load_cpu) = if cpus >= 2 { ("0", "1") } else { ("0", "0") };
     let dir = std::env::temp_dir().join(format!("lb-bench-{}", std::process::id()));
@@ -277,7 +288,13 @@ pub fn bench(args: &[String]) -> Result<()> {
         o.time.as_secs(),
         o.conns
     );
-    let _ = writeln!(report, "\nMachine: {}, kernel {}.", cpu_model(), kernel());
+    let _ = writeln!(
+        report,
+        "\nMachine: {}, kernel {}. {}.",
+        cpu_model(),
+        kernel(),
+        congestion.describe()
+    );
     for v in &o.variants {
         let series = measure(v, &paths, &ports, &o, load_cpu)?;
         let table = render(v, &paths, &series);
