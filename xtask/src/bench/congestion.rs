@@ -61,3 +61,34 @@ impl Drop for Congestion {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // These tests read the kernel's setting and never change it: other tests on the machine
+    // open sockets that would pick up a changed default.
+
+    #[test]
+    fn without_a_choice_the_kernels_default_is_named_and_left_alone() {
+        let before = read(DEFAULT).unwrap();
+        let c = Congestion::set(None).unwrap();
+        assert_eq!(c.algorithm, before);
+        assert!(c.describe().contains(&format!("{before} (the kernel's default)")));
+        // Asking for the current default changes nothing either.
+        let same = Congestion::set(Some(&before)).unwrap();
+        assert!(same.restore.is_none());
+        drop((c, same));
+        assert_eq!(read(DEFAULT).unwrap(), before);
+    }
+
+    #[test]
+    fn an_algorithm_the_kernel_lacks_is_refused_before_anything_changes() {
+        let before = read(DEFAULT).unwrap();
+        let available = read(AVAILABLE).unwrap();
+        let err = Congestion::set(Some("no-such-algorithm")).err().unwrap().to_string();
+        assert!(err.contains("no-such-algorithm"), "{err}");
+        assert!(err.contains(&available), "{err}");
+        assert_eq!(read(DEFAULT).unwrap(), before);
+    }
+}
