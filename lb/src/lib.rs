@@ -13,8 +13,9 @@
 //!                         bytraffic | bybusyness | heartbeat; pick → InFlight guard; report(Outcome)
 //!        ─▶ upstream      connect (connectiontimeout, telemetry registration); HTTP pool (+ TLS)
 //! ```
-//! Nothing on this path takes a lock: member state is atomics, pools are lock-free queues, and
-//! each listener reads its service (routes, balancers, certificates) from an `ArcSwap` slot.
+//! Member state on this path is atomics, each listener reads its service (routes, balancers,
+//! certificates) from an `ArcSwap` slot, and the one lock is a pool's idle stack, held for one
+//! push or pop.
 //!
 //! # Control path
 //! ```text

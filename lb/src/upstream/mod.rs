@@ -2,8 +2,10 @@
 //!
 //! [`connect`] is the one place a member connection is opened (timeouts, socket options,
 //! telemetry registration). [`pool`] keeps idle HTTP/1.1 connections (cleartext or TLS) per
-//! member, lock-free, honouring Apache's `max`, `acquire`, `ttl` and `disablereuse`.
+//! member, newest reused first ([`idle`]), honouring Apache's `max`, `acquire`, `ttl` and
+//! `disablereuse`.
 pub mod connect;
+mod idle;
 pub mod pool;
 
 use std::time::Duration;

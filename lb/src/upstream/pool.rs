@@ -1,20 +1,21 @@
 //! Pooled keep-alive HTTP/1.1 connections to one member, cleartext or TLS.
 //!
-//! Idle connections sit in a lock-free bounded queue. A [`Lease`] is one checked-out connection;
-//! the protocol layer hands it back with [`Lease::release`] once the response body has been read
-//! to its end, and simply drops it otherwise (the connection then closes). A connection has no
-//! task of its own: whoever holds the lease drives it ([`Lease::send`], [`Lease::poll_driver`]
-//! from the response body), so a request and its member connection run in one task, with no
-//! wakeup between tasks for the request, its response head or each piece of its body. With `max` set, the
-//! member's connection slots bound the leases out at once and `acquire` bounds the wait for one.
+//! Idle connections sit in a bounded stack, newest on top ([`super::idle`]). A [`Lease`] is one
+//! checked-out connection; the protocol layer hands it back with [`Lease::release`] once the
+//! response body has been read to its end, and simply drops it otherwise (the connection then
+//! closes). A connection has no task of its own: whoever holds the lease drives it
+//! ([`Lease::send`], [`Lease::poll_driver`] from the response body), so a request and its member
+//! connection run in one task, with no wakeup between tasks for the request, its response head
+//! or each piece of its body. With `max` set, the member's connection slots bound the leases out
+//! at once and `acquire` bounds the wait for one.
 //! A pool belongs to one member identity and survives reloads with it. Every [`PURGE_EVERY`] the
 //! control loop closes half of the idle connections no checkout needed since the last time, so
 //! that a pool grown by a burst shrinks back, and the buffers its connections hold go with it.
 use super::UpstreamError;
 use super::connect::connect;
+use super::idle::IdleStack;
 use crate::balancer::Member;
 use crate::telemetry::Telemetry;
-use crossbeam_queue::ArrayQueue;
 use hyper::body::Body;
 use hyper::client::conn::TrySendError;
 use hyper::client::conn::http1::{self, SendRequest};
@@ -69,7 +70,7 @@ pub struct Pool<B> {
     telemetry: Arc<Telemetry>,
     /// For an `https://` member: how to wrap a new connection in TLS.
     tls: Option<crate::tls::Upstream>,
-    idle: ArrayQueue<Idle<B>>,
+    idle: IdleStack<Idle<B>>,
     /// The fewest idle connections left by a checkout since the last purge (`usize::MAX`:
     /// no checkout): that many sat unused through the whole period.
     spare: AtomicUsize,
@@ -100,7 +101,7 @@ where
     ) -> Arc<Pool<B>> {
         let idle_cap = member.config().max.map_or(DEFAULT_IDLE, |m| m as usize).max(1);
         Arc::new(Pool {
-            idle: ArrayQueue::new(idle_cap),
+            idle: IdleStack::new(idle_cap),
             member,
             telemetry,
             tls,
@@ -113,7 +114,7 @@ where
     }
 
     /// Check out a connection: a live idle one if there is one, else a new one.
-    /// `fresh` skips the idle queue (used to retry after a stale keep-alive connection failed).
+    /// `fresh` skips the idle stack (used to retry after a stale keep-alive connection failed).
     pub async fn checkout(self: &Arc<Self>, fresh: bool) -> Result<Lease<B>, UpstreamError> {
         let permit =
             self.member.acquire_slot().await.map_err(|e| UpstreamError::PoolExhausted {
@@ -123,7 +124,7 @@ where
             })?;
         let ttl = self.member.config().ttl;
         if !fresh {
-            while let Some(idle) = self.idle.pop() {
+            while let Some(idle) = self.idle.pop_newest() {
                 if ttl.is_some_and(|ttl| idle.since.elapsed() > ttl) {
                     continue;
                 }
@@ -153,7 +154,7 @@ where
         }
         self.spare.store(0, Relaxed);
         // Boxed: opening a connection (connect, TLS handshake) is a large future that most
-        // checkouts, served from the idle queue, never run; inline, every request's future
+        // checkouts, served from the idle stack, never run; inline, every request's future
         // carried its size.
         let conn = Box::pin(self.open()).await?;
         Ok(Lease { conn, reused: false, pool: Arc::clone(self), _permit: permit, spent: false })
@@ -214,17 +215,15 @@ impl<B> Pool<B> {
     /// how many were closed. Called every [`PURGE_EVERY`] by the control loop.
     pub fn purge(&self) -> usize {
         let unused = self.spare.swap(usize::MAX, Relaxed).min(self.idle.len());
-        // The oldest go first (the queue hands out its oldest at checkout too).
-        let purged = (0..unused.div_ceil(2)).take_while(|_| self.idle.pop().is_some()).count();
+        // The unused ones are the oldest, at the bottom (checkouts take from the top).
+        let purged =
+            (0..unused.div_ceil(2)).take_while(|_| self.idle.pop_oldest().is_some()).count();
         // Nothing drives an idle connection, so one the member closed would wait for a checkout
-        // to notice: look at each once (in queue order), keeping those still open.
+        // to notice: look at each once, outside the stack's lock, keeping those still open.
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        for _ in 0..self.idle.len() {
-            let Some(mut idle) = self.idle.pop() else { break };
-            if idle.conn.poll_driver(&mut cx) {
-                let _ = self.idle.push(idle);
-            }
-        }
+        let mut taken = self.idle.take_all();
+        taken.retain_mut(|idle| idle.conn.poll_driver(&mut cx));
+        self.idle.restore(taken.into_iter());
         purged
     }
 
