@@ -8,8 +8,10 @@
 //! warm, and under BBR (which paces each connection at what it measured on it) requests
 //! through lb were up to a fifth slower (README, "Member connections reused newest first").
 //!
-//! The lock is held for one push, one pop or one swap of the whole stack: never across I/O or
-//! an `.await`, and never contended on a current-thread runtime.
+//! The data path holds the lock for one push or one pop; the purge (control path) holds it to
+//! take the whole stack out and, after looking at each connection without it, to put the
+//! survivors back. Never across I/O or an `.await`, and never contended on a current-thread
+//! runtime.
 use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
