@@ -183,6 +183,10 @@ async fn h2c_clients_are_served() {
         let t = r.text().to_lowercase();
         assert!(t.starts_with("get /headers http/1.1"), "{t}");
         assert!(t.contains("via: 2.0 lb"), "{t}");
+        // The member's own header values reach an HTTP/2 client, copied out of the member
+        // connection's buffer.
+        assert_eq!(r.member(), "m");
+        assert_eq!(r.headers["via"], "1.1 lb");
     }
     lb.stop().await;
 }

@@ -217,6 +217,10 @@ pub struct UpstreamBody {
     access: Option<Box<AccessRecord>>,
     bytes: u64,
     done: bool,
+    /// Copy small pieces out of the member connection's read buffer (an HTTP/2 client's; see
+    /// [`crate::http::headers::unshare_values`]): a 100-byte piece waiting in the client's send
+    /// queue would otherwise keep the whole buffer from the connection's next read.
+    unshare: bool,
     /// The member's `timeout`, as the longest wait between two pieces of the body.
     idle: Duration,
     last: Instant,
@@ -234,6 +238,7 @@ impl UpstreamBody {
         lease: Lease<RequestBody>,
         guard: InFlight,
         access: Option<Box<AccessRecord>>,
+        unshare: bool,
     ) -> UpstreamBody {
         let idle = lease.response_timeout();
         UpstreamBody {
@@ -243,6 +248,7 @@ impl UpstreamBody {
             access,
             bytes: 0,
             done: false,
+            unshare,
             idle,
             last: Instant::now(),
             clock: Clock::default(),
@@ -292,6 +298,10 @@ impl Body for ResponseBody {
                     return Poll::Ready(Some(Err(Box::new(e))));
                 };
                 u.last = Instant::now();
+                let frame = match frame {
+                    Some(Ok(f)) if u.unshare => Some(Ok(unshared(f))),
+                    other => other,
+                };
                 match &frame {
                     Some(Ok(f)) => {
                         if let Some(d) = f.data_ref() {
@@ -332,6 +342,18 @@ impl Body for ResponseBody {
             }
             ResponseBody::Upstream(u) => u.inner.size_hint(),
         }
+    }
+}
+
+/// Pieces up to this size are copied out of the member connection's read buffer for an HTTP/2
+/// client; larger ones are most of a buffer anyway, and are passed on as they are.
+const UNSHARE_BELOW: usize = 16 * 1024;
+
+fn unshared(f: Frame<Bytes>) -> Frame<Bytes> {
+    match f.into_data() {
+        Ok(d) if d.len() < UNSHARE_BELOW => Frame::data(Bytes::copy_from_slice(&d)),
+        Ok(d) => Frame::data(d),
+        Err(f) => f,
     }
 }
 

@@ -176,6 +176,33 @@ pub fn add_via(h: &mut HeaderMap, version: Version) {
     }
 }
 
+/// Give the values of `h` one allocation of their own, copied from wherever they were parsed.
+///
+/// hyper parses a member's response head in place: every value is a slice of the member
+/// connection's read buffer, and keeps all of that buffer (8 KiB and up) alive. An HTTP/2
+/// client's answer waits in its connection's send queue, behind other streams', while the member
+/// connection goes back to the pool and serves the next request; finding its buffer still
+/// shared, that connection's next read allocated a new one. Copied out, the buffer is the
+/// connection's alone again by then and is reused in place.
+pub fn unshare_values(h: &mut HeaderMap) {
+    let total: usize = h.values().map(HeaderValue::len).sum();
+    let mut all = bytes::BytesMut::with_capacity(total);
+    for v in h.values() {
+        all.extend_from_slice(v.as_bytes());
+    }
+    let all = all.freeze();
+    let mut at = 0;
+    for v in h.values_mut() {
+        let end = at + v.len();
+        // The bytes were a valid value a moment ago; should the check fail, the value stays.
+        if let Ok(mut copy) = HeaderValue::from_maybe_shared(all.slice(at..end)) {
+            copy.set_sensitive(v.is_sensitive());
+            *v = copy;
+        }
+        at = end;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -242,5 +269,33 @@ mod tests {
         add_via(&mut h, Version::HTTP_11);
         add_via(&mut h, Version::HTTP_2);
         assert_eq!(h["via"], "1.1 lb, 2.0 lb");
+    }
+
+    /// Values parsed in place share the buffer they were read into; unshared, they hold none of
+    /// it, read the same, and keep their sensitivity and order.
+    #[test]
+    fn unshared_values_let_the_read_buffer_go() {
+        let mut read = bytes::BytesMut::with_capacity(8192);
+        read.extend_from_slice(b"text/plain; charset=utf-8secret\"abc\"rest");
+        let head = read.split_to(36).freeze();
+        let mut h = HeaderMap::new();
+        let v = |r: std::ops::Range<usize>| HeaderValue::from_maybe_shared(head.slice(r)).unwrap();
+        h.insert(header::CONTENT_TYPE, v(0..25));
+        let mut secret = v(25..31);
+        secret.set_sensitive(true);
+        h.insert(header::AUTHORIZATION, secret);
+        h.append(header::ETAG, v(31..36));
+        h.append(header::ETAG, v(0..4));
+        drop(head);
+        // Still shared: the buffer cannot take back what the values hold.
+        assert!(!read.try_reclaim(8180));
+        unshare_values(&mut h);
+        assert!(read.try_reclaim(8180), "the values still hold the read buffer");
+        assert_eq!(h[header::CONTENT_TYPE], "text/plain; charset=utf-8");
+        assert_eq!(h[header::AUTHORIZATION], "secret");
+        assert!(h[header::AUTHORIZATION].is_sensitive());
+        assert!(!h[header::CONTENT_TYPE].is_sensitive());
+        let etags: Vec<_> = h.get_all(header::ETAG).iter().collect();
+        assert_eq!(etags, ["\"abc\"", "text"]);
     }
 }

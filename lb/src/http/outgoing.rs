@@ -21,6 +21,10 @@ pub(super) struct Outgoing<'a> {
     pub replay: Option<(Method, HeaderMap)>,
     /// The sticky session the request carries.
     pub session: Option<Session>,
+    /// The client speaks HTTP/2: its answer waits in a send queue shared with other streams,
+    /// so what it holds of the member connection's read buffer is copied out
+    /// ([`super::headers::unshare_values`]).
+    pub multiplexed: bool,
 }
 
 impl Outgoing<'_> {

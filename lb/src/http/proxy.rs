@@ -206,6 +206,7 @@ impl HttpProxy {
             scheme: conn.scheme,
             replay: replayable.then(|| (parts.method.clone(), parts.headers.clone())),
             session,
+            multiplexed: version == Version::HTTP_2,
         };
         let mut pending = Some(Request::from_parts(parts, RequestBody::new(body)));
 
@@ -397,10 +398,11 @@ impl HttpProxy {
         {
             parts.headers.append(header::SET_COOKIE, v);
         }
-        Response::from_parts(
-            parts,
-            ResponseBody::Upstream(UpstreamBody::new(body, lease, pick.guard, rec)),
-        )
+        if out.multiplexed {
+            headers::unshare_values(&mut parts.headers);
+        }
+        let body = UpstreamBody::new(body, lease, pick.guard, rec, out.multiplexed);
+        Response::from_parts(parts, ResponseBody::Upstream(body))
     }
 }
 
