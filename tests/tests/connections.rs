@@ -64,7 +64,7 @@ fn rss_kib(pid: &str) -> u64 {
 }
 
 /// What 10,000 idle keep-alive clients may cost lb, per connection (README: tested bound).
-const IDLE_CONN_KIB_BOUND: u64 = 48;
+const IDLE_CONN_KIB_BOUND: u64 = 24;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_idle_keepalive_clients_cost_a_bounded_amount() {

@@ -9,6 +9,7 @@ use super::body::ResponseBody;
 use super::guard::{Guarded, Rules, Shared};
 use super::proxy::{ConnState, HttpProxy};
 use crate::config::ListenerConfig;
+use crate::conn::prefixed::Prefixed;
 use crate::conn::{Admission, Incoming as ClientConn};
 use crate::shutdown::stopped;
 use crate::status::counters::{self, ListenerStats};
@@ -19,10 +20,11 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tracing::Instrument;
 
@@ -112,9 +114,13 @@ pub async fn serve(
                 let span = tracing::info_span!("conn", listener = %name, peer = %peer);
                 let (ticket, open) = (admission.enter(), stats.opened());
                 let conn = ClientConn::new(stream, peer);
-                let task = connection(conn, Arc::clone(&slot), graceful.watcher(), Arc::clone(&stats));
+                let (slot, watcher, stats) = (Arc::clone(&slot), graceful.watcher(), Arc::clone(&stats));
                 tokio::spawn(async move {
-                    task.await;
+                    // Made here, inside the task: made outside and awaited in here, the
+                    // connection's state would be laid out twice in the task (once as what the
+                    // task holds, once as what it awaits), doubling what every open
+                    // connection costs.
+                    connection(conn, slot, watcher, stats).await;
                     drop((ticket, open));
                 }.instrument(span));
             }
@@ -140,20 +146,35 @@ async fn connection(mut conn: ClientConn, slot: Slot, watcher: Watcher, stats: A
     let stream = conn.into_stream();
     match &svc.tls {
         None => serve_http(stream, client, None, slot, &svc, watcher, stats).await,
+        // Boxed: a TLS connection's state (the handshake, then the TLS stream and hyper's
+        // connection on it) is twice a cleartext one's; inline, every connection carried it.
         Some(acceptor) => {
-            let wait = svc.handshake_timeout;
-            if let Some(tls) = crate::tls::accept(acceptor, stream, client, wait).await {
-                let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-                serve_http(tls, client, Some(h2), slot, &svc, watcher, stats).await;
-            }
+            Box::pin(serve_tls(acceptor, stream, client, slot, &svc, watcher, stats)).await
         }
+    }
+}
+
+/// The TLS handshake, then HTTP over it.
+async fn serve_tls(
+    acceptor: &tokio_rustls::TlsAcceptor,
+    stream: Prefixed<TcpStream>,
+    client: SocketAddr,
+    slot: Slot,
+    svc: &HttpService,
+    watcher: Watcher,
+    stats: Arc<ListenerStats>,
+) {
+    let wait = svc.handshake_timeout;
+    if let Some(tls) = crate::tls::accept(acceptor, stream, client, wait).await {
+        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+        serve_http(tls, client, Some(h2), slot, svc, watcher, stats).await;
     }
 }
 
 /// `alpn_h2`: None for cleartext, else whether TLS negotiated h2.
 async fn serve_http<S>(
     stream: S,
-    client: std::net::SocketAddr,
+    client: SocketAddr,
     alpn_h2: Option<bool>,
     slot: Slot,
     svc: &HttpService,

@@ -98,9 +98,11 @@ pub async fn serve(
             (stream, peer) = crate::conn::accept(&listener, &name) => {
                 let span = tracing::info_span!("conn", listener = %name, peer = %peer);
                 let (ticket, open) = (admission.enter(), stats.opened());
-                let task = connection(ClientConn::new(stream, peer), slot.load_full());
+                let (conn, svc) = (ClientConn::new(stream, peer), slot.load_full());
                 conns.spawn(async move {
-                    task.await;
+                    // Made inside the task, so that its state is laid out once in it (see
+                    // `http::server::serve`).
+                    connection(conn, svc).await;
                     drop((ticket, open));
                 }.instrument(span));
             }
@@ -126,10 +128,9 @@ async fn connection(mut conn: ClientConn, svc: Arc<TcpService>) {
     }
     let (client, local) = (conn.client, conn.local());
     if let Some(acceptor) = &svc.tls {
-        let wait = crate::conn::PRELUDE_TIMEOUT;
-        if let Some(tls) = crate::tls::accept(acceptor, conn.into_stream(), client, wait).await {
-            forward(Client::Tls(Box::new(tls)), client, local, svc.default.clone(), &svc).await;
-        }
+        // Boxed: the handshake's state is larger than all the rest of a connection's; inline,
+        // every cleartext connection carried room for it.
+        Box::pin(terminate(acceptor, conn, client, local, &svc)).await;
         return;
     }
     let balancer = if svc.sni.is_empty() {
@@ -150,6 +151,20 @@ async fn connection(mut conn: ClientConn, svc: Arc<TcpService>) {
         }
     };
     forward(Client::Plain(conn.into_stream()), client, local, balancer, &svc).await;
+}
+
+/// TLS termination, then the relay to a member of the default balancer.
+async fn terminate(
+    acceptor: &tokio_rustls::TlsAcceptor,
+    conn: ClientConn,
+    client: SocketAddr,
+    local: SocketAddr,
+    svc: &TcpService,
+) {
+    let wait = crate::conn::PRELUDE_TIMEOUT;
+    if let Some(tls) = crate::tls::accept(acceptor, conn.into_stream(), client, wait).await {
+        forward(Client::Tls(Box::new(tls)), client, local, svc.default.clone(), svc).await;
+    }
 }
 
 /// The client side of a connection: plain TCP (with what lb read of it in front), or TLS that lb
