@@ -377,6 +377,10 @@ impl HttpProxy {
         }
         let (mut parts, body) = resp.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers, None);
+        // Before lb adds values of its own, which hold no member buffer.
+        if out.multiplexed {
+            headers::unshare_values(&mut parts.headers);
+        }
         if let Some(rev) = &route.reverse {
             let host = out.client_host.as_ref().and_then(|h| h.to_str().ok());
             for name in
@@ -397,9 +401,6 @@ impl HttpProxy {
             && let Some(v) = sticky::set_cookie(c, s.separator, r)
         {
             parts.headers.append(header::SET_COOKIE, v);
-        }
-        if out.multiplexed {
-            headers::unshare_values(&mut parts.headers);
         }
         let body = UpstreamBody::new(body, lease, pick.guard, rec, out.multiplexed);
         Response::from_parts(parts, ResponseBody::Upstream(body))
