@@ -345,7 +345,7 @@ impl Body for ResponseBody {
     }
 }
 
-/// Pieces up to this size are copied out of the member connection's read buffer for an HTTP/2
+/// Pieces under this size are copied out of the member connection's read buffer for an HTTP/2
 /// client; larger ones are most of a buffer anyway, and are passed on as they are.
 const UNSHARE_BELOW: usize = 16 * 1024;
 
