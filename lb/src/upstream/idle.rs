@@ -41,9 +41,11 @@ impl<T> IdleStack<T> {
         Ok(())
     }
 
-    /// The most recently pushed.
-    pub fn pop_newest(&self) -> Option<T> {
-        self.items().pop_back()
+    /// The most recently pushed, and how many are left under it (one lock for both: a checkout
+    /// needs the two).
+    pub fn pop_newest(&self) -> Option<(T, usize)> {
+        let mut items = self.items();
+        items.pop_back().map(|item| (item, items.len()))
     }
 
     /// The least recently pushed.
@@ -83,9 +85,9 @@ mod tests {
         for i in 1..=3 {
             assert!(s.push(i).is_ok());
         }
-        assert_eq!(s.pop_newest(), Some(3));
+        assert_eq!(s.pop_newest(), Some((3, 2)));
         assert!(s.push(4).is_ok());
-        assert_eq!(s.pop_newest(), Some(4));
+        assert_eq!(s.pop_newest(), Some((4, 2)));
         assert_eq!(s.pop_oldest(), Some(1));
         assert_eq!(s.len(), 1);
     }
@@ -110,9 +112,9 @@ mod tests {
         assert!(s.push(9).is_ok());
         // 2 did not survive the look; 1 and 3 go back under 9, in their order.
         s.restore(taken.into_iter().filter(|&i| i != 2));
-        assert_eq!(s.pop_newest(), Some(9));
-        assert_eq!(s.pop_newest(), Some(3));
-        assert_eq!(s.pop_newest(), Some(1));
+        assert_eq!(s.pop_newest(), Some((9, 2)));
+        assert_eq!(s.pop_newest(), Some((3, 1)));
+        assert_eq!(s.pop_newest(), Some((1, 0)));
         // Restoring into a full stack drops the oldest of what was taken.
         for i in 1..=3 {
             assert!(s.push(i).is_ok());

@@ -124,7 +124,7 @@ where
             })?;
         let ttl = self.member.config().ttl;
         if !fresh {
-            while let Some(idle) = self.idle.pop_newest() {
+            while let Some((idle, left)) = self.idle.pop_newest() {
                 if ttl.is_some_and(|ttl| idle.since.elapsed() > ttl) {
                     continue;
                 }
@@ -142,7 +142,7 @@ where
                 if !ready.await {
                     continue;
                 }
-                self.spare.fetch_min(self.idle.len(), Relaxed);
+                self.spare.fetch_min(left, Relaxed);
                 return Ok(Lease {
                     conn,
                     reused: true,
