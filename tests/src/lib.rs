@@ -14,8 +14,10 @@
 //! | `/ws` | `101 Switching Protocols`, then echoes bytes |
 //! | anything else | the member name, or `size` bytes when the member has one |
 //!
-//! Every answer carries `x-member: NAME`. A member can be killed (listener and every open
-//! connection closed at once) and started again on the same port.
+//! Every answer carries `x-member: NAME`, and `x-client-port: PORT`: the client port of the
+//! connection the request came on, which tells lb's member connections apart. A member can be
+//! killed (listener and every open connection closed at once) and started again on the same
+//! port.
 pub mod certs;
 pub mod dns;
 pub mod faults;
@@ -200,7 +202,7 @@ impl Member {
             let mut conns = JoinSet::new();
             loop {
                 tokio::select! {
-                    Ok((stream, _)) = listener.accept() => {
+                    Ok((stream, client)) = listener.accept() => {
                         let (name, hits) = (Arc::clone(&name), Arc::clone(&hits));
                         let (tls, tls_ok) = (tls.clone(), Arc::clone(&tls_ok));
                         // Counted once it carries a request that is not a health probe.
@@ -217,7 +219,7 @@ impl Member {
                                     open.fetch_add(1, Ordering::Relaxed);
                                 }
                                 let (name, hits) = (Arc::clone(&name), Arc::clone(&hits));
-                                async move { answer(req, &name, size, delay, addr, &hits).await }
+                                async move { answer(req, &name, size, delay, addr, client, &hits).await }
                             });
                             let b = hyper::server::conn::http1::Builder::new();
                             match tls {
@@ -281,6 +283,7 @@ async fn answer(
     size: Option<usize>,
     delay: Duration,
     addr: SocketAddr,
+    client: SocketAddr,
     hits: &AtomicU64,
 ) -> Result<Response<TestBody>, &'static str> {
     // lb's health probes (`OPTIONS *`) are not traffic: they are counted apart.
@@ -359,6 +362,7 @@ async fn answer(
     let mut resp = Response::new(body);
     *resp.status_mut() = status;
     resp.headers_mut().insert("x-member", name.parse().expect("member name header"));
+    resp.headers_mut().insert("x-client-port", client.port().into());
     for (k, v) in extra {
         resp.headers_mut().insert(k, v.parse().expect("header value"));
     }

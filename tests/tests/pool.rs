@@ -198,49 +198,23 @@ async fn connections_the_member_closed_while_idle_are_let_go() {
     lb.stop().await;
 }
 
-/// A member that answers every request with the client port of the connection it came on,
-/// after `/sleep/MS` that long.
-async fn port_telling_member() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let task = tokio::spawn(async move {
-        while let Ok((stream, peer)) = listener.accept().await {
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(
-                    move |req: http::Request<hyper::body::Incoming>| async move {
-                        if let Some(ms) = req.uri().path().strip_prefix("/sleep/") {
-                            tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0)))
-                                .await;
-                        }
-                        Ok::<_, std::convert::Infallible>(http::Response::new(full(
-                            peer.port().to_string(),
-                        )))
-                    },
-                );
-                let io = hyper_util::rt::TokioIo::new(stream);
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await;
-            });
-        }
-    });
-    (addr, task)
-}
-
 /// Idle member connections are reused newest first: once a burst has left several idle, one
 /// request after another goes over the same connection (the one each hands back), and the
 /// others stay unused, for the purge to close.
 #[tokio::test]
 async fn the_newest_idle_connection_is_reused_first() {
-    let (addr, _member) = port_telling_member().await;
-    let lb = Lb::start(&config(&members(&[(&format!("http://{addr}"), "")]))).await;
+    let m = Member::start("m").await;
+    let lb = Lb::start(&config(&members(&[(&m.url(), "")]))).await;
+    let port = |r: &Reply| r.headers["x-client-port"].to_str().expect("port").to_owned();
     // Requests at once, each long enough that none can reuse another's connection.
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..3 {
         let url = lb.url("/sleep/300");
-        set.spawn(async move { get(&url).await.text() });
+        set.spawn(async move { get(&url).await });
     }
     let mut burst = std::collections::HashSet::new();
-    while let Some(port) = set.join_next().await {
-        burst.insert(port.expect("request"));
+    while let Some(r) = set.join_next().await {
+        burst.insert(port(&r.expect("request")));
     }
     assert_eq!(burst.len(), 3, "one member connection per request of the burst: {burst:?}");
     let c = client();
@@ -248,7 +222,7 @@ async fn the_newest_idle_connection_is_reused_first() {
     for _ in 0..6 {
         let r = send(&c, http::Request::get(lb.url("/")).body(full("")).unwrap()).await.unwrap();
         assert_eq!(r.status, 200, "{}", r.text());
-        after.push(r.text());
+        after.push(port(&r));
     }
     assert!(burst.contains(&after[0]), "{after:?} came over a connection of its own");
     assert!(after.iter().all(|p| *p == after[0]), "sequential requests took turns: {after:?}");
