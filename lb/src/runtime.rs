@@ -88,8 +88,11 @@ pub struct Bound {
     heartbeat: Option<tokio::net::UdpSocket>,
 }
 
-async fn bind(name: &str, addr: SocketAddr) -> Result<TcpListener, RunError> {
-    TcpListener::bind(addr).await.map_err(|source| RunError::Bind {
+/// The admin listener's backlog (Apache's `ListenBacklog` default).
+const ADMIN_BACKLOG: u32 = 511;
+
+fn bind(name: &str, addr: SocketAddr, backlog: u32) -> Result<TcpListener, RunError> {
+    crate::conn::listen(addr, backlog).map_err(|source| RunError::Bind {
         name: name.to_owned(),
         addr,
         source,
@@ -135,11 +138,11 @@ impl Lb {
     pub async fn bind(self) -> Result<Bound, RunError> {
         let mut sockets = Vec::new();
         for l in &self.config.listeners {
-            sockets.push(bind(&l.name, l.bind).await?);
+            sockets.push(bind(&l.name, l.bind, l.backlog)?);
         }
         let admin = match &self.config.admin {
             None => None,
-            Some(a) => Some(bind("admin", a.bind).await?),
+            Some(a) => Some(bind("admin", a.bind, ADMIN_BACKLOG)?),
         };
         let heartbeat =
             match self.config.heartbeat_listen {
@@ -163,6 +166,9 @@ struct Running {
     slot: RunningSlot,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
+    /// The listening socket, shared with the task, for a reload that changes its backlog. Dropped
+    /// when the listener stops, so that the socket closes when the task lets go of it.
+    socket: Option<socket2::Socket>,
 }
 
 enum RunningSlot {
@@ -172,6 +178,7 @@ enum RunningSlot {
 
 fn start(cfg: &ListenerConfig, socket: TcpListener, service: Service, grace: Duration) -> Running {
     let addr = socket.local_addr().unwrap_or(cfg.bind);
+    let shared_socket = socket2::SockRef::from(&socket).try_clone().ok();
     let (stop, rx) = watch::channel(false);
     let name: Arc<str> = Arc::from(cfg.name.as_str());
     let tls = if cfg.tls.is_empty() { "" } else { "+tls" };
@@ -194,7 +201,7 @@ fn start(cfg: &ListenerConfig, socket: TcpListener, service: Service, grace: Dur
             (RunningSlot::Tcp(slot), task)
         }
     };
-    Running { cfg: cfg.clone(), addr, slot, stop, task }
+    Running { cfg: cfg.clone(), addr, slot, stop, task, socket: shared_socket }
 }
 
 /// Store `service` into a running listener's slot; false when the kinds differ.
@@ -366,6 +373,7 @@ impl Bound {
             let _ = r.stop.send(true);
         }
         for r in running {
+            drop(r.socket);
             let _ = r.task.await;
         }
         for t in draining {
@@ -393,7 +401,7 @@ async fn apply(
             .iter()
             .any(|r| r.cfg.name == l.name && r.cfg.bind == l.bind && r.cfg.protocol == l.protocol);
         if !keep {
-            let socket = bind(&l.name, l.bind).await.map_err(|e| crate::errors::chain(&e))?;
+            let socket = bind(&l.name, l.bind, l.backlog).map_err(|e| crate::errors::chain(&e))?;
             fresh.insert(l.name.clone(), socket);
         }
     }
@@ -418,6 +426,12 @@ async fn apply(
             let mut r = old.remove(i);
             // Same address and protocol: swap what it serves, keep the socket and connections.
             if swap(&r.slot, service) {
+                if r.cfg.backlog != l.backlog
+                    && let Some(socket) = &r.socket
+                    && let Err(e) = crate::conn::relisten(socket, l.backlog)
+                {
+                    tracing::warn!(listener = %l.name, error = %e, "could not change the backlog");
+                }
                 r.cfg = l.clone();
                 running.push(r);
                 kept += 1;

@@ -48,6 +48,49 @@ async fn at_max_connections_accepting_pauses_until_one_closes() {
     lb.stop().await;
 }
 
+/// The backlog the kernel gives the listening socket on `addr` (`ss`'s Send-Q of a listener).
+fn kernel_backlog(addr: std::net::SocketAddr) -> u64 {
+    let out = std::process::Command::new("ss")
+        .args(["-ltnH", &format!("sport = :{}", addr.port())])
+        .output()
+        .expect("run ss (iproute2)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().find(|l| l.contains(&addr.to_string()));
+    let line = line.unwrap_or_else(|| panic!("{addr} not listening: {text}"));
+    line.split_whitespace().nth(2).and_then(|q| q.parse().ok()).expect("Send-Q")
+}
+
+fn somaxconn() -> u64 {
+    let v = std::fs::read_to_string("/proc/sys/net/core/somaxconn").expect("somaxconn");
+    v.trim().parse().expect("a number")
+}
+
+#[tokio::test]
+async fn the_listen_backlog_follows_max_connections_or_backlog_and_reloads() {
+    let m = Member::start("m").await;
+    let base = config(&members(&[(&m.url(), "")]));
+    // Not set: room for max_connections (HAProxy's rule), as far as the kernel allows.
+    let with_max =
+        base.replace("access_log = false\n", "access_log = false\nmax_connections = 300\n");
+    let lb = Lb::start(&with_max).await;
+    assert_eq!(kernel_backlog(lb.addr), 300.min(somaxconn()));
+    lb.stop().await;
+    let lb = Lb::start(&base).await;
+    assert_eq!(kernel_backlog(lb.addr), 10_000.min(somaxconn()));
+    // Set, then changed by a reload: the same socket, its queue resized in place.
+    let set = |n: u64| {
+        base.replace("access_log = false\n", &format!("access_log = false\nbacklog = {n}\n"))
+    };
+    lb.handle.reload(parse_config(&set(700))).await.expect("reload");
+    assert_eq!(kernel_backlog(lb.addr), 700.min(somaxconn()));
+    let mut s = TcpStream::connect(lb.addr).await.expect("connect");
+    assert!(get_on(&mut s).await.starts_with("HTTP/1.1 200"));
+    lb.stop().await;
+    let lb = Lb::start(&set(50)).await;
+    assert_eq!(kernel_backlog(lb.addr), 50);
+    lb.stop().await;
+}
+
 /// A `KiB` line of `/proc/PID/status` (`VmRSS`, `RssAnon`, …).
 fn status_kib(pid: &str, key: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");

@@ -59,7 +59,8 @@ fn debian_site(members: &[String; 3], pki: &Pki, leaf: &lb_tests::certs::Leaf) -
          </Directory>\n\
          LogFormat \"%h %l %u %t \\\"%r\\\" %>s %O\" common\n\
          IncludeOptional conf-enabled/*.conf\n\
-         IncludeOptional sites-enabled/*.conf\n",
+         IncludeOptional sites-enabled/*.conf\n\
+         ListenBacklog 1024\n",
     );
     for m in ["proxy", "proxy_http", "proxy_balancer", "lbmethod_byrequests", "ssl", "status"] {
         write(
@@ -212,6 +213,7 @@ async fn a_debian_layout_translates_reports_and_serves_the_same_byrequests_seque
     assert_eq!(web["timeout"].as_integer(), Some(300));
     assert_eq!(web["keepalive_timeout"].as_integer(), Some(5));
     assert_eq!(web["max_keepalive_requests"].as_integer(), Some(100));
+    assert_eq!(web["backlog"].as_integer(), Some(1024));
     assert_eq!(web["proxy_pass"][0]["preserve_host"].as_bool(), Some(true));
     assert_eq!(
         v["access_log"]["path"].as_str(),

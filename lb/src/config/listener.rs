@@ -10,6 +10,10 @@ use std::time::Duration;
 /// `max_connections` when not set: well under the NOFILE limit lb raises itself to.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 
+/// The largest `backlog` a listener may ask for (the kernel caps it lower, at
+/// `net.core.somaxconn`).
+pub const MAX_BACKLOG: u64 = 65_535;
+
 /// What member schemes a listener of `protocol` can forward to.
 fn scheme_fits(protocol: Protocol, scheme: Scheme) -> bool {
     match protocol {
@@ -114,6 +118,15 @@ impl Validator<'_> {
                 DEFAULT_MAX_CONNECTIONS
             }
         };
+        let backlog = match l.backlog {
+            // As HAProxy does: room in the queue for as many as may be open at once.
+            None => max_connections.min(MAX_BACKLOG as usize) as u32,
+            Some(n @ 1..=MAX_BACKLOG) => n as u32,
+            Some(n) => {
+                self.err(&path.key("backlog"), format!("{n} is out of range 1..={MAX_BACKLOG}"));
+                1
+            }
+        };
         let mut tls = Vec::new();
         for (i, t) in l.tls.iter().enumerate() {
             let tp = path.key("tls").index(i);
@@ -213,6 +226,7 @@ impl Validator<'_> {
             limits,
             read_timeouts,
             max_connections,
+            backlog,
             access_log: l.access_log.unwrap_or(true),
             accept_proxy: l.accept_proxy.unwrap_or(false),
             splice: l.splice.unwrap_or(true),

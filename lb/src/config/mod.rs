@@ -343,6 +343,25 @@ failonstatus = "500, 503"
     }
 
     #[test]
+    fn backlog_defaults_to_max_connections_and_is_range_checked() {
+        let with = |extra: &str| {
+            GOOD.replace("timeout = \"300s\"", &format!("timeout = \"300s\"\n{extra}"))
+        };
+        let c = parse(&with("max_connections = 70000")).unwrap();
+        assert_eq!(c.listeners[0].backlog, 65_535);
+        let c = parse(&with("max_connections = 300")).unwrap();
+        assert_eq!(c.listeners[0].backlog, 300);
+        assert_eq!(parse(&with("backlog = 2048")).unwrap().listeners[0].backlog, 2048);
+        let text = with("backlog = 0");
+        let e = parse(&text).unwrap_err();
+        let d = &e.diagnostics()[0];
+        assert_eq!(d.key, "listener[0].backlog");
+        let line = text.lines().position(|l| l.starts_with("backlog")).unwrap() + 1;
+        assert_eq!(d.line, line);
+        assert!(d.message.contains("out of range 1..=65535"), "{}", d.message);
+    }
+
+    #[test]
     fn unknown_key_names_file_line_column_and_key() {
         let text = GOOD.replace("maxattempts = 2", "maxattempts = 2\nmaxatempts = 3");
         let e = parse(&text).unwrap_err();

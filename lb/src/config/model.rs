@@ -150,6 +150,9 @@ pub struct ListenerConfig {
     pub read_timeouts: super::ReadTimeouts,
     /// Client connections open at once; at the limit, accepting pauses.
     pub max_connections: usize,
+    /// The kernel's queue of connections not yet accepted (`listen(2)`'s backlog; the kernel
+    /// caps it at `net.core.somaxconn`).
+    pub backlog: u32,
     pub access_log: bool,
     /// Read a PROXY protocol (v1 or v2) header before anything else on each connection.
     pub accept_proxy: bool,

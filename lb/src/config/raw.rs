@@ -83,6 +83,7 @@ pub struct RawListener {
     pub limit_request_body: Option<u64>,
     pub request_read_timeout: Option<String>,
     pub max_connections: Option<u64>,
+    pub backlog: Option<u64>,
     pub access_log: Option<bool>,
     pub accept_proxy: Option<bool>,
     pub splice: Option<bool>,

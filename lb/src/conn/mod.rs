@@ -16,6 +16,30 @@ use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
+/// A listening socket on `addr` with `backlog` (the kernel's queue of connections not yet
+/// accepted). tokio's own `bind` asks for 128: a burst of new clients larger than that, while
+/// lb is busy, overflows the queue, and a client whose handshake the kernel then gives up on is
+/// reset when its request arrives.
+pub fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    // As tokio's `bind`: a restarted lb binds again while old connections sit in TIME_WAIT.
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(backlog_arg(backlog))?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Change a listening socket's backlog in place (Linux applies a second `listen(2)`).
+pub fn relisten(socket: &socket2::Socket, backlog: u32) -> std::io::Result<()> {
+    socket.listen(backlog_arg(backlog))
+}
+
+fn backlog_arg(backlog: u32) -> i32 {
+    i32::try_from(backlog).unwrap_or(i32::MAX)
+}
+
 /// Accept the next connection on `listener` (called `name` in the log), with TCP_NODELAY. An
 /// accept error (out of descriptors, …) is logged and retried after a short back-off, never spun
 /// on. Cancel-safe, for use in `select!`.

@@ -204,6 +204,7 @@ impl Walker<'_> {
             "limitrequestfields" => self.int(d, "limit_request_fields", sc),
             "limitrequestbody" => self.int(d, "limit_request_body", sc),
             "maxrequestworkers" | "maxclients" => self.int(d, "max_connections", sc),
+            "listenbacklog" => self.int(d, "backlog", sc),
             "requestreadtimeout" => set(&mut sc.keys, "request_read_timeout", V::Str(d.args.join(" "))),
             "gracefulshutdowntimeout" => match params::duration(arg0) {
                 Ok(v) => self.found.graceful = Some(v),
