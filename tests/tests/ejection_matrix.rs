@@ -352,6 +352,10 @@ async fn watch_states(lb: &Lb, n: usize, run: Duration) -> (Vec<Vec<String>>, Ve
             let m = &h["balancers"][0]["members"][i];
             let s = m["state"].as_str().unwrap_or("?").to_owned();
             if !seen[i].contains(&s) {
+                // An ejection's reason and evidence go along, so a failure says why.
+                if s == "ejected" {
+                    seen[i].push(format!("why: {} / {}", m["reason"], m["evidence"]));
+                }
                 seen[i].push(s);
             }
             peak[i] = peak[i].max(m["evidence"]["score"].as_f64().unwrap_or(0.0));
