@@ -66,6 +66,24 @@ impl LbProcess {
         }
     }
 
+    /// For a failure message: whether lb is still running (and how it ended if not), its open
+    /// descriptors and limit, and the last `n` lines of its log.
+    pub fn report(&mut self, n: usize) -> String {
+        let state = match self.guard.0.try_wait() {
+            Ok(None) => "running".to_owned(),
+            Ok(Some(status)) => format!("exited: {status}"),
+            Err(e) => format!("unknown: {e}"),
+        };
+        let fds = std::fs::read_dir(format!("/proc/{}/fd", self.pid)).map_or(0, |d| d.count());
+        let limits = std::fs::read_to_string(format!("/proc/{}/limits", self.pid))
+            .ok()
+            .and_then(|l| l.lines().find(|l| l.starts_with("Max open files")).map(str::to_owned))
+            .unwrap_or_default();
+        let lines = self.lines.lock().expect("log lines");
+        let tail = lines[lines.len().saturating_sub(n)..].join("\n");
+        format!("lb {state}; {fds} descriptors open; {limits}\nlb's last {n} log lines:\n{tail}")
+    }
+
     /// The address logged after `marker` (`addr=IP:PORT`), waiting up to 20 s.
     pub fn addr(&self, marker: &str) -> SocketAddr {
         let line = self.line(&[marker, "addr="], Duration::from_secs(20));

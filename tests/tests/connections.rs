@@ -7,18 +7,27 @@ use tokio::net::TcpStream;
 
 /// Send a keep-alive GET on `s` and read its answer (the member answers with its name).
 async fn get_on(s: &mut TcpStream) -> String {
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
+    try_get_on(s).await.expect("an answer")
+}
+
+/// The same, with what went wrong as an error: a failed write or read, no answer within 5 s,
+/// or the connection closed before the answer's end.
+async fn try_get_on(s: &mut TcpStream) -> std::io::Result<String> {
+    use std::io::{Error, ErrorKind};
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await?;
     let mut buf = vec![0u8; 4096];
     let mut got = Vec::new();
     while !String::from_utf8_lossy(&got).ends_with("\r\n\r\nm") {
         let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
             .await
-            .expect("answer in time")
-            .expect("read");
-        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+            .map_err(|_| Error::new(ErrorKind::TimedOut, "no answer within 5 s"))??;
+        if n == 0 {
+            let text = String::from_utf8_lossy(&got).into_owned();
+            return Err(Error::new(ErrorKind::UnexpectedEof, format!("closed after {text:?}")));
+        }
         got.extend_from_slice(&buf[..n]);
     }
-    String::from_utf8_lossy(&got).into_owned()
+    Ok(String::from_utf8_lossy(&got).into_owned())
 }
 
 #[tokio::test]
@@ -133,20 +142,35 @@ async fn ten_thousand_idle_keepalive_clients_cost_a_bounded_amount() {
     let before = rss_kib(&lb.pid);
     let mut clients = Vec::new();
     let mut set = tokio::task::JoinSet::new();
+    // A client that fails stops the test with what lb said and whether it still runs.
+    let mut lb = lb;
+    let mut collect = |done: Result<std::io::Result<TcpStream>, tokio::task::JoinError>| match done
+        .expect("client task")
+    {
+        Ok(s) => clients.push(s),
+        Err(e) => {
+            let own = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count());
+            panic!(
+                "client {}: {e} (the test holds {own} descriptors)\n{}",
+                clients.len(),
+                lb.report(20)
+            )
+        }
+    };
     for i in 0..CLIENTS {
         set.spawn(async move {
-            let mut s = TcpStream::connect(addr).await.expect("connect");
-            get_on(&mut s).await;
-            s
+            let mut s = TcpStream::connect(addr).await?;
+            try_get_on(&mut s).await?;
+            Ok(s)
         });
         if i % 200 == 199 {
-            while let Some(s) = set.join_next().await {
-                clients.push(s.expect("client"));
+            while let Some(done) = set.join_next().await {
+                collect(done);
             }
         }
     }
-    while let Some(s) = set.join_next().await {
-        clients.push(s.expect("client"));
+    while let Some(done) = set.join_next().await {
+        collect(done);
     }
     assert_eq!(clients.len() as u64, CLIENTS);
     let after = rss_kib(&lb.pid);

@@ -18,8 +18,8 @@ use tokio::sync::Notify;
 
 /// A listening socket on `addr` with `backlog` (the kernel's queue of connections not yet
 /// accepted). tokio's own `bind` asks for 128: a burst of new clients larger than that, while
-/// lb is busy, overflows the queue, and a client whose handshake the kernel then gives up on is
-/// reset when its request arrives.
+/// lb is busy, overflows the queue, and the kernel drops their handshakes; they wait out SYN
+/// retransmissions (a second and more) before lb sees them.
 pub fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
