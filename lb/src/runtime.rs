@@ -369,11 +369,12 @@ impl Bound {
         }
         tracing::info!("shutting down: no new connections; open ones get {grace:?} to finish");
         let _ = tx.send(true);
-        for r in &running {
+        for r in &mut running {
+            // Every listener at once: its socket closes once its task lets go of it too.
+            r.socket = None;
             let _ = r.stop.send(true);
         }
         for r in running {
-            drop(r.socket);
             let _ = r.task.await;
         }
         for t in draining {

@@ -92,3 +92,46 @@ async fn reload_sighup_and_sigterm_on_the_binary() {
     assert_eq!(status.map(|s| s.code()), Some(Some(0)), "lb did not exit 0 after SIGTERM");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// SIGTERM closes every listener at once, while connections already open finish: a second
+/// listener refuses new clients while the first still drains a request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_every_listener_while_requests_drain() {
+    let m = Member::start("m").await;
+    let dir = std::env::temp_dir().join(format!("lb-sigterm-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("lb.toml");
+    let second = "[[listener]]\nname = \"second\"\nbind = \"127.0.0.1:0\"\naccess_log = false\n  [[listener.proxy_pass]]\n  path = \"/\"\n  to = \"balancer://b/\"\n";
+    let text = config_text(&m.url()).replace("[balancer.b]\n", &format!("{second}[balancer.b]\n"));
+    std::fs::write(&file, text).unwrap();
+    let lb = lb_tests::process::LbProcess::start(&file);
+    let web = lb.addr("listening (http)");
+    let other = lb
+        .line(&["listening (http)", "listener=second", "addr="], Duration::from_secs(20))
+        .and_then(|l| {
+            l.split_whitespace().find_map(|w| w.strip_prefix("addr=")).and_then(|a| a.parse().ok())
+        })
+        .expect("the second listener's address");
+    assert_ne!(web, other);
+    assert_eq!(get(&format!("http://{other}/")).await.member(), "m");
+    // A request in flight on the first listener, then SIGTERM.
+    let before = m.hits.load(std::sync::atomic::Ordering::Relaxed);
+    let slow = tokio::spawn(async move { get(&format!("http://{web}/sleep/3000")).await });
+    let started = eventually(Duration::from_secs(5), || async {
+        (m.hits.load(std::sync::atomic::Ordering::Relaxed) > before).then_some(())
+    })
+    .await;
+    assert!(started.is_some());
+    assert!(Command::new("kill").args(["-TERM", &lb.pid]).status().unwrap().success());
+    let refused = eventually(Duration::from_secs(2), || async {
+        let c = tokio::net::TcpStream::connect(other).await;
+        matches!(c, Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused).then_some(())
+    })
+    .await;
+    assert!(!slow.is_finished(), "the slow request ended before the check");
+    assert!(refused.is_some(), "the second listener still accepts while the first drains");
+    let r = slow.await.unwrap();
+    assert_eq!((r.status, r.member()), (200, "m".to_owned()));
+    drop(lb);
+    let _ = std::fs::remove_dir_all(&dir);
+}
