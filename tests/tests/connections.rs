@@ -129,7 +129,7 @@ async fn ten_thousand_idle_keepalive_clients_cost_a_bounded_amount() {
     let text = config(&members(&[(&m.url(), "")]))
         .replace("access_log = false\n", "access_log = false\nkeepalive_timeout = \"120s\"\n");
     std::fs::write(&file, text).expect("config");
-    let lb = lb_tests::process::LbProcess::start(&file);
+    let mut lb = lb_tests::process::LbProcess::start(&file);
     let addr = lb.addr("listening (http)");
     // Warm up: the member pool, the allocator's arenas.
     let mut warm = Vec::new();
@@ -143,7 +143,6 @@ async fn ten_thousand_idle_keepalive_clients_cost_a_bounded_amount() {
     let mut clients = Vec::new();
     let mut set = tokio::task::JoinSet::new();
     // A client that fails stops the test with what lb said and whether it still runs.
-    let mut lb = lb;
     let mut collect = |done: Result<std::io::Result<TcpStream>, tokio::task::JoinError>| match done
         .expect("client task")
     {
