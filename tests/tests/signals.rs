@@ -14,6 +14,18 @@ fn lb_cmd(args: &[&str]) -> std::process::Output {
     Command::new(lb_bin()).args(args).output().expect("run lb")
 }
 
+/// GET `url` in a task of its own, returned once member `m` has the request.
+async fn in_flight(m: &Member, url: String) -> tokio::task::JoinHandle<Reply> {
+    let before = m.hits.load(std::sync::atomic::Ordering::Relaxed);
+    let slow = tokio::spawn(async move { get(&url).await });
+    let started = eventually(Duration::from_secs(5), || async {
+        (m.hits.load(std::sync::atomic::Ordering::Relaxed) > before).then_some(())
+    })
+    .await;
+    assert!(started.is_some(), "{} never got the request", m.url());
+    slow
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_sighup_and_sigterm_on_the_binary() {
     let (a, b) = (Member::start("a").await, Member::start("b").await);
@@ -65,13 +77,7 @@ async fn reload_sighup_and_sigterm_on_the_binary() {
     assert!(back.is_some(), "SIGHUP did not reload");
 
     // SIGTERM with a request in flight: it completes, then lb exits 0.
-    let before = a.hits.load(std::sync::atomic::Ordering::Relaxed);
-    let slow = tokio::spawn(async move { get(&format!("http://{web}/sleep/600")).await });
-    let started = eventually(Duration::from_secs(5), || async {
-        (a.hits.load(std::sync::atomic::Ordering::Relaxed) > before).then_some(())
-    })
-    .await;
-    assert!(started.is_some());
+    let slow = in_flight(&a, format!("http://{web}/sleep/600")).await;
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     let r = slow.await.unwrap();
     assert_eq!((r.status, r.member()), (200, "a".to_owned()));
@@ -115,13 +121,7 @@ async fn sigterm_closes_every_listener_while_requests_drain() {
     assert_ne!(web, other);
     assert_eq!(get(&format!("http://{other}/")).await.member(), "m");
     // A request in flight on the first listener, then SIGTERM.
-    let before = m.hits.load(std::sync::atomic::Ordering::Relaxed);
-    let slow = tokio::spawn(async move { get(&format!("http://{web}/sleep/3000")).await });
-    let started = eventually(Duration::from_secs(5), || async {
-        (m.hits.load(std::sync::atomic::Ordering::Relaxed) > before).then_some(())
-    })
-    .await;
-    assert!(started.is_some());
+    let slow = in_flight(&m, format!("http://{web}/sleep/3000")).await;
     assert!(Command::new("kill").args(["-TERM", &lb.pid]).status().unwrap().success());
     let refused = eventually(Duration::from_secs(2), || async {
         let c = tokio::net::TcpStream::connect(other).await;
