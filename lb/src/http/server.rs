@@ -149,7 +149,8 @@ async fn connection(mut conn: ClientConn, slot: Slot, watcher: Watcher, stats: A
         // Boxed: a TLS connection's state (the handshake, then the TLS stream and hyper's
         // connection on it) is twice a cleartext one's; inline, every connection carried it.
         Some(acceptor) => {
-            Box::pin(serve_tls(acceptor, stream, client, slot, &svc, watcher, stats)).await
+            crate::memory::boxed(|| serve_tls(acceptor, stream, client, slot, &svc, watcher, stats))
+                .await
         }
     }
 }
@@ -195,7 +196,7 @@ async fn serve_http<S>(
             // The handler's state is large (routing, failover, the member exchange); boxed, it
             // is allocated once instead of copied each time hyper moves an h2 stream's future
             // (created, wrapped, spawned: several moves per request).
-            let resp = Box::pin(svc.proxy.handle(req, &state)).await;
+            let resp = crate::memory::boxed(|| svc.proxy.handle(req, &state)).await;
             let shared = Arc::clone(&state.shared);
             Ok::<_, Infallible>(resp.map(|body| Answer { body, shared, counted }))
         }

@@ -130,7 +130,7 @@ async fn connection(mut conn: ClientConn, svc: Arc<TcpService>) {
     if let Some(acceptor) = &svc.tls {
         // Boxed: the handshake's state is larger than all the rest of a connection's; inline,
         // every cleartext connection carried room for it.
-        Box::pin(terminate(acceptor, conn, client, local, &svc)).await;
+        crate::memory::boxed(|| terminate(acceptor, conn, client, local, &svc)).await;
         return;
     }
     let balancer = if svc.sni.is_empty() {

@@ -156,7 +156,7 @@ where
         // Boxed: opening a connection (connect, TLS handshake) is a large future that most
         // checkouts, served from the idle stack, never run; inline, every request's future
         // carried its size.
-        let conn = Box::pin(self.open()).await?;
+        let conn = crate::memory::boxed(|| self.open()).await?;
         Ok(Lease { conn, reused: false, pool: Arc::clone(self), _permit: permit, spent: false })
     }
 
