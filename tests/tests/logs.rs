@@ -147,3 +147,41 @@ async fn log_format_json_makes_lbs_own_log_json() {
     drop(lb);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// lb's own lines about one client name it, the client a PROXY header names included: they
+/// carry no per-connection context otherwise (it is kept at debug level, where it costs nothing
+/// under load).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lines_about_a_client_name_it() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let m = Member::start("m").await;
+    let text = config(&members(&[(&m.url(), "")]))
+        .replace("access_log = false\n", "access_log = false\naccept_proxy = true\n");
+    let (dir, file) = write_config("client", &text);
+    let mut lb = LbProcess::start(&file);
+    let web = lb.addr("listening (http)");
+
+    // No PROXY header: the connection is closed, and the line names its TCP peer.
+    let mut s = tokio::net::TcpStream::connect(web).await.expect("connect");
+    let peer = s.local_addr().expect("local address");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest)).await;
+    let want = format!("client={peer}");
+    let line = lb.line(&["bad or missing PROXY protocol header", &want], Duration::from_secs(10));
+    assert!(line.is_some(), "no line names {peer}; {}", lb.report(20));
+
+    // A refused request (a space in a field name) from the client a PROXY header names.
+    let mut s = tokio::net::TcpStream::connect(web).await.expect("connect");
+    s.write_all(b"PROXY TCP4 203.0.113.9 192.0.2.1 5555 80\r\nGET / HTTP/1.1\r\nHost: x\r\nBad Name: y\r\n\r\n")
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    let line = lb.line(&["request refused", "client=203.0.113.9:5555"], Duration::from_secs(10));
+    assert!(line.is_some(), "no line names 203.0.113.9:5555; {}", lb.report(20));
+    drop(lb);
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -74,7 +74,7 @@ impl HttpProxy {
         let mut resp = match conn.shared.rejection(n) {
             Some(r) => {
                 let rec = self.record(conn.peer, None, Instant::now());
-                self.refuse(rec, r)
+                self.refuse(conn.peer, rec, r)
             }
             None => self.forward(req, conn).await,
         };
@@ -149,9 +149,13 @@ impl HttpProxy {
     }
 
     /// The answer to a request lb refused; the connection closes after it.
-    fn refuse(&self, rec: Option<Box<AccessRecord>>, r: &Rejection) -> Response<ResponseBody> {
-        tracing::info!(client = %rec.as_ref().map_or(String::new(), |r| r.client.to_string()),
-            status = %r.status, reason = %r.reason, "request refused");
+    fn refuse(
+        &self,
+        client: SocketAddr,
+        rec: Option<Box<AccessRecord>>,
+        r: &Rejection,
+    ) -> Response<ResponseBody> {
+        tracing::info!(%client, status = %r.status, reason = %r.reason, "request refused");
         let mut resp = self.local(rec, r.status, &r.reason);
         resp.extensions_mut().insert(CloseAfter);
         resp
@@ -280,7 +284,7 @@ impl HttpProxy {
                 Err(Failed { error, back }) => {
                     // The client's body failed: the client's fault, not the member's.
                     if let Some(r) = ClientBodyError::find(&error) {
-                        return self.refuse(rec, r);
+                        return self.refuse(peer, rec, r);
                     }
                     let msg = format!("member {}: {error}", member.url);
                     match &error {

@@ -21,7 +21,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Guarded<S> {
     pub(super) fn end_flood(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let Phase::H2(w) = &self.phase else { return Poll::Ready(Ok(())) };
         let what = w.flooded.unwrap_or("control frames");
-        tracing::warn!(frames = what, "HTTP/2 client flooded control frames; closing");
+        tracing::warn!(client = %self.client, frames = what, "HTTP/2 client flooded control frames; closing");
         if self.out.at_boundary() {
             let goaway = w.goaway();
             let inner = Pin::new(&mut self.inner);

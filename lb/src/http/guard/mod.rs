@@ -112,6 +112,8 @@ enum Phase {
 /// A client stream that hyper reads through.
 pub struct Guarded<S> {
     inner: S,
+    /// Who the client is, for the log.
+    client: std::net::SocketAddr,
     rules: Rules,
     phase: Phase,
     /// The part of a head that has arrived, while it is incomplete.
@@ -142,11 +144,18 @@ enum Scan {
 }
 
 impl<S> Guarded<S> {
-    /// `h1_only`: the connection is HTTP/1 (TLS without ALPN h2); else h2's preface is looked
-    /// for first. `h2`: the connection is HTTP/2 (ALPN), passed through.
-    pub fn new(inner: S, rules: Rules, shared: std::sync::Arc<Shared>, h2: bool) -> Guarded<S> {
+    /// `client`: the client's address, for the log. `h2`: the connection is HTTP/2 (ALPN),
+    /// passed through; else h2's preface is looked for first.
+    pub fn new(
+        inner: S,
+        client: std::net::SocketAddr,
+        rules: Rules,
+        shared: std::sync::Arc<Shared>,
+        h2: bool,
+    ) -> Guarded<S> {
         Guarded {
             inner,
+            client,
             rules,
             phase: if h2 { Phase::H2(Box::default()) } else { Phase::Sniff },
             held: BytesMut::new(),
