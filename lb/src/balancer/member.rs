@@ -195,7 +195,6 @@ impl Member {
 
     /// The protocol layer reports how a request or connection went.
     pub fn report(&self, outcome: Outcome) {
-        let now = now_ms();
         match outcome {
             Outcome::Success => {
                 self.vitals.count(true);
@@ -204,14 +203,14 @@ impl Member {
             Outcome::Failed(msg) => {
                 self.vitals.count(false);
                 self.consecutive_errors.fetch_add(1, Relaxed);
-                self.mark_error(now, msg);
+                self.mark_error(now_ms(), msg);
             }
             Outcome::SoftFailed(msg) => {
                 self.vitals.count(false);
                 self.consecutive_errors.fetch_add(1, Relaxed);
-                self.note_error(now, msg);
+                self.note_error(now_ms(), msg);
             }
-            Outcome::Busy(msg) => self.note_error(now, msg),
+            Outcome::Busy(msg) => self.note_error(now_ms(), msg),
         }
     }
 

@@ -223,7 +223,9 @@ pub struct UpstreamBody {
     unshare: bool,
     /// The member's `timeout`, as the longest wait between two pieces of the body.
     idle: Duration,
-    last: Instant,
+    /// When the member was first found with nothing more to send since its last piece (None:
+    /// it sent one since; the clock is read only once the body waits).
+    waiting_since: Option<Instant>,
     clock: Clock,
 }
 
@@ -250,7 +252,7 @@ impl UpstreamBody {
             done: false,
             unshare,
             idle,
-            last: Instant::now(),
+            waiting_since: None,
             clock: Clock::default(),
         }
     }
@@ -289,7 +291,9 @@ impl Body for ResponseBody {
                     // A member that stalls midway: the client's answer is cut off (it sees an
                     // incomplete message, never a silently short one) and the connection to
                     // the member is closed.
-                    if !u.clock.passed(u.last + u.idle, Instant::now(), cx) {
+                    let now = Instant::now();
+                    let since = *u.waiting_since.get_or_insert(now);
+                    if !u.clock.passed(since + u.idle, now, cx) {
                         return Poll::Pending;
                     }
                     let e = BodyStalled(u.idle);
@@ -297,7 +301,7 @@ impl Body for ResponseBody {
                     u.lease = None;
                     return Poll::Ready(Some(Err(Box::new(e))));
                 };
-                u.last = Instant::now();
+                u.waiting_since = None;
                 let frame = match frame {
                     Some(Ok(f)) if u.unshare => Some(Ok(unshared(f))),
                     other => other,

@@ -279,8 +279,22 @@ impl<S> Guarded<S> {
 
     /// The client has nothing for us now: is a deadline past?
     fn on_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let now = Instant::now();
         let t = self.rules.timeouts;
+        // Most waits have no deadline of lb's own (a response in flight, a stream, a body
+        // without a rule): they are told apart before the clock is read.
+        match &self.phase {
+            Phase::Stream | Phase::H2(_) | Phase::Failing(_) | Phase::Draining { .. } => {
+                return Poll::Pending;
+            }
+            Phase::Sniff | Phase::Head(_)
+                if self.held.is_empty() && self.shared.answered.load(Relaxed) < self.heads =>
+            {
+                return Poll::Pending;
+            }
+            Phase::Length(_) | Phase::Chunked(_) if t.body.is_none() => return Poll::Pending,
+            _ => {}
+        }
+        let now = Instant::now();
         let (deadline, what) = match &self.phase {
             Phase::Stream | Phase::H2(_) | Phase::Failing(_) | Phase::Draining { .. } => {
                 return Poll::Pending;
