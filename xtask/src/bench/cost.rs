@@ -5,8 +5,12 @@
 //! Per variant, lb (release build, default configuration) serves a fixed number of requests
 //! (h2load, 50 connections) twice: once under callgrind, whose counters are zeroed after a
 //! warm-up and dumped after the load (user-space instructions per request: lb's own code,
-//! hyper, rustls, the allocator), and once under `strace -c` (system calls per request, by
-//! name). Tables go to `target/bench/cost-<time>.md`.
+//! hyper, rustls, the allocator; and, from callgrind's cache simulation, first-level cache
+//! misses for instructions and for data), and once under `strace -c` (system calls per
+//! request, by name). HAProxy serves the same requests under callgrind beside it, and so does
+//! lb's example `hyper_floor` (hyper's server and client and nothing of lb's) where it can
+//! (HTTP/1.1 and h2c): the floor is what a proxy built on hyper cannot go under, and lb's
+//! distance above it is what lb's own work costs. Tables go to `target/bench/cost-<time>.md`.
 use super::peers::{self, LbVariant, Proxy};
 use super::{Variant, url};
 use anyhow::{Context, Result, bail};
@@ -25,10 +29,29 @@ fn requests(v: &Variant) -> u64 {
     }
 }
 
+/// Per request, from callgrind: instructions, and first-level cache misses (simulated) for
+/// instructions and for data (reads and writes).
+#[derive(Clone, Copy)]
+struct Counts {
+    instructions: f64,
+    i1_misses: f64,
+    d1_misses: f64,
+}
+
+impl Counts {
+    fn cell(c: Option<Counts>) -> String {
+        c.map_or("—".to_owned(), |c| {
+            format!("{:.0} ({:.0} / {:.0})", c.instructions, c.i1_misses, c.d1_misses)
+        })
+    }
+}
+
 /// What one variant cost.
 struct Cost {
-    instructions: f64,
-    /// System calls per request, most frequent first.
+    lb: Counts,
+    haproxy: Counts,
+    floor: Option<Counts>,
+    /// lb's system calls per request, most frequent first.
     syscalls: Vec<(String, f64)>,
 }
 
@@ -48,6 +71,9 @@ fn load(v: &Variant, url: &str, cpu: &str, n: u64) -> Result<()> {
     }
 }
 
+/// The floor's ports as a variant sees them: cleartext HTTP on one port, nothing else.
+const FLOOR_PORTS: peers::Ports = peers::Ports { http: 1, h2c: 1, tls: 0, l4: 0 };
+
 /// Requests before measuring: a tenth, and at least one per connection (h2load's minimum).
 fn warm_up(v: &Variant) -> u64 {
     (requests(v) / 10).max(50)
@@ -57,6 +83,7 @@ fn callgrind_control(arg: &str, pid: u32) -> Result<()> {
     let st = Command::new("callgrind_control")
         .args([arg, &pid.to_string()])
         .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .status()
         .context("run callgrind_control")?;
     if !st.success() {
@@ -65,10 +92,10 @@ fn callgrind_control(arg: &str, pid: u32) -> Result<()> {
     Ok(())
 }
 
-/// Instructions per request: lb under callgrind, counters zeroed after the warm-up.
-fn instructions(dir: &Path, lb: &Proxy, v: &Variant, cpu: &str) -> Result<f64> {
-    let pid = lb.pid();
-    let u = url(v, (v.port)(&lb.ports));
+/// Per-request counts of `proxy` run under callgrind, its counters zeroed after the warm-up.
+fn counts(dir: &Path, proxy: &Proxy, v: &Variant, cpu: &str) -> Result<Counts> {
+    let pid = proxy.pid();
+    let u = url(v, (v.port)(&proxy.ports));
     load(v, &u, cpu, warm_up(v))?;
     callgrind_control("-z", pid)?;
     load(v, &u, cpu, requests(v))?;
@@ -83,12 +110,33 @@ fn instructions(dir: &Path, lb: &Proxy, v: &Variant, cpu: &str) -> Result<f64> {
     dumps.sort();
     let (_, last) = dumps.last().context("callgrind wrote no dump")?;
     let text = std::fs::read_to_string(last)?;
-    let total = text
+    let events: Vec<&str> = text
+        .lines()
+        .find_map(|l| l.strip_prefix("events:"))
+        .context("no events in the callgrind dump")?
+        .split_whitespace()
+        .collect();
+    let totals: Vec<f64> = text
         .lines()
         .find_map(|l| l.strip_prefix("totals:").or_else(|| l.strip_prefix("summary:")))
-        .and_then(|t| t.trim().parse::<f64>().ok())
-        .context("no totals in the callgrind dump")?;
-    Ok(total / requests(v) as f64)
+        .context("no totals in the callgrind dump")?
+        .split_whitespace()
+        .map(|t| t.parse::<f64>())
+        .collect::<Result<_, _>>()
+        .context("totals in the callgrind dump")?;
+    // Events missing at the end of the line are zero.
+    let event = |name: &str| {
+        events
+            .iter()
+            .position(|e| *e == name)
+            .map_or(0.0, |i| totals.get(i).copied().unwrap_or(0.0))
+    };
+    let n = requests(v) as f64;
+    Ok(Counts {
+        instructions: event("Ir") / n,
+        i1_misses: event("I1mr") / n,
+        d1_misses: (event("D1mr") + event("D1mw")) / n,
+    })
 }
 
 /// System calls per request: `strace -c -f` attached to a plain lb for the load.
@@ -124,10 +172,14 @@ fn syscalls(dir: &Path, lb: &Proxy, v: &Variant, cpu: &str) -> Result<Vec<(Strin
     Ok(calls)
 }
 
-/// Where `cost` runs: the bench's directory, lb binary, members, certificate and CPUs.
+/// Where `cost` runs: the bench's directory, lb and floor binaries, members, certificate and
+/// CPUs.
 pub struct Setup<'a> {
     pub dir: &'a Path,
     pub lb_bin: &'a Path,
+    pub floor_bin: &'a Path,
+    /// Certificate and key in one file, for HAProxy.
+    pub pem: &'a Path,
     pub members: &'a [u16],
     pub cert: &'a Path,
     pub key: &'a Path,
@@ -149,25 +201,48 @@ pub fn cost(variants: &[&'static Variant], s: &Setup) -> Result<()> {
     for v in variants {
         eprintln!("== {}: {}", v.name, v.what);
         let out = format!("--callgrind-out-file={}/cg.out.%p", dir.display());
-        let wrap = ["valgrind", "--tool=callgrind", "--dump-instr=no", &out];
+        let wrap =
+            ["valgrind", "--tool=callgrind", "--dump-instr=no", "--cache-sim=yes", out.as_str()];
         let lb = start(&wrap)?;
-        let instructions = instructions(dir, &lb, v, load_cpu)?;
+        let lb_counts = counts(dir, &lb, v, load_cpu)?;
         drop(lb);
         let lb = start(&[])?;
         let syscalls = syscalls(dir, &lb, v, load_cpu)?;
         drop(lb);
-        eprintln!("   {instructions:.0} instructions per request");
-        costs.push((v, Cost { instructions, syscalls }));
+        let haproxy = peers::haproxy(dir, s.proxy_cpu, s.members, s.pem, &wrap)?;
+        let haproxy_counts = counts(dir, &haproxy, v, load_cpu)?;
+        drop(haproxy);
+        // The floor speaks cleartext HTTP only: its TLS and L4 ports are 0.
+        let floor = if !v.tls && (v.port)(&FLOOR_PORTS) != 0 {
+            let f = peers::floor(dir, s.floor_bin, s.proxy_cpu, s.members, &wrap)?;
+            Some(counts(dir, &f, v, load_cpu)?)
+        } else {
+            None
+        };
+        eprintln!(
+            "   instructions per request: lb {:.0}, HAProxy {:.0}, floor {}",
+            lb_counts.instructions,
+            haproxy_counts.instructions,
+            floor.map_or("—".to_owned(), |f| format!("{:.0}", f.instructions))
+        );
+        costs.push((v, Cost { lb: lb_counts, haproxy: haproxy_counts, floor, syscalls }));
     }
     let mut t = String::from(
-        "# What a request costs lb\n\n20,000 requests per variant (2,000 of 64 KiB, 500 of 1 MiB) after a warm-up of a tenth as many (at least 50) (h2load, 50 connections; 10 streams each for h2), lb's default configuration. Instructions: user space, counted by callgrind. System calls: counted by strace -c, per request.\n\n| variant | instructions / request | system calls / request |\n|---|---|---|\n",
+        "# What a request costs lb\n\n20,000 requests per variant (2,000 of 64 KiB, 500 of 1 MiB) after a warm-up of a tenth as many (at least 50) (h2load, 50 connections; 10 streams each for h2), lb's default configuration; HAProxy as in the bench; the hyper floor is lb's example `hyper_floor` (hyper's server and client, nothing of lb's; cleartext only). Per request: user-space instructions (first-level cache misses for instructions / for data, simulated), counted by callgrind; lb's system calls, counted by strace -c.\n\n| variant | lb | HAProxy | hyper floor | lb's system calls |\n|---|---|---|---|---|\n",
     );
     for (v, c) in &costs {
         let total: f64 = c.syscalls.iter().map(|s| s.1).sum();
         let top: Vec<String> =
             c.syscalls.iter().filter(|s| s.1 >= 0.05).map(|(n, k)| format!("{n} {k:.2}")).collect();
-        let what = v.what;
-        let _ = writeln!(t, "| {what} | {:.0} | {total:.2} ({}) |", c.instructions, top.join(", "));
+        let _ = writeln!(
+            t,
+            "| {} | {} | {} | {} | {total:.2} ({}) |",
+            v.what,
+            Counts::cell(Some(c.lb)),
+            Counts::cell(Some(c.haproxy)),
+            Counts::cell(c.floor),
+            top.join(", ")
+        );
     }
     print!("\n{t}");
     let out_dir = crate::root().join("target/bench");

@@ -121,7 +121,8 @@ struct Options {
     variants: Vec<&'static Variant>,
     /// Also measure lb with the access log off and with telemetry off.
     extras: bool,
-    /// Measure lb's instructions and system calls per request instead (see `cost`).
+    /// Measure instructions, cache misses and system calls per request instead, lb's beside
+    /// HAProxy's and a bare hyper proxy's (see `cost`).
     cost: bool,
     /// An lb binary to measure instead of building one (to compare two builds).
     lb_bin: Option<std::path::PathBuf>,
@@ -262,14 +263,28 @@ pub fn bench(args: &[String]) -> Result<()> {
     let lb_bin = o.lb_bin.clone().unwrap_or_else(|| root().join("target/release/lb"));
     if o.cost {
         let (cert, key, members) = (&cert_path, &key_path, &ports);
-        let s = cost::Setup { dir: &dir, lb_bin: &lb_bin, members, cert, key, proxy_cpu, load_cpu };
+        let mut build = cargo();
+        build.args(["build", "--release", "-q", "-p", "lb", "--example", "hyper_floor"]);
+        run(build)?;
+        let floor_bin = root().join("target/release/examples/hyper_floor");
+        let s = cost::Setup {
+            dir: &dir,
+            lb_bin: &lb_bin,
+            floor_bin: &floor_bin,
+            pem: &pem,
+            members,
+            cert,
+            key,
+            proxy_cpu,
+            load_cpu,
+        };
         let r = cost::cost(&o.variants, &s);
         let _ = std::fs::remove_dir_all(&dir);
         return r;
     }
     let lb = |v| peers::lb(&dir, &lb_bin, proxy_cpu, &ports, &cert_path, &key_path, v, &[]);
     let mut proxies = vec![
-        peers::haproxy(&dir, proxy_cpu, &ports, &pem)?,
+        peers::haproxy(&dir, proxy_cpu, &ports, &pem, &[])?,
         peers::nginx(&dir, proxy_cpu, &ports, &cert_path, &key_path)?,
         lb(LbVariant::Default)?,
     ];

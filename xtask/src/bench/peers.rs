@@ -143,8 +143,9 @@ pub fn nginx(dir: &Path, cpu: &str, members: &[u16], cert: &Path, key: &Path) ->
     Ok(Proxy { name: "nginx".into(), ports, guard })
 }
 
-/// HAProxy: one thread, keep-alive and connection reuse towards members, no log.
-pub fn haproxy(dir: &Path, cpu: &str, members: &[u16], pem: &Path) -> Result<Proxy> {
+/// HAProxy: one thread, keep-alive and connection reuse towards members, no log. `wrap` runs it
+/// under another program (valgrind).
+pub fn haproxy(dir: &Path, cpu: &str, members: &[u16], pem: &Path, wrap: &[&str]) -> Result<Proxy> {
     let ports = Ports::new(false)?;
     let mut servers = String::new();
     for (i, p) in members.iter().enumerate() {
@@ -158,11 +159,41 @@ pub fn haproxy(dir: &Path, cpu: &str, members: &[u16], pem: &Path) -> Result<Pro
     let file = dir.join("haproxy.cfg");
     std::fs::write(&file, cfg)?;
     let f = file.display().to_string();
-    let guard = spawn(cpu, "haproxy", &["-db", "-f", &f], &dir.join("haproxy.out"))?;
+    let (program, args) = wrapped(wrap, "haproxy", &["-db", "-f", &f]);
+    let guard = spawn(cpu, program, &args, &dir.join("haproxy.out"))?;
     for p in [ports.http, ports.h2c, ports.tls, ports.l4] {
-        wait_port(p, Duration::from_secs(15))?;
+        wait_port(p, Duration::from_secs(if wrap.is_empty() { 15 } else { 60 }))?;
     }
     Ok(Proxy { name: "haproxy".into(), ports, guard })
+}
+
+/// `program args` run under `wrap` (its first word the program run), or as it is.
+fn wrapped<'a>(wrap: &[&'a str], program: &'a str, args: &[&'a str]) -> (&'a str, Vec<&'a str>) {
+    match wrap.split_first() {
+        None => (program, args.to_vec()),
+        Some((first, rest)) => {
+            let mut all = rest.to_vec();
+            all.push(program);
+            all.extend_from_slice(args);
+            (first, all)
+        }
+    }
+}
+
+/// lb's example `hyper_floor` (hyper's server and client with nothing of lb's): HTTP/1.1 and
+/// h2c on one port to the members. It has no TLS and no L4: those ports are 0.
+pub fn floor(dir: &Path, bin: &Path, cpu: &str, members: &[u16], wrap: &[&str]) -> Result<Proxy> {
+    let http = free_port()?;
+    let listen = format!("127.0.0.1:{http}");
+    let members: Vec<String> = members.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let mut args = vec![listen.as_str()];
+    args.extend(members.iter().map(String::as_str));
+    let bin = bin.display().to_string();
+    let (program, args) = wrapped(wrap, &bin, &args);
+    let guard = spawn(cpu, program, &args, &dir.join("floor.out"))?;
+    wait_port(http, Duration::from_secs(if wrap.is_empty() { 15 } else { 60 }))?;
+    let ports = Ports { http, h2c: http, tls: 0, l4: 0 };
+    Ok(Proxy { name: "hyper floor".into(), ports, guard })
 }
 
 /// Which lb to run: its defaults, or with one of them changed.
