@@ -3,13 +3,15 @@
 //! one port, as lb's), a current-thread runtime, and per member a stack of idle hyper HTTP/1.1
 //! client connections, taken round robin and driven from the request's task, as lb drives them.
 //! No routing, header rewriting, strict parsing, access log, telemetry, health, timeouts or
-//! failover: what lb costs beyond this is what those cost.
+//! failover: what lb costs beyond this is what those cost. An HTTP/2 request gets only what
+//! an HTTP/1.1 member needs to take it: version 1.1, an origin-form target and a Host.
 //!
 //! `hyper_floor LISTEN MEMBER...` (addresses as `IP:PORT`).
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::SendRequest;
-use hyper::{Request, Response};
+use hyper::header::{self, HeaderValue};
+use hyper::{Request, Response, Uri, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::future::{Future, poll_fn};
 use std::net::SocketAddr;
@@ -100,6 +102,7 @@ async fn open(addr: SocketAddr) -> Result<Conn, Error> {
 }
 
 async fn forward(req: Request<Incoming>, members: Arc<Members>) -> Result<Response<Relay>, Error> {
+    let req = if req.version() == Version::HTTP_2 { to_http11(req)? } else { req };
     let member = members.next.fetch_add(1, Relaxed) % members.addrs.len();
     let idle = members.idle[member].lock().ok().and_then(|mut idle| idle.pop());
     let mut conn = match idle {
@@ -121,6 +124,21 @@ async fn forward(req: Request<Incoming>, members: Arc<Members>) -> Result<Respon
     };
     let (parts, body) = answer.into_parts();
     Ok(Response::from_parts(parts, Relay { body, conn: Some(conn), members, member }))
+}
+
+/// An HTTP/2 request as an HTTP/1.1 member takes it.
+fn to_http11(req: Request<Incoming>) -> Result<Request<Incoming>, Error> {
+    let (mut parts, body) = req.into_parts();
+    if !parts.headers.contains_key(header::HOST)
+        && let Some(a) = parts.uri.authority()
+    {
+        parts.headers.insert(header::HOST, HeaderValue::from_str(a.as_str())?);
+    }
+    if let Some(pq) = parts.uri.path_and_query() {
+        parts.uri = Uri::from(pq.clone());
+    }
+    parts.version = Version::HTTP_11;
+    Ok(Request::from_parts(parts, body))
 }
 
 fn main() -> Result<(), Error> {
