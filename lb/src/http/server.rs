@@ -112,8 +112,9 @@ pub async fn serve(
         tokio::select! {
             (stream, peer) = crate::conn::accept(&listener, &name) => {
                 // At debug level only: an enabled span is entered and left on every poll of
-                // the connection (about 900 instructions per request under load). Lines logged
-                // at info and above name the client, listener or member themselves.
+                // the connection, 2.4 times per request under load (by callgrind, 180
+                // instructions and 33 first-level cache misses per request). Lines logged at
+                // info and above name the client, listener or member themselves.
                 let span = tracing::debug_span!("conn", listener = %name, peer = %peer);
                 let (ticket, open) = (admission.enter(), stats.opened());
                 let conn = ClientConn::new(stream, peer);
