@@ -280,54 +280,38 @@ impl<S> Guarded<S> {
     /// The client has nothing for us now: is a deadline past?
     fn on_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let t = self.rules.timeouts;
-        // Most waits have no deadline of lb's own (a response in flight, a stream, a body
-        // without a rule): they are told apart before the clock is read.
-        match &self.phase {
+        // Which wait this is: where its start is kept, how long it may last, what ends it.
+        // Most waits have no deadline of lb's own (a stream, a response in flight, a body
+        // without a rule), and the clock is read only for those that have one.
+        let (since, allowed, what) = match &self.phase {
             Phase::Stream | Phase::H2(_) | Phase::Failing(_) | Phase::Draining { .. } => {
                 return Poll::Pending;
             }
-            Phase::Sniff | Phase::Head(_)
-                if self.held.is_empty() && self.shared.answered.load(Relaxed) < self.heads =>
-            {
-                return Poll::Pending;
-            }
-            Phase::Length(_) | Phase::Chunked(_) if t.body.is_none() => return Poll::Pending,
-            _ => {}
-        }
-        let now = Instant::now();
-        let (deadline, what) = match &self.phase {
-            Phase::Stream | Phase::H2(_) | Phase::Failing(_) | Phase::Draining { .. } => {
-                return Poll::Pending;
-            }
-            Phase::Closed { .. } => {
-                let since = *self.idle_since.get_or_insert(now);
-                (since + self.rules.keepalive, Expiry::Close)
-            }
+            Phase::Closed { .. } => (&mut self.idle_since, self.rules.keepalive, Expiry::Close),
             Phase::Sniff | Phase::Head(_) if self.held.is_empty() => {
                 // A response still in flight: hyper only watches for the client hanging up.
                 if self.shared.answered.load(Relaxed) < self.heads {
                     return Poll::Pending;
                 }
-                let since = *self.idle_since.get_or_insert(now);
                 let wait = match (self.heads, t.header) {
                     (0, Some(h)) => h.initial,
                     _ => self.rules.keepalive,
                 };
-                (since + wait, Expiry::Close)
+                (&mut self.idle_since, wait, Expiry::Close)
             }
             Phase::Sniff | Phase::Head(_) => {
                 let allowed =
                     t.header.map_or(self.rules.head, |r| r.allowed(self.held.len() as u64));
-                let since = *self.head_since.get_or_insert(now);
-                (since + allowed, Expiry::Head)
+                (&mut self.head_since, allowed, Expiry::Head)
             }
             Phase::Length(_) | Phase::Chunked(_) => {
                 let Some(rule) = t.body else { return Poll::Pending };
-                let since = *self.body_wait.get_or_insert(now);
                 let left = rule.allowed(self.body_bytes).saturating_sub(self.body_waited);
-                (since + left, Expiry::Body)
+                (&mut self.body_wait, left, Expiry::Body)
             }
         };
+        let now = Instant::now();
+        let deadline = *since.get_or_insert(now) + allowed;
         if !self.clock.passed(deadline, now, cx) {
             return Poll::Pending;
         }
