@@ -71,9 +71,6 @@ fn load(v: &Variant, url: &str, cpu: &str, n: u64) -> Result<()> {
     }
 }
 
-/// The floor's ports as a variant sees them: cleartext HTTP on one port, nothing else.
-const FLOOR_PORTS: peers::Ports = peers::Ports { http: 1, h2c: 1, tls: 0, l4: 0 };
-
 /// Requests before measuring: a tenth, and at least one per connection (h2load's minimum).
 fn warm_up(v: &Variant) -> u64 {
     (requests(v) / 10).max(50)
@@ -213,7 +210,7 @@ pub fn cost(variants: &[&'static Variant], s: &Setup) -> Result<()> {
         let haproxy_counts = counts(dir, &haproxy, v, load_cpu)?;
         drop(haproxy);
         // The floor speaks cleartext HTTP only: its TLS and L4 ports are 0.
-        let floor = if !v.tls && (v.port)(&FLOOR_PORTS) != 0 {
+        let floor = if (v.port)(&peers::floor_ports(1)) != 0 {
             let f = peers::floor(dir, s.floor_bin, s.proxy_cpu, s.members, &wrap)?;
             Some(counts(dir, &f, v, load_cpu)?)
         } else {

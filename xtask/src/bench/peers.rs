@@ -72,10 +72,13 @@ fn nginx_http_common(dir: &Path) -> String {
     )
 }
 
-fn spawn(cpu: &str, program: &str, args: &[&str], log: &Path) -> Result<Guard> {
+/// `program args` on `cpu`, under `wrap` (valgrind …) when it is not empty.
+fn spawn(cpu: &str, wrap: &[&str], program: &str, args: &[&str], log: &Path) -> Result<Guard> {
     let err = std::fs::File::create(log)?;
     let child = Command::new("taskset")
-        .args(["-c", cpu, program])
+        .args(["-c", cpu])
+        .args(wrap)
+        .arg(program)
         .args(args)
         .stdout(Stdio::null())
         .stderr(err)
@@ -100,7 +103,7 @@ pub fn members(dir: &Path, www: &Path, cpu: &str) -> Result<(Vec<Guard>, Vec<u16
         let file = dir.join(format!("{name}.conf"));
         std::fs::write(&file, cfg)?;
         let f = file.display().to_string();
-        guards.push(spawn(cpu, "nginx", &["-c", &f], &dir.join(format!("{name}.out")))?);
+        guards.push(spawn(cpu, &[], "nginx", &["-c", &f], &dir.join(format!("{name}.out")))?);
         wait_port(port, Duration::from_secs(15))?;
         ports.push(port);
     }
@@ -136,7 +139,7 @@ pub fn nginx(dir: &Path, cpu: &str, members: &[u16], cert: &Path, key: &Path) ->
     let file = dir.join("proxy-nginx.conf");
     std::fs::write(&file, cfg)?;
     let f = file.display().to_string();
-    let guard = spawn(cpu, "nginx", &["-c", &f], &dir.join("proxy-nginx.out"))?;
+    let guard = spawn(cpu, &[], "nginx", &["-c", &f], &dir.join("proxy-nginx.out"))?;
     for p in [ports.http, ports.h2c, ports.tls, ports.l4] {
         wait_port(p, Duration::from_secs(15))?;
     }
@@ -159,25 +162,11 @@ pub fn haproxy(dir: &Path, cpu: &str, members: &[u16], pem: &Path, wrap: &[&str]
     let file = dir.join("haproxy.cfg");
     std::fs::write(&file, cfg)?;
     let f = file.display().to_string();
-    let (program, args) = wrapped(wrap, "haproxy", &["-db", "-f", &f]);
-    let guard = spawn(cpu, program, &args, &dir.join("haproxy.out"))?;
+    let guard = spawn(cpu, wrap, "haproxy", &["-db", "-f", &f], &dir.join("haproxy.out"))?;
     for p in [ports.http, ports.h2c, ports.tls, ports.l4] {
         wait_port(p, Duration::from_secs(if wrap.is_empty() { 15 } else { 60 }))?;
     }
     Ok(Proxy { name: "haproxy".into(), ports, guard })
-}
-
-/// `program args` run under `wrap` (its first word the program run), or as it is.
-fn wrapped<'a>(wrap: &[&'a str], program: &'a str, args: &[&'a str]) -> (&'a str, Vec<&'a str>) {
-    match wrap.split_first() {
-        None => (program, args.to_vec()),
-        Some((first, rest)) => {
-            let mut all = rest.to_vec();
-            all.push(program);
-            all.extend_from_slice(args);
-            (first, all)
-        }
-    }
 }
 
 /// lb's example `hyper_floor` (hyper's server and client with nothing of lb's): HTTP/1.1 and
@@ -189,11 +178,14 @@ pub fn floor(dir: &Path, bin: &Path, cpu: &str, members: &[u16], wrap: &[&str]) 
     let mut args = vec![listen.as_str()];
     args.extend(members.iter().map(String::as_str));
     let bin = bin.display().to_string();
-    let (program, args) = wrapped(wrap, &bin, &args);
-    let guard = spawn(cpu, program, &args, &dir.join("floor.out"))?;
+    let guard = spawn(cpu, wrap, &bin, &args, &dir.join("floor.out"))?;
     wait_port(http, Duration::from_secs(if wrap.is_empty() { 15 } else { 60 }))?;
-    let ports = Ports { http, h2c: http, tls: 0, l4: 0 };
-    Ok(Proxy { name: "hyper floor".into(), ports, guard })
+    Ok(Proxy { name: "hyper floor".into(), ports: floor_ports(http), guard })
+}
+
+/// The floor's ports: HTTP/1.1 and h2c on `http`; no TLS or L4 (0).
+pub fn floor_ports(http: u16) -> Ports {
+    Ports { http, h2c: http, tls: 0, l4: 0 }
 }
 
 /// Which lb to run: its defaults, or with one of them changed.
