@@ -30,13 +30,12 @@ struct Conn {
     driver: Option<Driver>,
 }
 
-impl Conn {
-    fn drive(&mut self, cx: &mut Context<'_>) {
-        if let Some(d) = self.driver.as_mut()
-            && d.as_mut().poll(cx).is_ready()
-        {
-            self.driver = None;
-        }
+/// Let a connection do what it can; `None` once it has closed.
+fn drive(driver: &mut Option<Driver>, cx: &mut Context<'_>) {
+    if let Some(d) = driver.as_mut()
+        && d.as_mut().poll(cx).is_ready()
+    {
+        *driver = None;
     }
 }
 
@@ -64,7 +63,7 @@ impl Body for Relay {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
         if let Some(c) = this.conn.as_mut() {
-            c.drive(cx);
+            drive(&mut c.driver, cx);
         }
         let frame = Pin::new(&mut this.body).poll_frame(cx);
         let ended = match &frame {
@@ -113,11 +112,7 @@ async fn forward(req: Request<Incoming>, members: Arc<Members>) -> Result<Respon
         let Conn { sender, driver } = &mut conn;
         let mut send = std::pin::pin!(sender.send_request(req));
         poll_fn(|cx| {
-            if let Some(d) = driver.as_mut()
-                && d.as_mut().poll(cx).is_ready()
-            {
-                *driver = None;
-            }
+            drive(driver, cx);
             send.as_mut().poll(cx)
         })
         .await?
