@@ -1,8 +1,9 @@
-//! Project tasks: `cargo xtask test | demo | bench | fuzz`.
+//! Project tasks: `cargo xtask test | demo | bench | dist | fuzz`.
 //!
 //! `test` is what CI runs (the README's test command): formatting, lints, build, every test.
 //! `demo` builds lb and starts its built-in demo. `bench` measures lb side by side with HAProxy
-//! and nginx against direct-to-member traffic (see `bench`). `fuzz` runs the cargo-fuzz targets
+//! and nginx against direct-to-member traffic (see `bench`). `dist` builds the lb binary to ship,
+//! with profile-guided optimisation (see `bench::pgo`). `fuzz` runs the cargo-fuzz targets
 //! (see `fuzz`); `test` runs each of them briefly too.
 mod bench;
 mod fuzz;
@@ -23,10 +24,11 @@ fn main() -> Result<()> {
         "test" => test(rest),
         "demo" => demo(rest),
         "bench" => bench::bench(rest),
+        "dist" => bench::pgo::dist(rest).map(|_| ()),
         "fuzz" => fuzz::fuzz(rest),
         _ => {
             eprintln!(
-                "usage: cargo xtask <task>\n\n  setup  install the eBPF toolchain (nightly rust-src, bpf-linker); quick when done\n  build-ebpf  setup, then build the eBPF object (lb's build script does the same and embeds it)\n  test   setup, fmt check, clippy, build, run every test (what CI runs)\n  demo   build lb and start `lb demo` (args are passed on)\n  bench  lb, HAProxy and nginx side by side [--duration SECS] [--connections N] [--reps N] [--variants http-100,http-64k,http-1m,h2c,tls,h2,l4-100,l4-1m] [--no-extras] [--cost] [--lb-bin PATH]\n  fuzz   every fuzz target for N seconds [--seconds N] [TARGET...]"
+                "usage: cargo xtask <task>\n\n  setup  install the eBPF toolchain (nightly rust-src, bpf-linker); quick when done\n  build-ebpf  setup, then build the eBPF object (lb's build script does the same and embeds it)\n  test   setup, fmt check, clippy, build, run every test (what CI runs)\n  demo   build lb and start `lb demo` (args are passed on)\n  bench  lb (the `dist` build), HAProxy and nginx side by side [--duration SECS] [--connections N] [--reps N] [--variants http-100,http-64k,http-1m,h2c,tls,h2,l4-100,l4-1m] [--no-extras] [--cost] [--lb-bin PATH] [--congestion ALGORITHM]\n  dist   the lb binary to ship, built with profile-guided optimisation from the bench's traffic: target/dist/lb [--seconds N]\n  fuzz   every fuzz target for N seconds [--seconds N] [TARGET...]"
             );
             if cmd == "help" { Ok(()) } else { bail!("unknown task {cmd:?}") }
         }

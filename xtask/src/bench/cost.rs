@@ -2,10 +2,10 @@
 //! machine's noise. Throughput on this machine varies by ±15 % between runs, which hides any
 //! change worth a few per cent; instructions and system calls per request do not vary.
 //!
-//! Per variant, lb (release build, default configuration) serves a fixed number of requests
-//! (h2load, 50 connections) twice: once under callgrind, whose counters are zeroed after a
-//! warm-up and dumped after the load (user-space instructions per request: lb's own code,
-//! hyper, rustls, the allocator; and, from callgrind's cache simulation, first-level cache
+//! Per variant, lb (the build `bench` measures, default configuration) serves a fixed number of
+//! requests (h2load, 50 connections) twice: once under callgrind, whose counters are zeroed
+//! after a warm-up and dumped after the load (user-space instructions per request: lb's own
+//! code, hyper, rustls, the allocator; and, from callgrind's cache simulation, first-level cache
 //! misses for instructions and for data), and once under `strace -c` (system calls per
 //! request, by name). HAProxy serves the same requests under callgrind beside it, and so does
 //! lb's example `hyper_floor` (hyper's server and client and nothing of lb's) where it can

@@ -7,11 +7,13 @@
 //! each proxy's rps to direct-to-member rps of the same rep (median and range), the proxy's
 //! user and system CPU per request, and its resident memory idle, at peak and after the load.
 //! It refuses to run on a busy machine. The report names the kernel's TCP congestion control,
-//! which `--congestion` sets for the run alone. Tables go to `target/bench/`.
+//! which `--congestion` sets for the run alone. Tables go to `target/bench/`. The lb measured is
+//! the build to ship, `cargo xtask dist` (see `pgo`), unless `--lb-bin` names another.
 mod congestion;
 mod cost;
 mod load;
 mod peers;
+pub mod pgo;
 mod procstat;
 
 use crate::{cargo, root, run};
@@ -35,6 +37,48 @@ pub(crate) fn wait_port(port: u16, within: Duration) -> Result<()> {
         std::thread::sleep(Duration::from_millis(50));
     }
     bail!("nothing listening on port {port} after {within:?}")
+}
+
+/// The proxy CPU and the load CPU (members and load generators).
+fn cpus() -> (&'static str, &'static str) {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus >= 2 { ("0", "1") } else { ("0", "0") }
+}
+
+/// What every proxy measured (or trained) stands on: a scratch directory, a certificate made
+/// for the run, the files the members serve, and the three members. Dropping it stops the
+/// members and removes the directory.
+struct Stage {
+    dir: std::path::PathBuf,
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+    /// Certificate and key in one file, as HAProxy takes them.
+    pem: std::path::PathBuf,
+    /// The members' ports.
+    members: Vec<u16>,
+    _guards: Vec<crate::Guard>,
+}
+
+impl Stage {
+    fn new(tag: &str, load_cpu: &str) -> Result<Stage> {
+        let dir = std::env::temp_dir().join(format!("{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let cert = rcgen::generate_simple_self_signed(vec!["bench.test".to_owned()])?;
+        let (cert_path, key, pem) =
+            (dir.join("cert.pem"), dir.join("key.pem"), dir.join("both.pem"));
+        std::fs::write(&cert_path, cert.cert.pem())?;
+        std::fs::write(&key, cert.signing_key.serialize_pem())?;
+        std::fs::write(&pem, format!("{}{}", cert.cert.pem(), cert.signing_key.serialize_pem()))?;
+        let www = peers::www(&dir)?;
+        let (guards, members) = peers::members(&dir, &www, load_cpu)?;
+        Ok(Stage { dir, cert: cert_path, key, pem, members, _guards: guards })
+    }
+}
+
+impl Drop for Stage {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// One row group of the table: what is loaded, how, and through which port of a proxy.
@@ -240,52 +284,40 @@ struct Path<'a> {
 pub fn bench(args: &[String]) -> Result<()> {
     let o = options(args)?;
     install()?;
-    if o.lb_bin.is_none() {
-        let mut build = cargo();
-        build.args(["build", "--release", "-q", "-p", "lb"]);
-        run(build)?;
-    }
+    // The binary to ship, unless another is named.
+    let lb_bin = match o.lb_bin.clone() {
+        Some(b) => b,
+        None => pgo::dist(&[])?,
+    };
     procstat::quiet(0.15)?;
     // Before any socket of the run exists; put back when this function returns.
     let congestion = congestion::Congestion::set(o.congestion.as_deref())?;
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let (proxy_cpu, load_cpu) = if cpus >= 2 { ("0", "1") } else { ("0", "0") };
-    let dir = std::env::temp_dir().join(format!("lb-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let cert = rcgen::generate_simple_self_signed(vec!["bench.test".to_owned()])?;
-    let (cert_path, key_path, pem) =
-        (dir.join("cert.pem"), dir.join("key.pem"), dir.join("both.pem"));
-    std::fs::write(&cert_path, cert.cert.pem())?;
-    std::fs::write(&key_path, cert.signing_key.serialize_pem())?;
-    std::fs::write(&pem, format!("{}{}", cert.cert.pem(), cert.signing_key.serialize_pem()))?;
-    let www = peers::www(&dir)?;
-    let (_members, ports) = peers::members(&dir, &www, load_cpu)?;
-    let lb_bin = o.lb_bin.clone().unwrap_or_else(|| root().join("target/release/lb"));
+    let (proxy_cpu, load_cpu) = cpus();
+    let stage = Stage::new("lb-bench", load_cpu)?;
+    let (dir, cert_path, key_path, pem, ports) =
+        (&stage.dir, &stage.cert, &stage.key, &stage.pem, &stage.members);
     if o.cost {
-        let (cert, key, members) = (&cert_path, &key_path, &ports);
         let mut build = cargo();
         build.args(["build", "--release", "-q", "-p", "lb", "--example", "hyper_floor"]);
         run(build)?;
         let floor_bin = root().join("target/release/examples/hyper_floor");
         let s = cost::Setup {
-            dir: &dir,
+            dir,
             lb_bin: &lb_bin,
             floor_bin: &floor_bin,
-            pem: &pem,
-            members,
-            cert,
-            key,
+            pem,
+            members: ports,
+            cert: cert_path,
+            key: key_path,
             proxy_cpu,
             load_cpu,
         };
-        let r = cost::cost(&o.variants, &s);
-        let _ = std::fs::remove_dir_all(&dir);
-        return r;
+        return cost::cost(&o.variants, &s);
     }
-    let lb = |v| peers::lb(&dir, &lb_bin, proxy_cpu, &ports, &cert_path, &key_path, v, &[]);
+    let lb = |v| peers::lb(dir, &lb_bin, proxy_cpu, ports, cert_path, key_path, v, &[]);
     let mut proxies = vec![
-        peers::haproxy(&dir, proxy_cpu, &ports, &pem, &[])?,
-        peers::nginx(&dir, proxy_cpu, &ports, &cert_path, &key_path)?,
+        peers::haproxy(dir, proxy_cpu, ports, pem, &[])?,
+        peers::nginx(dir, proxy_cpu, ports, cert_path, key_path)?,
         lb(LbVariant::Default)?,
     ];
     if o.extras {
@@ -298,10 +330,11 @@ pub fn bench(args: &[String]) -> Result<()> {
 
     let started = std::time::SystemTime::now();
     let mut report = format!(
-        "# lb vs HAProxy vs nginx\n\n{} reps × {} s, {} connections; proxies pinned to CPU {proxy_cpu}, members and load on CPU {load_cpu}. Ratio: the proxy's rps ÷ direct-to-member rps of the same rep (median, and range over reps). CPU: the proxy's user / system time per request. RSS: before the variant's first load (idle) / peak during it / 2 s after it.\n",
+        "# lb vs HAProxy vs nginx\n\n{} reps × {} s, {} connections; proxies pinned to CPU {proxy_cpu}, members and load on CPU {load_cpu}. Ratio: the proxy's rps ÷ direct-to-member rps of the same rep (median, and range over reps). CPU: the proxy's user / system time per request. RSS: before the variant's first load (idle) / peak during it / 2 s after it. lb: {}.\n",
         o.reps,
         o.time.as_secs(),
-        o.conns
+        o.conns,
+        lb_bin.display()
     );
     let _ = writeln!(
         report,
@@ -311,7 +344,7 @@ pub fn bench(args: &[String]) -> Result<()> {
         congestion.describe()
     );
     for v in &o.variants {
-        let series = measure(v, &paths, &ports, &o, load_cpu)?;
+        let series = measure(v, &paths, ports, &o, load_cpu)?;
         let table = render(v, &paths, &series);
         print!("{table}");
         report.push_str(&table);
@@ -323,7 +356,6 @@ pub fn bench(args: &[String]) -> Result<()> {
     std::fs::write(&file, &report)?;
     println!("\ntables written to {}", file.display());
     drop(proxies);
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 
